@@ -1,0 +1,14 @@
+//! Types shared by the kernel programs (`agent-ebpf`), the daemon (`agent`) and the backend.
+//!
+//! Everything outside the `user` feature is `#![no_std]`, `#[repr(C)]` and free of pointers so that
+//! the same definitions describe the kernel maps on both sides. Logic that the kernel runs on these
+//! plain structs (histogram bucketing, counter folding, end-of-connection classification) lives here
+//! as plain functions so it is unit tested in userspace too.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod fold;
+pub mod hist;
+pub mod maps;
+
+#[cfg(feature = "user")]
+pub mod report;

@@ -1,0 +1,198 @@
+//! Layout of the kernel maps. `#[repr(C)]`, no pointers, explicit padding: the eBPF object and the
+//! daemon read and write the same bytes.
+
+use crate::hist::HIST_BUCKETS;
+
+/// Map names, as the eBPF object defines them.
+pub const SOCKETS_MAP: &str = "SOCKETS";
+pub const FLOWS_MAP: &str = "FLOWS";
+pub const LISTENERS_MAP: &str = "LISTENERS";
+pub const STATS_MAP: &str = "STATS";
+
+/// Default map sizes (`--max-sockets`, `--max-flows`).
+pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
+pub const DEFAULT_MAX_FLOWS: u32 = 8_192;
+pub const MAX_LISTENERS: u32 = 4_096;
+
+pub const ROLE_CLIENT: u8 = 1;
+pub const ROLE_SERVER: u8 = 2;
+pub const PROTO_TCP: u8 = 6;
+
+/// An address as 16 bytes in network order; IPv4 is stored v4-mapped (`::ffff:a.b.c.d`) so that
+/// v4-mapped IPv6 sockets and IPv4 sockets of the same peer share one key.
+pub type Addr = [u32; 4];
+
+/// The second-to-last word of a v4-mapped address (`0000:ffff` in network order).
+pub const V4_MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The v4-mapped form of an IPv4 address given as a network-order u32.
+#[inline(always)]
+pub fn v4_mapped(ip4_be: u32) -> Addr {
+    [0, 0, V4_MAPPED_PREFIX_WORD, ip4_be]
+}
+
+/// Flow key: (protocol, local ip, remote ip, target port, role). The ephemeral port is collapsed:
+/// client flows keep the remote port, server flows keep the local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub local_ip: Addr,
+    pub remote_ip: Addr,
+    /// Host byte order.
+    pub target_port: u16,
+    pub protocol: u8,
+    pub role: u8,
+    pub _pad: u32,
+}
+
+/// Build a flow key from both ports (host order) and the role.
+#[inline(always)]
+pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u16, role: u8) -> FlowKey {
+    FlowKey {
+        local_ip,
+        remote_ip,
+        target_port: if role == ROLE_SERVER { local_port } else { remote_port },
+        protocol: PROTO_TCP,
+        role,
+        _pad: 0,
+    }
+}
+
+/// A latency histogram in the kernel: cumulative count/sum and per-bucket counts.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Hist {
+    pub count: u64,
+    pub sum: u64,
+    pub buckets: [u32; HIST_BUCKETS],
+}
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist { count: 0, sum: 0, buckets: [0; HIST_BUCKETS] }
+    }
+}
+
+/// Per-flow-key counters, cumulative since the key was inserted. Updated by the kernel with atomic
+/// adds (many CPUs may fold sockets of one key at once); the daemon reads them every tick and
+/// keeps the previous reading to compute deltas, so it never writes this map except to evict.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct FlowAgg {
+    pub attempted: u64,
+    pub established: u64,
+    /// Established connections that ended, however they ended.
+    pub closed: u64,
+    /// Connections that ended before being established (refused, timed out, aborted).
+    pub failed: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    /// Established connections ended by a reset.
+    pub reset: u64,
+    /// Established minus closed: a gauge kept with signed adds (wrapping u64).
+    pub open: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub segments_sent: u64,
+    pub segments_received: u64,
+    pub retransmissions: u64,
+    pub timeouts: u64,
+    pub rtt_us: Hist,
+    pub handshake_us: Hist,
+}
+
+/// Per-socket state, keyed by socket cookie. Holds the socket's flow key and the counter values
+/// last folded into its flow, so each fold adds only what is new.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SockState {
+    pub key: FlowKey,
+    pub start_ns: u64,
+    pub last_fold_ns: u64,
+    pub folded: SockCounters,
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub const SOCK_ESTABLISHED: u32 = 1;
+pub const SOCK_RTO_EXPIRED: u32 = 2;
+
+/// The cumulative per-socket counters the kernel exposes in `bpf_sock_ops`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct SockCounters {
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub segs_out: u32,
+    pub segs_in: u32,
+}
+
+/// A listening socket of the monitored cgroup, keyed by local port, so SYN-ACK retransmissions
+/// (which happen before a full socket exists) can be attributed to the server flow.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Bound address (all zero for a wildcard bind), v4-mapped for IPv4.
+    pub addr: Addr,
+    pub count: u32,
+    pub _pad: u32,
+}
+
+/// Indices into the per-CPU `STATS` array.
+pub mod stat {
+    /// Program invocations that did work.
+    pub const EVENTS: u32 = 0;
+    /// Failed inserts into SOCKETS (map full): the socket is not tracked.
+    pub const SOCKETS_FULL: u32 = 1;
+    /// Failed inserts into FLOWS (map full): the fold was not recorded.
+    pub const FLOWS_FULL: u32 = 2;
+    /// Failed inserts into LISTENERS.
+    pub const LISTENERS_FULL: u32 = 3;
+    /// Events for sockets that had no state (they were not tracked because SOCKETS was full).
+    pub const UNTRACKED_EVENTS: u32 = 4;
+    /// Sockets inserted into SOCKETS.
+    pub const SOCKETS_INSERTED: u32 = 5;
+    /// Sockets removed from SOCKETS on close.
+    pub const SOCKETS_REMOVED: u32 = 6;
+    /// Ring buffer reservations that failed (no ring buffer is used today; kept for the schema).
+    pub const RINGBUF_DROPS: u32 = 7;
+    pub const COUNT: u32 = 8;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are `#[repr(C)]`, contain only integers and arrays of integers, and
+    // have explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowAgg {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::Listener {}
+}
+
+#[cfg(all(test, feature = "user"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<SockCounters>(), 24);
+        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 24 + 8);
+        assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
+    }
+
+    #[test]
+    fn key_collapses_ephemeral_port() {
+        let a = v4_mapped(u32::from_ne_bytes([10, 0, 0, 1]));
+        let b = v4_mapped(u32::from_ne_bytes([10, 0, 0, 2]));
+        let c1 = flow_key(a, b, 40000, 80, ROLE_CLIENT);
+        let c2 = flow_key(a, b, 40001, 80, ROLE_CLIENT);
+        assert_eq!(c1, c2);
+        assert_eq!(c1.target_port, 80);
+        let s1 = flow_key(b, a, 80, 40000, ROLE_SERVER);
+        let s2 = flow_key(b, a, 80, 51234, ROLE_SERVER);
+        assert_eq!(s1, s2);
+        assert_eq!(s1.target_port, 80);
+        assert_ne!(c1, flow_key(a, b, 40000, 80, ROLE_SERVER));
+    }
+}
