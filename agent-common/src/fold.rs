@@ -1,7 +1,9 @@
 //! Kernel-side decisions as plain functions: what a socket adds to its flow since the last fold,
 //! and how a connection ended. The eBPF programs call these; unit tests run them in userspace.
 
-use crate::maps::{SOCK_ESTABLISHED, SOCK_RTO_EXPIRED, SockCounters};
+use crate::maps::{
+    SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters,
+};
 
 /// TCP states (include/net/tcp_states.h).
 pub mod tcp_state {
@@ -18,16 +20,41 @@ pub mod tcp_state {
     pub const CLOSING: u32 = 11;
 }
 
-/// What the socket's cumulative counters add since the values last folded. Counters only grow
-/// while a socket lives; wrapping subtraction keeps a (theoretical) wrap exact.
+/// Payload bytes from the kernel's sequence-space counters. `bytes_acked` counts the client's SYN
+/// and an acknowledged FIN, `bytes_received` counts the peer's FIN; each takes one sequence
+/// number but carries no data. `snd_una == snd_nxt` after our FIN was sent means it was acked.
 #[inline(always)]
-pub fn counters_delta(folded: &SockCounters, now: &SockCounters) -> SockCounters {
+pub fn payload(raw: &SockCounters, flags: u32, snd_una: u32, snd_nxt: u32) -> SockCounters {
+    let syn = (flags & SOCK_CLIENT != 0 && flags & SOCK_ESTABLISHED != 0) as u64;
+    let fin_acked = (flags & SOCK_FIN_SENT != 0 && snd_una == snd_nxt) as u64;
+    let fin_rcvd = (flags & SOCK_FIN_RCVD != 0) as u64;
     SockCounters {
-        bytes_acked: now.bytes_acked.wrapping_sub(folded.bytes_acked),
-        bytes_received: now.bytes_received.wrapping_sub(folded.bytes_received),
-        segs_out: now.segs_out.wrapping_sub(folded.segs_out),
-        segs_in: now.segs_in.wrapping_sub(folded.segs_in),
+        bytes_acked: raw.bytes_acked.saturating_sub(syn + fin_acked),
+        bytes_received: raw.bytes_received.saturating_sub(fin_rcvd),
+        segs_out: raw.segs_out,
+        segs_in: raw.segs_in,
     }
+}
+
+/// What a socket adds to its flow since its counters were last folded, and the new folded
+/// values. Folding is monotonic: a reading below the folded value (the FIN correction in
+/// `payload` applied a moment before the FIN itself is counted) adds nothing and is remembered
+/// as the old value, so nothing is counted twice.
+#[inline(always)]
+pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, SockCounters) {
+    let delta = SockCounters {
+        bytes_acked: now.bytes_acked.saturating_sub(folded.bytes_acked),
+        bytes_received: now.bytes_received.saturating_sub(folded.bytes_received),
+        segs_out: now.segs_out.saturating_sub(folded.segs_out),
+        segs_in: now.segs_in.saturating_sub(folded.segs_in),
+    };
+    let next = SockCounters {
+        bytes_acked: folded.bytes_acked + delta.bytes_acked,
+        bytes_received: folded.bytes_received + delta.bytes_received,
+        segs_out: folded.segs_out + delta.segs_out,
+        segs_in: folded.segs_in + delta.segs_in,
+    };
+    (delta, next)
 }
 
 /// How a tracked connection ended, as counter increments on its flow.
@@ -64,7 +91,10 @@ pub fn classify_end(old_state: u32, flags: u32) -> End {
     e.closed = 1;
     if expired {
         e.timed_out = 1;
-    } else if old_state == tcp_state::ESTABLISHED || old_state == tcp_state::CLOSE_WAIT || old_state == tcp_state::SYN_RECV {
+    } else if old_state == tcp_state::ESTABLISHED
+        || old_state == tcp_state::CLOSE_WAIT
+        || old_state == tcp_state::SYN_RECV
+    {
         e.reset = 1;
     }
     e
@@ -76,26 +106,139 @@ mod tests {
     use super::*;
 
     #[test]
-    fn delta_is_what_is_new() {
-        let a = SockCounters { bytes_acked: 100, bytes_received: 50, segs_out: 3, segs_in: 2 };
-        let b = SockCounters { bytes_acked: 1100, bytes_received: 50, segs_out: 10, segs_in: 4 };
-        assert_eq!(counters_delta(&a, &b), SockCounters { bytes_acked: 1000, bytes_received: 0, segs_out: 7, segs_in: 2 });
-        let wrap = SockCounters { segs_out: u32::MAX, ..Default::default() };
-        let after = SockCounters { segs_out: 1, ..Default::default() };
-        assert_eq!(counters_delta(&wrap, &after).segs_out, 2);
+    fn fold_adds_what_is_new_and_never_goes_back() {
+        let a = SockCounters {
+            bytes_acked: 100,
+            bytes_received: 50,
+            segs_out: 3,
+            segs_in: 2,
+        };
+        let b = SockCounters {
+            bytes_acked: 1100,
+            bytes_received: 50,
+            segs_out: 10,
+            segs_in: 4,
+        };
+        let (d, next) = fold_step(&a, &b);
+        assert_eq!(
+            d,
+            SockCounters {
+                bytes_acked: 1000,
+                bytes_received: 0,
+                segs_out: 7,
+                segs_in: 2
+            }
+        );
+        assert_eq!(next, b);
+        // A dip (FIN correction before the FIN is counted) adds nothing and keeps the high mark.
+        let dip = SockCounters {
+            bytes_acked: 1099,
+            ..b
+        };
+        let (d, next) = fold_step(&b, &dip);
+        assert_eq!(d.bytes_acked, 0);
+        assert_eq!(next.bytes_acked, 1100);
+        let (d, _) = fold_step(
+            &next,
+            &SockCounters {
+                bytes_acked: 1100,
+                ..b
+            },
+        );
+        assert_eq!(d.bytes_acked, 0, "the FIN itself is not payload");
+    }
+
+    #[test]
+    fn payload_excludes_syn_and_fin() {
+        use crate::maps::{SOCK_CLIENT, SOCK_FIN_RCVD, SOCK_FIN_SENT};
+        // Client wrote 12345 and read 5000: the kernel shows 12347 acked (SYN, FIN) and 5001 received (FIN).
+        let raw = SockCounters {
+            bytes_acked: 12347,
+            bytes_received: 5001,
+            segs_out: 6,
+            segs_in: 5,
+        };
+        let flags = SOCK_CLIENT | SOCK_ESTABLISHED | SOCK_FIN_SENT | SOCK_FIN_RCVD;
+        let p = payload(&raw, flags, 7, 7);
+        assert_eq!((p.bytes_acked, p.bytes_received), (12345, 5000));
+        // Server wrote 5000, read 12345: 5001 acked (FIN), 12346 received (FIN).
+        let raw = SockCounters {
+            bytes_acked: 5001,
+            bytes_received: 12346,
+            ..Default::default()
+        };
+        let p = payload(&raw, SOCK_ESTABLISHED | SOCK_FIN_SENT | SOCK_FIN_RCVD, 9, 9);
+        assert_eq!((p.bytes_acked, p.bytes_received), (5000, 12345));
+        // FIN sent but not yet acked: nothing to take off.
+        let p = payload(
+            &SockCounters {
+                bytes_acked: 5000,
+                ..Default::default()
+            },
+            SOCK_ESTABLISHED | SOCK_FIN_SENT,
+            3,
+            4,
+        );
+        assert_eq!(p.bytes_acked, 5000);
+        // A connect that never completed has nothing to subtract from.
+        let p = payload(&SockCounters::default(), SOCK_CLIENT, 0, 1);
+        assert_eq!(p.bytes_acked, 0);
     }
 
     #[test]
     fn ends() {
-        assert_eq!(classify_end(SYN_SENT, 0), End { failed: 1, refused: 1, ..Default::default() });
-        assert_eq!(classify_end(SYN_SENT, SOCK_RTO_EXPIRED), End { failed: 1, timed_out: 1, ..Default::default() });
-        assert_eq!(classify_end(FIN_WAIT2, SOCK_ESTABLISHED), End { closed: 1, ..Default::default() });
-        assert_eq!(classify_end(LAST_ACK, SOCK_ESTABLISHED), End { closed: 1, ..Default::default() });
-        assert_eq!(classify_end(ESTABLISHED, SOCK_ESTABLISHED), End { closed: 1, reset: 1, ..Default::default() });
+        assert_eq!(
+            classify_end(SYN_SENT, 0),
+            End {
+                failed: 1,
+                refused: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            classify_end(SYN_SENT, SOCK_RTO_EXPIRED),
+            End {
+                failed: 1,
+                timed_out: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            classify_end(FIN_WAIT2, SOCK_ESTABLISHED),
+            End {
+                closed: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            classify_end(LAST_ACK, SOCK_ESTABLISHED),
+            End {
+                closed: 1,
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            classify_end(ESTABLISHED, SOCK_ESTABLISHED),
+            End {
+                closed: 1,
+                reset: 1,
+                ..Default::default()
+            }
+        );
         assert_eq!(
             classify_end(ESTABLISHED, SOCK_ESTABLISHED | SOCK_RTO_EXPIRED),
-            End { closed: 1, timed_out: 1, ..Default::default() }
+            End {
+                closed: 1,
+                timed_out: 1,
+                ..Default::default()
+            }
         );
-        assert_eq!(classify_end(CLOSE, 0), End { failed: 1, ..Default::default() });
+        assert_eq!(
+            classify_end(CLOSE, 0),
+            End {
+                failed: 1,
+                ..Default::default()
+            }
+        );
     }
 }

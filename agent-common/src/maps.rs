@@ -47,11 +47,21 @@ pub struct FlowKey {
 
 /// Build a flow key from both ports (host order) and the role.
 #[inline(always)]
-pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u16, role: u8) -> FlowKey {
+pub fn flow_key(
+    local_ip: Addr,
+    remote_ip: Addr,
+    local_port: u16,
+    remote_port: u16,
+    role: u8,
+) -> FlowKey {
     FlowKey {
         local_ip,
         remote_ip,
-        target_port: if role == ROLE_SERVER { local_port } else { remote_port },
+        target_port: if role == ROLE_SERVER {
+            local_port
+        } else {
+            remote_port
+        },
         protocol: PROTO_TCP,
         role,
         _pad: 0,
@@ -60,7 +70,7 @@ pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u
 
 /// A latency histogram in the kernel: cumulative count/sum and per-bucket counts.
 #[repr(C)]
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Hist {
     pub count: u64,
     pub sum: u64,
@@ -69,7 +79,11 @@ pub struct Hist {
 
 impl Default for Hist {
     fn default() -> Self {
-        Hist { count: 0, sum: 0, buckets: [0; HIST_BUCKETS] }
+        Hist {
+            count: 0,
+            sum: 0,
+            buckets: [0; HIST_BUCKETS],
+        }
     }
 }
 
@@ -77,7 +91,7 @@ impl Default for Hist {
 /// adds (many CPUs may fold sockets of one key at once); the daemon reads them every tick and
 /// keeps the previous reading to compute deltas, so it never writes this map except to evict.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowAgg {
     pub attempted: u64,
     pub established: u64,
@@ -116,6 +130,14 @@ pub struct SockState {
 
 pub const SOCK_ESTABLISHED: u32 = 1;
 pub const SOCK_RTO_EXPIRED: u32 = 2;
+/// This host opened the connection (its SYN is in `bytes_acked`).
+pub const SOCK_CLIENT: u32 = 4;
+/// This host sent its FIN (entered FIN_WAIT1 or LAST_ACK).
+pub const SOCK_FIN_SENT: u32 = 8;
+/// The peer's FIN arrived (it is in `bytes_received`).
+pub const SOCK_FIN_RCVD: u32 = 16;
+/// The socket's flow could not be inserted (FLOWS full); counted once per socket.
+pub const SOCK_FLOW_LOST: u32 = 32;
 
 /// The cumulative per-socket counters the kernel exposes in `bpf_sock_ops`.
 #[repr(C)]
@@ -178,7 +200,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<SockCounters>(), 24);
         assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 24 + 8);
-        assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
+        assert_eq!(
+            core::mem::size_of::<Hist>(),
+            16 + 4 * crate::hist::HIST_BUCKETS
+        );
     }
 
     #[test]

@@ -243,16 +243,28 @@ mod tests {
         let r = Report {
             report_id: "5f0c6f5e-1a51-4f55-9d0c-2b8f0a1c9e11".into(),
             schema_version: SCHEMA_VERSION,
-            window: Window { start: "2026-11-22T10:00:00Z".parse().unwrap(), end: "2026-11-22T10:00:30Z".parse().unwrap() },
-            agent: AgentInfo { version: "0.1.0".into(), hostname: "h".into() },
+            window: Window {
+                start: "2026-11-22T10:00:00Z".parse().unwrap(),
+                end: "2026-11-22T10:00:30Z".parse().unwrap(),
+            },
+            agent: AgentInfo {
+                version: "0.1.0".into(),
+                hostname: "h".into(),
+            },
             flows: vec![FlowRecord {
                 protocol: Protocol::Tcp,
                 local_ip: "10.0.0.1".parse().unwrap(),
                 remote_ip: "10.0.0.2".parse().unwrap(),
                 target_port: 443,
                 role: Role::Client,
-                enrichment: Enrichment { destination_category: Some(DestinationCategory::IntraAz), ..Default::default() },
-                metrics: FlowMetrics { bytes_sent: 10, ..Default::default() },
+                enrichment: Enrichment {
+                    destination_category: Some(DestinationCategory::IntraAz),
+                    ..Default::default()
+                },
+                metrics: FlowMetrics {
+                    bytes_sent: 10,
+                    ..Default::default()
+                },
             }],
             other: OtherFlows::default(),
             agent_stats: AgentStats::default(),
@@ -264,10 +276,14 @@ mod tests {
         assert_eq!(back, r);
         // A misspelt counter is a missing field (flattened structs) or an unknown one.
         let bad = s.replacen("\"bytes_sent\"", "\"bytes_snet\"", 1);
-        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
+        let err = serde_json::from_str::<Report>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bytes_sent"), "{err}");
         let bad = s.replacen("\"attempted\"", "\"attemptd\"", 1);
-        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
+        let err = serde_json::from_str::<Report>(&bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("attemptd"), "{err}");
     }
 }

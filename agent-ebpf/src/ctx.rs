@@ -1,0 +1,106 @@
+//! The few unsafe reads of kernel contexts, each a plain field access or a helper call.
+
+use agent_common::maps::{Addr, SockCounters, v4_mapped};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    programs::SockOpsContext,
+};
+
+pub const AF_INET: u32 = 2;
+pub const AF_INET6: u32 = 10;
+
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: the context pointer is the program's own `bpf_sock_ops`, which the helper accepts.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Local and remote address, IPv4 in v4-mapped form. `None` for other families.
+///
+/// Every field is read unconditionally, with volatile loads at constant offsets: the verifier
+/// rejects context loads through a computed pointer, which is what the optimizer makes of two
+/// branches that each read a different field.
+#[inline(always)]
+pub fn addrs(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
+    // SAFETY: plain reads of `bpf_sock_ops` fields (rewritten by the verifier into safe loads).
+    let (family, l4, r4, l6, r6) = unsafe {
+        let o = ctx.ops;
+        (
+            core::ptr::read_volatile(&raw const (*o).family),
+            core::ptr::read_volatile(&raw const (*o).local_ip4),
+            core::ptr::read_volatile(&raw const (*o).remote_ip4),
+            [
+                core::ptr::read_volatile(&raw const (*o).local_ip6[0]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[1]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[2]),
+                core::ptr::read_volatile(&raw const (*o).local_ip6[3]),
+            ],
+            [
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[0]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[1]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[2]),
+                core::ptr::read_volatile(&raw const (*o).remote_ip6[3]),
+            ],
+        )
+    };
+    match family {
+        AF_INET => Some((v4_mapped(l4), v4_mapped(r4))),
+        AF_INET6 => Some((l6, r6)),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+pub fn local_port(ctx: &SockOpsContext) -> u16 {
+    ctx.local_port() as u16
+}
+
+/// `remote_port` is stored in network order in the upper half (see `bpf_ntohl` in kernel samples).
+#[inline(always)]
+pub fn remote_port(ctx: &SockOpsContext) -> u16 {
+    u32::from_be(ctx.remote_port()) as u16
+}
+
+/// Smoothed RTT in microseconds (the kernel keeps it scaled by 8).
+#[inline(always)]
+pub fn srtt_us(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: plain read of a `bpf_sock_ops` field; the verifier rewrites it into a safe load
+    // (0 when the socket is not a full socket).
+    unsafe { (*ctx.ops).srtt_us >> 3 }
+}
+
+/// The socket's cumulative byte and segment counters (sequence space: SYN and FIN included).
+#[inline(always)]
+pub fn raw_counters(ctx: &SockOpsContext) -> SockCounters {
+    // SAFETY: as in `srtt_us`: rewritten context loads.
+    unsafe {
+        let o = &*ctx.ops;
+        SockCounters {
+            bytes_acked: o.bytes_acked,
+            bytes_received: o.bytes_received,
+            segs_out: o.segs_out,
+            segs_in: o.segs_in,
+        }
+    }
+}
+
+/// (snd_una, snd_nxt): equal once everything sent, FIN included, is acknowledged.
+#[inline(always)]
+pub fn snd_una_nxt(ctx: &SockOpsContext) -> (u32, u32) {
+    // SAFETY: as in `srtt_us`.
+    unsafe { ((*ctx.ops).snd_una, (*ctx.ops).snd_nxt) }
+}
+
+/// TCP flags of the segment being parsed (PARSE_HDR_OPT_CB only; 0 elsewhere).
+#[inline(always)]
+pub fn skb_tcp_flags(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: as in `srtt_us`.
+    unsafe { (*ctx.ops).skb_tcp_flags }
+}

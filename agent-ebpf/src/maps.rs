@@ -1,0 +1,36 @@
+//! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
+
+use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, SockState, stat};
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+
+/// Open sockets, keyed by socket cookie.
+#[map(name = "SOCKETS")]
+pub static SOCKETS: HashMap<u64, SockState> = HashMap::with_max_entries(1024, 0);
+
+/// Cumulative counters per flow key.
+#[map(name = "FLOWS")]
+pub static FLOWS: HashMap<FlowKey, FlowAgg> = HashMap::with_max_entries(1024, 0);
+
+/// Listening sockets of the monitored cgroup, keyed by local port (host order).
+#[map(name = "LISTENERS")]
+pub static LISTENERS: HashMap<u32, Listener> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Per-CPU counters of the programs' own health (see `agent_common::maps::stat`).
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// A zeroed `FlowAgg` to insert new keys from (it is too big for the 512-byte eBPF stack).
+#[map(name = "ZERO_AGG")]
+pub static ZERO_AGG: PerCpuArray<FlowAgg> = PerCpuArray::with_max_entries(1, 0);
+
+/// Count one occurrence of a `stat` index on this CPU.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot; eBPF programs run with migration disabled, so no other writer.
+        unsafe { *p += 1 };
+    }
+}

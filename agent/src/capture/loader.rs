@@ -1,0 +1,201 @@
+//! Load the embedded eBPF object with the configured map sizes, attach it, and read its maps.
+
+use std::fs::File;
+
+use agent_common::maps::{
+    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP,
+    SockState, stat,
+};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, SockOps, TracePoint},
+};
+
+use super::{CaptureError, cgroup, privileges, tracefs};
+use crate::config::Config;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
+
+/// One reading of the kernel maps.
+pub struct Snapshot {
+    /// Cumulative counters per flow key.
+    pub flows: Vec<(FlowKey, FlowAgg)>,
+    /// Cumulative program counters, summed over CPUs, indexed by `agent_common::maps::stat`.
+    pub stats: [u64; stat::COUNT as usize],
+}
+
+/// The loaded, attached programs and their maps. Dropping it detaches everything.
+pub struct Capture {
+    _ebpf: Ebpf,
+    flows: HashMap<MapData, FlowKey, FlowAgg>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+/// Kernel memory of a preallocated hash map, approximately (element header + key + value).
+fn htab_bytes(entries: u32, key: usize, value: usize) -> u64 {
+    let round = |n: usize| n.div_ceil(8) * 8;
+    entries as u64 * (48 + round(key) + round(value)) as u64
+}
+
+impl Capture {
+    pub fn start(cfg: &Config) -> Result<Capture, CaptureError> {
+        privileges::check()?;
+        let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
+        let offsets = tracefs::synack_offsets()?;
+        let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
+
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
+            .map_max_entries(FLOWS_MAP, cfg.max_flows)
+            .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
+            .override_global("SYNACK_OFF_SPORT", &offsets.sport, true)
+            .override_global("SYNACK_OFF_DPORT", &offsets.dport, true)
+            .override_global("SYNACK_OFF_FAMILY", &offsets.family, true)
+            .override_global("SYNACK_OFF_SADDR", &offsets.saddr, true)
+            .override_global("SYNACK_OFF_DADDR", &offsets.daddr, true)
+            .override_global("SYNACK_OFF_SADDR_V6", &offsets.saddr_v6, true)
+            .override_global("SYNACK_OFF_DADDR_V6", &offsets.daddr_v6, true);
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(CaptureError::Load)?;
+
+        let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
+        let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
+        let listeners_mem = htab_bytes(MAX_LISTENERS, 4, size_of::<Listener>());
+        tracing::info!(
+            max_sockets = cfg.max_sockets,
+            sockets_mib = format_args!("{:.1}", sockets_mem as f64 / 1048576.0),
+            max_flows = cfg.max_flows,
+            flows_mib = format_args!("{:.1}", flows_mem as f64 / 1048576.0),
+            total_mib = format_args!(
+                "{:.1}",
+                (sockets_mem + flows_mem + listeners_mem) as f64 / 1048576.0
+            ),
+            "kernel maps sized"
+        );
+
+        let cg = File::open(&cgroup).map_err(|source| CaptureError::OpenCgroup {
+            path: cgroup.clone(),
+            source,
+        })?;
+        let prog: &mut SockOps = program(&mut ebpf, "flow_sock_ops")?;
+        prog.load()
+            .map_err(|e| prog_err("loading sock_ops program", e, ""))?;
+        // bpf_link attachments always coexist with other programs; the link API takes no mode flags.
+        prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
+            prog_err(
+                &format!("attaching sock_ops to cgroup {}", cgroup.display()),
+                e,
+                " (is it a cgroup v2 directory?)",
+            )
+        })?;
+        let tp: &mut TracePoint = program(&mut ebpf, "flow_synack_retrans")?;
+        tp.load()
+            .map_err(|e| prog_err("loading tracepoint program", e, ""))?;
+        tp.attach("tcp", "tcp_retransmit_synack").map_err(|e| {
+            prog_err(
+                "attaching tcp:tcp_retransmit_synack",
+                e,
+                " (is tracefs mounted at /sys/kernel/tracing?)",
+            )
+        })?;
+        tracing::info!(cgroup = %cgroup.display(), "sock_ops and tcp:tcp_retransmit_synack attached");
+
+        let flows = HashMap::try_from(
+            ebpf.take_map(FLOWS_MAP)
+                .ok_or(CaptureError::MissingMap(FLOWS_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: FLOWS_MAP,
+            source,
+        })?;
+        let stats = PerCpuArray::try_from(
+            ebpf.take_map(STATS_MAP)
+                .ok_or(CaptureError::MissingMap(STATS_MAP))?,
+        )
+        .map_err(|source| CaptureError::Map {
+            name: STATS_MAP,
+            source,
+        })?;
+        let _ = LISTENERS_MAP;
+        Ok(Capture {
+            _ebpf: ebpf,
+            flows,
+            stats,
+        })
+    }
+
+    /// Read every flow and the program counters.
+    pub fn read(&self) -> Result<Snapshot, CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            name: FLOWS_MAP,
+            source,
+        };
+        let mut flows = Vec::new();
+        for item in self.flows.iter() {
+            match item {
+                Ok(kv) => flows.push(kv),
+                // A key deleted between get_next_key and lookup (eviction) is not an error.
+                Err(aya::maps::MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        let mut stats = [0u64; stat::COUNT as usize];
+        for (i, slot) in stats.iter_mut().enumerate() {
+            let v = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map {
+                    name: STATS_MAP,
+                    source,
+                })?;
+            *slot = v.iter().copied().fold(0u64, u64::wrapping_add);
+        }
+        Ok(Snapshot { flows, stats })
+    }
+
+    /// Remove an idle flow key. Returns the value it held at removal if it changed since `seen`
+    /// (a socket folded into it in between), so the caller can account for the difference.
+    pub fn evict(&mut self, key: &FlowKey) -> Result<Option<FlowAgg>, CaptureError> {
+        let last = match self.flows.get(key, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
+            Err(source) => {
+                return Err(CaptureError::Map {
+                    name: FLOWS_MAP,
+                    source,
+                });
+            }
+        };
+        match self.flows.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(Some(last)),
+            Err(source) => Err(CaptureError::Map {
+                name: FLOWS_MAP,
+                source,
+            }),
+        }
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or_else(|| CaptureError::Program {
+            what: format!("finding program {name}"),
+            source: aya::programs::ProgramError::NotLoaded,
+            hint: " (the embedded object is incomplete; rebuild)",
+        })?;
+    p.try_into()
+        .map_err(|e| prog_err(&format!("program {name}"), e, ""))
+}
+
+fn prog_err(what: &str, source: aya::programs::ProgramError, hint: &'static str) -> CaptureError {
+    CaptureError::Program {
+        what: what.to_string(),
+        source,
+        hint,
+    }
+}

@@ -1,0 +1,11 @@
+//! Kernel side, seen from userspace: find the cgroup and tracefs, load and attach the eBPF
+//! programs, and read their maps. Produces `Snapshot`s for `aggregate`.
+
+mod cgroup;
+mod error;
+mod loader;
+mod privileges;
+mod tracefs;
+
+pub use error::CaptureError;
+pub use loader::{Capture, Snapshot};
