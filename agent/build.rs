@@ -35,45 +35,22 @@ fn main() {
         .envs(env::vars().filter(|(k, _)| {
             matches!(
                 k.as_str(),
-                "PATH"
-                    | "HOME"
-                    | "CARGO_HOME"
-                    | "RUSTUP_HOME"
-                    | "RUSTUP_TOOLCHAIN"
-                    | "TMPDIR"
-                    | "CARGO_NET_OFFLINE"
+                "PATH" | "HOME" | "CARGO_HOME" | "RUSTUP_HOME" | "RUSTUP_TOOLCHAIN" | "TMPDIR" | "CARGO_NET_OFFLINE"
             )
         }))
         .env("RUSTC_BOOTSTRAP", "1")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
         .arg(&target_dir);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
+    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {cargo}: {e}"));
     if !status.success() {
-        panic!(
-            "building the eBPF programs (agent-ebpf) failed; if the toolchain is missing, {SETUP_HINT}"
-        );
+        panic!("building the eBPF programs (agent-ebpf) failed; if the toolchain is missing, {SETUP_HINT}");
     }
     let obj = target_dir.join("bpfel-unknown-none/release/agent-ebpf");
-    std::fs::copy(&obj, out_dir.join("agent-ebpf.o"))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));
+    std::fs::copy(&obj, out_dir.join("agent-ebpf.o")).unwrap_or_else(|e| panic!("copy {}: {e}", obj.display()));
 }
 
 fn check_toolchain(cargo: &str) {
-    let linker_ok = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
+    let linker_ok = Command::new("bpf-linker").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if !linker_ok {
         panic!("bpf-linker is not installed or does not run; {SETUP_HINT}");
     }
@@ -82,19 +59,11 @@ fn check_toolchain(cargo: &str) {
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .or_else(|| {
-            Command::new("rustc")
-                .args(["--print", "sysroot"])
-                .output()
-                .ok()
-        })
+        .or_else(|| Command::new("rustc").args(["--print", "sysroot"]).output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let rust_src = Path::new(&sysroot).join("lib/rustlib/src/rust/library/core");
     if !rust_src.exists() {
-        panic!(
-            "rust-src is missing ({} not found); {SETUP_HINT}",
-            rust_src.display()
-        );
+        panic!("rust-src is missing ({} not found); {SETUP_HINT}", rust_src.display());
     }
 }

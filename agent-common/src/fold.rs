@@ -1,9 +1,7 @@
 //! Kernel-side decisions as plain functions: what a socket adds to its flow since the last fold,
 //! and how a connection ended. The eBPF programs call these; unit tests run them in userspace.
 
-use crate::maps::{
-    SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters,
-};
+use crate::maps::{SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters};
 
 /// TCP states (include/net/tcp_states.h).
 pub mod tcp_state {
@@ -31,8 +29,7 @@ pub fn payload(raw: &SockCounters, flags: u32, snd_una: u32, snd_nxt: u32) -> So
     SockCounters {
         bytes_acked: raw.bytes_acked.saturating_sub(syn + fin_acked),
         bytes_received: raw.bytes_received.saturating_sub(fin_rcvd),
-        segs_out: raw.segs_out,
-        segs_in: raw.segs_in,
+        ..*raw
     }
 }
 
@@ -47,12 +44,16 @@ pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, So
         bytes_received: now.bytes_received.saturating_sub(folded.bytes_received),
         segs_out: now.segs_out.saturating_sub(folded.segs_out),
         segs_in: now.segs_in.saturating_sub(folded.segs_in),
+        total_retrans: now.total_retrans.saturating_sub(folded.total_retrans),
+        _pad: 0,
     };
     let next = SockCounters {
         bytes_acked: folded.bytes_acked + delta.bytes_acked,
         bytes_received: folded.bytes_received + delta.bytes_received,
         segs_out: folded.segs_out + delta.segs_out,
         segs_in: folded.segs_in + delta.segs_in,
+        total_retrans: folded.total_retrans + delta.total_retrans,
+        _pad: 0,
     };
     (delta, next)
 }
@@ -107,44 +108,22 @@ mod tests {
 
     #[test]
     fn fold_adds_what_is_new_and_never_goes_back() {
-        let a = SockCounters {
-            bytes_acked: 100,
-            bytes_received: 50,
-            segs_out: 3,
-            segs_in: 2,
-        };
-        let b = SockCounters {
-            bytes_acked: 1100,
-            bytes_received: 50,
-            segs_out: 10,
-            segs_in: 4,
-        };
+        let a =
+            SockCounters { bytes_acked: 100, bytes_received: 50, segs_out: 3, segs_in: 2, total_retrans: 1, _pad: 0 };
+        let b =
+            SockCounters { bytes_acked: 1100, bytes_received: 50, segs_out: 10, segs_in: 4, total_retrans: 3, _pad: 0 };
         let (d, next) = fold_step(&a, &b);
         assert_eq!(
             d,
-            SockCounters {
-                bytes_acked: 1000,
-                bytes_received: 0,
-                segs_out: 7,
-                segs_in: 2
-            }
+            SockCounters { bytes_acked: 1000, bytes_received: 0, segs_out: 7, segs_in: 2, total_retrans: 2, _pad: 0 }
         );
         assert_eq!(next, b);
         // A dip (FIN correction before the FIN is counted) adds nothing and keeps the high mark.
-        let dip = SockCounters {
-            bytes_acked: 1099,
-            ..b
-        };
+        let dip = SockCounters { bytes_acked: 1099, ..b };
         let (d, next) = fold_step(&b, &dip);
         assert_eq!(d.bytes_acked, 0);
         assert_eq!(next.bytes_acked, 1100);
-        let (d, _) = fold_step(
-            &next,
-            &SockCounters {
-                bytes_acked: 1100,
-                ..b
-            },
-        );
+        let (d, _) = fold_step(&next, &SockCounters { bytes_acked: 1100, ..b });
         assert_eq!(d.bytes_acked, 0, "the FIN itself is not payload");
     }
 
@@ -152,33 +131,18 @@ mod tests {
     fn payload_excludes_syn_and_fin() {
         use crate::maps::{SOCK_CLIENT, SOCK_FIN_RCVD, SOCK_FIN_SENT};
         // Client wrote 12345 and read 5000: the kernel shows 12347 acked (SYN, FIN) and 5001 received (FIN).
-        let raw = SockCounters {
-            bytes_acked: 12347,
-            bytes_received: 5001,
-            segs_out: 6,
-            segs_in: 5,
-        };
+        let raw =
+            SockCounters { bytes_acked: 12347, bytes_received: 5001, segs_out: 6, segs_in: 5, ..Default::default() };
         let flags = SOCK_CLIENT | SOCK_ESTABLISHED | SOCK_FIN_SENT | SOCK_FIN_RCVD;
         let p = payload(&raw, flags, 7, 7);
         assert_eq!((p.bytes_acked, p.bytes_received), (12345, 5000));
         // Server wrote 5000, read 12345: 5001 acked (FIN), 12346 received (FIN).
-        let raw = SockCounters {
-            bytes_acked: 5001,
-            bytes_received: 12346,
-            ..Default::default()
-        };
+        let raw = SockCounters { bytes_acked: 5001, bytes_received: 12346, ..Default::default() };
         let p = payload(&raw, SOCK_ESTABLISHED | SOCK_FIN_SENT | SOCK_FIN_RCVD, 9, 9);
         assert_eq!((p.bytes_acked, p.bytes_received), (5000, 12345));
         // FIN sent but not yet acked: nothing to take off.
-        let p = payload(
-            &SockCounters {
-                bytes_acked: 5000,
-                ..Default::default()
-            },
-            SOCK_ESTABLISHED | SOCK_FIN_SENT,
-            3,
-            4,
-        );
+        let p =
+            payload(&SockCounters { bytes_acked: 5000, ..Default::default() }, SOCK_ESTABLISHED | SOCK_FIN_SENT, 3, 4);
         assert_eq!(p.bytes_acked, 5000);
         // A connect that never completed has nothing to subtract from.
         let p = payload(&SockCounters::default(), SOCK_CLIENT, 0, 1);
@@ -187,58 +151,15 @@ mod tests {
 
     #[test]
     fn ends() {
-        assert_eq!(
-            classify_end(SYN_SENT, 0),
-            End {
-                failed: 1,
-                refused: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            classify_end(SYN_SENT, SOCK_RTO_EXPIRED),
-            End {
-                failed: 1,
-                timed_out: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            classify_end(FIN_WAIT2, SOCK_ESTABLISHED),
-            End {
-                closed: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            classify_end(LAST_ACK, SOCK_ESTABLISHED),
-            End {
-                closed: 1,
-                ..Default::default()
-            }
-        );
-        assert_eq!(
-            classify_end(ESTABLISHED, SOCK_ESTABLISHED),
-            End {
-                closed: 1,
-                reset: 1,
-                ..Default::default()
-            }
-        );
+        assert_eq!(classify_end(SYN_SENT, 0), End { failed: 1, refused: 1, ..Default::default() });
+        assert_eq!(classify_end(SYN_SENT, SOCK_RTO_EXPIRED), End { failed: 1, timed_out: 1, ..Default::default() });
+        assert_eq!(classify_end(FIN_WAIT2, SOCK_ESTABLISHED), End { closed: 1, ..Default::default() });
+        assert_eq!(classify_end(LAST_ACK, SOCK_ESTABLISHED), End { closed: 1, ..Default::default() });
+        assert_eq!(classify_end(ESTABLISHED, SOCK_ESTABLISHED), End { closed: 1, reset: 1, ..Default::default() });
         assert_eq!(
             classify_end(ESTABLISHED, SOCK_ESTABLISHED | SOCK_RTO_EXPIRED),
-            End {
-                closed: 1,
-                timed_out: 1,
-                ..Default::default()
-            }
+            End { closed: 1, timed_out: 1, ..Default::default() }
         );
-        assert_eq!(
-            classify_end(CLOSE, 0),
-            End {
-                failed: 1,
-                ..Default::default()
-            }
-        );
+        assert_eq!(classify_end(CLOSE, 0), End { failed: 1, ..Default::default() });
     }
 }

@@ -13,8 +13,7 @@ pub const SUB_BUCKETS: u64 = 1 << SUB_BITS;
 /// Largest exponent with its own buckets; larger values are clamped into the last bucket.
 pub const MAX_EXP: u32 = 25;
 /// Number of buckets.
-pub const HIST_BUCKETS: usize =
-    (SUB_BUCKETS as usize) + ((MAX_EXP - SUB_BITS + 1) as usize) * (SUB_BUCKETS as usize);
+pub const HIST_BUCKETS: usize = (SUB_BUCKETS as usize) + ((MAX_EXP - SUB_BITS + 1) as usize) * (SUB_BUCKETS as usize);
 
 /// floor(log2(v)) for v > 0; 0 for v == 0. Branch-only, no loops (eBPF friendly).
 #[inline(always)]
@@ -57,13 +56,8 @@ pub fn bucket_index(v: u64) -> usize {
         return HIST_BUCKETS - 1;
     }
     let sub = (v >> (e - SUB_BITS)) & (SUB_BUCKETS - 1);
-    let idx =
-        SUB_BUCKETS as usize + ((e - SUB_BITS) as usize) * SUB_BUCKETS as usize + sub as usize;
-    if idx >= HIST_BUCKETS {
-        HIST_BUCKETS - 1
-    } else {
-        idx
-    }
+    let idx = SUB_BUCKETS as usize + ((e - SUB_BITS) as usize) * SUB_BUCKETS as usize + sub as usize;
+    if idx >= HIST_BUCKETS { HIST_BUCKETS - 1 } else { idx }
 }
 
 /// Inclusive lower and exclusive upper bound of a bucket's values.
@@ -110,11 +104,7 @@ mod tests {
     #[test]
     fn buckets_are_contiguous_and_relative_error_bounded() {
         for i in 1..HIST_BUCKETS {
-            assert_eq!(
-                bucket_bounds(i - 1).1,
-                bucket_bounds(i).0,
-                "gap before bucket {i}"
-            );
+            assert_eq!(bucket_bounds(i - 1).1, bucket_bounds(i).0, "gap before bucket {i}");
             let (lo, hi) = bucket_bounds(i);
             if lo >= SUB_BUCKETS {
                 assert!((hi - lo) * 4 <= lo, "bucket {i} too wide: {lo}..{hi}");

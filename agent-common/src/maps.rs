@@ -47,21 +47,11 @@ pub struct FlowKey {
 
 /// Build a flow key from both ports (host order) and the role.
 #[inline(always)]
-pub fn flow_key(
-    local_ip: Addr,
-    remote_ip: Addr,
-    local_port: u16,
-    remote_port: u16,
-    role: u8,
-) -> FlowKey {
+pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u16, role: u8) -> FlowKey {
     FlowKey {
         local_ip,
         remote_ip,
-        target_port: if role == ROLE_SERVER {
-            local_port
-        } else {
-            remote_port
-        },
+        target_port: if role == ROLE_SERVER { local_port } else { remote_port },
         protocol: PROTO_TCP,
         role,
         _pad: 0,
@@ -79,11 +69,7 @@ pub struct Hist {
 
 impl Default for Hist {
     fn default() -> Self {
-        Hist {
-            count: 0,
-            sum: 0,
-            buckets: [0; HIST_BUCKETS],
-        }
+        Hist { count: 0, sum: 0, buckets: [0; HIST_BUCKETS] }
     }
 }
 
@@ -147,6 +133,10 @@ pub struct SockCounters {
     pub bytes_received: u64,
     pub segs_out: u32,
     pub segs_in: u32,
+    /// Segments retransmitted; the kernel adds to it exactly where it adds to TcpRetransSegs
+    /// (an accepted socket starts with its request socket's SYN-ACK retransmissions).
+    pub total_retrans: u32,
+    pub _pad: u32,
 }
 
 /// A listening socket of the monitored cgroup, keyed by local port, so SYN-ACK retransmissions
@@ -198,12 +188,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
-        assert_eq!(core::mem::size_of::<SockCounters>(), 24);
-        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 24 + 8);
-        assert_eq!(
-            core::mem::size_of::<Hist>(),
-            16 + 4 * crate::hist::HIST_BUCKETS
-        );
+        assert_eq!(core::mem::size_of::<SockCounters>(), 32);
+        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 32 + 8);
+        assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
     }
 
     #[test]

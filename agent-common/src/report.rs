@@ -247,10 +247,7 @@ mod tests {
                 start: "2026-11-22T10:00:00Z".parse().unwrap(),
                 end: "2026-11-22T10:00:30Z".parse().unwrap(),
             },
-            agent: AgentInfo {
-                version: "0.1.0".into(),
-                hostname: "h".into(),
-            },
+            agent: AgentInfo { version: "0.1.0".into(), hostname: "h".into() },
             flows: vec![FlowRecord {
                 protocol: Protocol::Tcp,
                 local_ip: "10.0.0.1".parse().unwrap(),
@@ -261,10 +258,7 @@ mod tests {
                     destination_category: Some(DestinationCategory::IntraAz),
                     ..Default::default()
                 },
-                metrics: FlowMetrics {
-                    bytes_sent: 10,
-                    ..Default::default()
-                },
+                metrics: FlowMetrics { bytes_sent: 10, ..Default::default() },
             }],
             other: OtherFlows::default(),
             agent_stats: AgentStats::default(),
@@ -276,14 +270,10 @@ mod tests {
         assert_eq!(back, r);
         // A misspelt counter is a missing field (flattened structs) or an unknown one.
         let bad = s.replacen("\"bytes_sent\"", "\"bytes_snet\"", 1);
-        let err = serde_json::from_str::<Report>(&bad)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
         assert!(err.contains("bytes_sent"), "{err}");
         let bad = s.replacen("\"attempted\"", "\"attemptd\"", 1);
-        let err = serde_json::from_str::<Report>(&bad)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
         assert!(err.contains("attemptd"), "{err}");
     }
 }

@@ -87,6 +87,8 @@ pub fn raw_counters(ctx: &SockOpsContext) -> SockCounters {
             bytes_received: o.bytes_received,
             segs_out: o.segs_out,
             segs_in: o.segs_in,
+            total_retrans: o.total_retrans,
+            _pad: 0,
         }
     }
 }

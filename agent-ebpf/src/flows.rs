@@ -71,6 +71,7 @@ pub fn add_counters(agg: *mut FlowAgg, d: &SockCounters) {
         add(&raw mut (*agg).bytes_received, d.bytes_received);
         add(&raw mut (*agg).segments_sent, d.segs_out as u64);
         add(&raw mut (*agg).segments_received, d.segs_in as u64);
+        add(&raw mut (*agg).retransmissions, d.total_retrans as u64);
     }
 }
 

@@ -3,19 +3,17 @@
 use agent_common::{
     fold::{classify_end, fold_step, payload, tcp_state},
     maps::{
-        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED,
-        SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters, SockState, flow_key, stat,
+        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
+        SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters, SockState, flow_key, stat,
     },
 };
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG, BPF_SOCK_OPS_PARSE_HDR_OPT_CB,
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB, BPF_SOCK_OPS_RETRANS_CB_FLAG,
-        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_RTT_CB,
-        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB,
+        BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_RTT_CB,
+        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     macros::sock_ops,
     programs::SockOpsContext,
@@ -42,10 +40,8 @@ fn fold_interval_ns() -> u64 {
 
 #[inline(always)]
 fn callbacks() -> i32 {
-    let mut f = BPF_SOCK_OPS_RTO_CB_FLAG
-        | BPF_SOCK_OPS_RETRANS_CB_FLAG
-        | BPF_SOCK_OPS_STATE_CB_FLAG
-        | BPF_SOCK_OPS_RTT_CB_FLAG;
+    let mut f =
+        BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
     if fold_interval_ns() != 0 {
         f |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
     }
@@ -73,27 +69,14 @@ pub fn flow_sock_ops(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn key_of(ctx: &SockOpsContext, role: u8) -> Option<FlowKey> {
     let (local, remote) = ctx::addrs(ctx)?;
-    Some(flow_key(
-        local,
-        remote,
-        ctx::local_port(ctx),
-        ctx::remote_port(ctx),
-        role,
-    ))
+    Some(flow_key(local, remote, ctx::local_port(ctx), ctx::remote_port(ctx), role))
 }
 
 /// Start tracking a socket. `None` when SOCKETS is full (counted).
 #[inline(always)]
 fn track(ctx: &SockOpsContext, key: FlowKey, now: u64, flags: u32) -> Option<*mut SockState> {
     let cookie = ctx::cookie(ctx);
-    let st = SockState {
-        key,
-        start_ns: now,
-        last_fold_ns: now,
-        folded: SockCounters::default(),
-        flags,
-        _pad: 0,
-    };
+    let st = SockState { key, start_ns: now, last_fold_ns: now, folded: SockCounters::default(), flags, _pad: 0 };
     if SOCKETS.insert(cookie, st, BPF_ANY).is_err() {
         count(stat::SOCKETS_FULL);
         return None;
@@ -157,10 +140,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     unsafe {
         add(&raw mut (*agg).established, 1);
         add(&raw mut (*agg).open, 1);
-        record(
-            &raw mut (*agg).handshake_us,
-            now.saturating_sub(start) / 1000,
-        );
+        record(&raw mut (*agg).handshake_us, now.saturating_sub(start) / 1000);
     }
 }
 
@@ -174,7 +154,13 @@ fn on_passive_established(ctx: &SockOpsContext) {
         return;
     };
     // SAFETY: the entry just inserted for this socket.
-    let Some(agg) = fold(ctx, unsafe { &mut *st }, now) else {
+    let st = unsafe { &mut *st };
+    // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
+    // listener is one of ours, the tracepoint has counted them already: start from there.
+    if LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() {
+        st.folded.total_retrans = ctx::raw_counters(ctx).total_retrans;
+    }
+    let Some(agg) = fold(ctx, st, now) else {
         return;
     };
     // The accepting side's handshake time is its SYN-ACK -> ACK round trip, which the kernel has
@@ -204,20 +190,10 @@ fn on_rtt(ctx: &SockOpsContext) {
 
 fn on_retrans(ctx: &SockOpsContext) {
     count(stat::EVENTS);
-    // Arg 2: segments in the retransmitted skb; arg 3: tcp_transmit_skb's result. The kernel counts
-    // TcpRetransSegs only for successful retransmissions, and so do we.
-    if ctx.arg(2) != 0 {
-        return;
-    }
+    // The count itself comes from the socket's total_retrans (folded like bytes), which the kernel
+    // bumps where it bumps TcpRetransSegs; this callback only makes the fold timely.
     let Some(st) = state(ctx) else { return };
-    let Some(agg) = fold(ctx, st, ctx::now_ns()) else {
-        return;
-    };
-    // SAFETY: FLOWS value pointer.
-    add(
-        unsafe { &raw mut (*agg).retransmissions },
-        ctx.arg(1) as u64,
-    );
+    let _ = fold(ctx, st, ctx::now_ns());
 }
 
 fn on_rto(ctx: &SockOpsContext) {
@@ -316,11 +292,7 @@ fn on_listen(ctx: &SockOpsContext) {
             }
         },
         None => {
-            let l = Listener {
-                addr: local,
-                count: 1,
-                _pad: 0,
-            };
+            let l = Listener { addr: local, count: 1, _pad: 0 };
             if LISTENERS.insert(port, l, BPF_ANY).is_err() {
                 count(stat::LISTENERS_FULL);
                 return;

@@ -54,15 +54,9 @@ fn on_synack_retrans(ctx: &TracePointContext) -> Option<()> {
     let dport: u16 = read(ctx, off(&SYNACK_OFF_DPORT))?;
     let family: u16 = read(ctx, off(&SYNACK_OFF_FAMILY))?;
     let (local, remote): (Addr, Addr) = if family as u32 == AF_INET {
-        (
-            v4_mapped(read(ctx, off(&SYNACK_OFF_SADDR))?),
-            v4_mapped(read(ctx, off(&SYNACK_OFF_DADDR))?),
-        )
+        (v4_mapped(read(ctx, off(&SYNACK_OFF_SADDR))?), v4_mapped(read(ctx, off(&SYNACK_OFF_DADDR))?))
     } else {
-        (
-            read(ctx, off(&SYNACK_OFF_SADDR_V6))?,
-            read(ctx, off(&SYNACK_OFF_DADDR_V6))?,
-        )
+        (read(ctx, off(&SYNACK_OFF_SADDR_V6))?, read(ctx, off(&SYNACK_OFF_DADDR_V6))?)
     };
     // SAFETY: LISTENERS value pointer.
     let bound = unsafe { (*l).addr };

@@ -62,8 +62,7 @@ pub struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"1s\", \"500ms\""))
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?} ({e}); use e.g. \"1s\", \"500ms\""))
 }
 
 /// The TOML file: the same settings as the flags.
@@ -98,24 +97,15 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid {setting}: {message}")]
-    Invalid {
-        setting: &'static str,
-        message: String,
-    },
+    Invalid { setting: &'static str, message: String },
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        setting,
-        message: message.into(),
-    }
+    ConfigError::Invalid { setting, message: message.into() }
 }
 
 impl Config {
@@ -123,53 +113,32 @@ impl Config {
     pub fn resolve(args: &RunArgs) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
                 Self::parse_file(path, &text)?
             }
             None => FileConfig::default(),
         };
-        let file_duration =
-            |name: &'static str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-                v.as_deref()
-                    .map(|s| parse_duration(s).map_err(|m| invalid(name, m)))
-                    .transpose()
-            };
-        let dry_run = args.dry_run || file.dry_run.unwrap_or(false);
-        let default_report = if dry_run {
-            DEFAULT_DRY_RUN_REPORT_INTERVAL
-        } else {
-            DEFAULT_REPORT_INTERVAL
+        let file_duration = |name: &'static str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.as_deref().map(|s| parse_duration(s).map_err(|m| invalid(name, m))).transpose()
         };
+        let dry_run = args.dry_run || file.dry_run.unwrap_or(false);
+        let default_report = if dry_run { DEFAULT_DRY_RUN_REPORT_INTERVAL } else { DEFAULT_REPORT_INTERVAL };
         let cfg = Config {
             dry_run,
             format: args.format.or(file.format).unwrap_or(Format::Json),
             cgroup: args.cgroup.clone().or(file.cgroup),
-            max_sockets: args
-                .max_sockets
-                .or(file.max_sockets)
-                .unwrap_or(DEFAULT_MAX_SOCKETS),
-            max_flows: args
-                .max_flows
-                .or(file.max_flows)
-                .unwrap_or(DEFAULT_MAX_FLOWS),
+            max_sockets: args.max_sockets.or(file.max_sockets).unwrap_or(DEFAULT_MAX_SOCKETS),
+            max_flows: args.max_flows.or(file.max_flows).unwrap_or(DEFAULT_MAX_FLOWS),
             aggregate_interval: args
                 .aggregate_interval
-                .or(file_duration(
-                    "aggregate_interval",
-                    &file.aggregate_interval,
-                )?)
+                .or(file_duration("aggregate_interval", &file.aggregate_interval)?)
                 .unwrap_or(DEFAULT_AGGREGATE_INTERVAL),
             report_interval: args
                 .report_interval
                 .or(file_duration("report_interval", &file.report_interval)?)
                 .unwrap_or(default_report),
-            top_flows: args
-                .top_flows
-                .or(file.top_flows)
-                .unwrap_or(DEFAULT_TOP_FLOWS),
+            top_flows: args.top_flows.or(file.top_flows).unwrap_or(DEFAULT_TOP_FLOWS),
             fold_interval: args
                 .fold_interval
                 .or(file_duration("fold_interval", &file.fold_interval)?)
@@ -180,10 +149,7 @@ impl Config {
     }
 
     fn parse_file(path: &std::path::Path, text: &str) -> Result<FileConfig, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -195,7 +161,7 @@ impl Config {
                 format!("{:?} is below the 10ms minimum", self.aggregate_interval),
             ));
         }
-        if rep < agg || rep % agg != 0 {
+        if rep < agg || !rep.is_multiple_of(agg) {
             return Err(invalid(
                 "report_interval",
                 format!(
@@ -227,11 +193,7 @@ mod tests {
         let c = Config::resolve(&args()).unwrap();
         assert_eq!(c.report_interval, DEFAULT_REPORT_INTERVAL);
         assert_eq!(c.max_sockets, DEFAULT_MAX_SOCKETS);
-        let c = Config::resolve(&RunArgs {
-            dry_run: true,
-            ..args()
-        })
-        .unwrap();
+        let c = Config::resolve(&RunArgs { dry_run: true, ..args() }).unwrap();
         assert_eq!(c.report_interval, DEFAULT_DRY_RUN_REPORT_INTERVAL);
     }
 
@@ -239,17 +201,8 @@ mod tests {
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(
-            &path,
-            "max_flows = 10\nreport_interval = \"5s\"\ntop_flows = 3\n",
-        )
-        .unwrap();
-        let c = Config::resolve(&RunArgs {
-            config: Some(path),
-            top_flows: Some(7),
-            ..args()
-        })
-        .unwrap();
+        std::fs::write(&path, "max_flows = 10\nreport_interval = \"5s\"\ntop_flows = 3\n").unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path), top_flows: Some(7), ..args() }).unwrap();
         assert_eq!(c.max_flows, 10);
         assert_eq!(c.report_interval, Duration::from_secs(5));
         assert_eq!(c.top_flows, 7);
@@ -260,41 +213,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "max_flow = 10\n").unwrap();
-        let e = Config::resolve(&RunArgs {
-            config: Some(path.clone()),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap_err().to_string();
         assert!(e.contains("max_flow") && e.contains("c.toml"), "{e}");
         std::fs::write(&path, "report_interval = \"soon\"\n").unwrap();
-        let e = Config::resolve(&RunArgs {
-            config: Some(path),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap_err().to_string();
         assert!(e.contains("report_interval") && e.contains("soon"), "{e}");
-        let e = Config::resolve(&RunArgs {
-            report_interval: Some(Duration::from_millis(1500)),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config::resolve(&RunArgs { report_interval: Some(Duration::from_millis(1500)), ..args() })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("multiple of aggregate_interval"), "{e}");
-        let e = Config::resolve(&RunArgs {
-            max_sockets: Some(0),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Config::resolve(&RunArgs { max_sockets: Some(0), ..args() }).unwrap_err().to_string();
         assert!(e.contains("max_sockets"), "{e}");
-        let e = Config::resolve(&RunArgs {
-            config: Some("/nonexistent/x.toml".into()),
-            ..args()
-        })
-        .unwrap_err()
-        .to_string();
+        let e =
+            Config::resolve(&RunArgs { config: Some("/nonexistent/x.toml".into()), ..args() }).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");
     }
 }

@@ -59,21 +59,14 @@ impl Pipeline {
 
     fn emit(&mut self, start: DateTime<Utc>, end: DateTime<Utc>) {
         let (cpu, rss) = sys::process_usage();
-        let usage = Usage {
-            cpu_seconds: (cpu - self.cpu_at_window_start).max(0.0),
-            rss_bytes: rss,
-        };
+        let usage = Usage { cpu_seconds: (cpu - self.cpu_at_window_start).max(0.0), rss_bytes: rss };
         self.cpu_at_window_start = cpu;
         let closed = self.aggregator.close_window();
         let mut report = report::build((start, end), closed, self.top_flows, usage);
         self.enricher.enrich(&mut report);
         for sink in &mut self.sinks {
             if let Err(e) = sink.send(&report) {
-                tracing::error!(
-                    sink = sink.name(),
-                    "report {} not delivered: {e}",
-                    report.report_id
-                );
+                tracing::error!(sink = sink.name(), "report {} not delivered: {e}", report.report_id);
             }
         }
     }
@@ -81,14 +74,10 @@ impl Pipeline {
 
 pub async fn run(cfg: Config) -> Result<()> {
     if !cfg.dry_run {
-        anyhow::bail!(
-            "no report sink is configured: run with --dry-run to print reports to stdout"
-        );
+        anyhow::bail!("no report sink is configured: run with --dry-run to print reports to stdout");
     }
     let capture = Capture::start(&cfg).context("cannot start capture")?;
-    let ticks_to_evict = (EVICT_IDLE_AFTER
-        .as_millis()
-        .max(cfg.report_interval.as_millis() * 2)
+    let ticks_to_evict = (EVICT_IDLE_AFTER.as_millis().max(cfg.report_interval.as_millis() * 2)
         / cfg.aggregate_interval.as_millis()) as u32;
     let mut p = Pipeline {
         capture,
@@ -139,17 +128,8 @@ mod tests {
     #[test]
     fn windows_align_to_wall_clock() {
         let t: DateTime<Utc> = "2026-11-22T10:00:47.250Z".parse().unwrap();
-        assert_eq!(
-            align_down(t, Duration::from_secs(30)).to_rfc3339(),
-            "2026-11-22T10:00:30+00:00"
-        );
-        assert_eq!(
-            align_down(t, Duration::from_secs(10)).to_rfc3339(),
-            "2026-11-22T10:00:40+00:00"
-        );
-        assert_eq!(
-            align_down(t, Duration::from_millis(500)).timestamp_millis(),
-            t.timestamp_millis() - 250
-        );
+        assert_eq!(align_down(t, Duration::from_secs(30)).to_rfc3339(), "2026-11-22T10:00:30+00:00");
+        assert_eq!(align_down(t, Duration::from_secs(10)).to_rfc3339(), "2026-11-22T10:00:40+00:00");
+        assert_eq!(align_down(t, Duration::from_millis(500)).timestamp_millis(), t.timestamp_millis() - 250);
     }
 }

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv6Addr};
 use agent_common::{
     maps::{Addr, FlowKey, ROLE_SERVER, stat},
     report::{
-        AgentInfo, AgentStats, Enrichment, FlowMetrics, FlowRecord, MapFull, OtherFlows, Protocol,
-        Report, Role, SCHEMA_VERSION, Window,
+        AgentInfo, AgentStats, Enrichment, FlowMetrics, FlowRecord, MapFull, OtherFlows, Protocol, Report, Role,
+        SCHEMA_VERSION, Window,
     },
 };
 use chrono::{DateTime, Utc};
@@ -46,11 +46,7 @@ fn record(key: &FlowKey, w: &FlowWindow) -> FlowRecord {
         local_ip: ip(&key.local_ip),
         remote_ip: ip(&key.remote_ip),
         target_port: key.target_port,
-        role: if key.role == ROLE_SERVER {
-            Role::Server
-        } else {
-            Role::Client
-        },
+        role: if key.role == ROLE_SERVER { Role::Server } else { Role::Client },
         enrichment: Enrichment::default(),
         metrics: metrics(w),
     }
@@ -62,30 +58,16 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
-pub fn build(
-    window: (DateTime<Utc>, DateTime<Utc>),
-    closed: ClosedWindow,
-    top_flows: usize,
-    usage: Usage,
-) -> Report {
+pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_flows: usize, usage: Usage) -> Report {
     let s = |i: u32| closed.stats[i as usize];
     let top = rank(closed.flows, top_flows);
     Report {
         report_id: uuid::Uuid::new_v4().to_string(),
         schema_version: SCHEMA_VERSION,
-        window: Window {
-            start: window.0,
-            end: window.1,
-        },
-        agent: AgentInfo {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            hostname: crate::sys::hostname(),
-        },
+        window: Window { start: window.0, end: window.1 },
+        agent: AgentInfo { version: env!("CARGO_PKG_VERSION").to_string(), hostname: crate::sys::hostname() },
         flows: top.top.iter().map(|(k, w)| record(k, w)).collect(),
-        other: OtherFlows {
-            flows: top.other_flows,
-            metrics: metrics(&top.other),
-        },
+        other: OtherFlows { flows: top.other_flows, metrics: metrics(&top.other) },
         agent_stats: AgentStats {
             events: s(stat::EVENTS),
             ringbuf_drops: s(stat::RINGBUF_DROPS),
@@ -110,14 +92,10 @@ mod tests {
 
     #[test]
     fn v4_mapped_reads_as_v4() {
-        assert_eq!(
-            ip(&v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]))).to_string(),
-            "10.1.2.3"
-        );
+        assert_eq!(ip(&v4_mapped(u32::from_ne_bytes([10, 1, 2, 3]))).to_string(), "10.1.2.3");
         let v6: Ipv6Addr = "fd00::1".parse().unwrap();
         let o = v6.octets();
-        let a: Addr =
-            std::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().unwrap()));
+        let a: Addr = std::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().unwrap()));
         assert_eq!(ip(&a).to_string(), "fd00::1");
     }
 }

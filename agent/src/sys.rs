@@ -5,8 +5,7 @@ use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 /// mount(2) a pseudo filesystem.
@@ -14,11 +13,7 @@ pub fn mount(source: &str, target: &Path, fstype: &str) -> io::Result<()> {
     let (src, tgt, fs) = (CString::new(source)?, cstr(target)?, CString::new(fstype)?);
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let r = unsafe { libc::mount(src.as_ptr(), tgt.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Whether `p` is on a cgroup v2 filesystem.
@@ -34,12 +29,7 @@ pub fn is_cgroup2(p: &Path) -> bool {
 /// This process's CPU time (user + system) in seconds and resident set size in bytes.
 pub fn process_usage() -> (f64, u64) {
     // SAFETY: sysconf has no memory effects.
-    let (tick, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_CLK_TCK),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
+    let (tick, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
     let cpu = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {

@@ -1,1 +1,110 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! `setup` is idempotent and installs everything a fresh Debian machine lacks: apt packages the
+//! tests use, rust-src, and bpf-linker linked against this toolchain's own libLLVM.
+
+mod backend;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  setup            install what builds and tests need (idempotent)
+  build            build flow-agent (release), eBPF programs included
+  run [ARGS...]    setup, build, then run `flow-agent --dry-run ARGS...` (needs root)
+  test             setup, then every test: fmt, clippy, unit and kernel integration tests,
+                   backend tests against SQLite and PostgreSQL, boto3 end to end
+                   (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
+  bench            benchmarks; figures printed as markdown";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::all(),
+        Some("build") => setup::toolchain().and_then(|_| build()),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench(),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
+}
+
+/// Run a command to completion, failing with its command line if it fails.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("+ {line}");
+    let status = cmd.status().with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn build() -> Result<()> {
+    run_cmd(cargo().args(["build", "--release", "-p", "flow-agent"]))
+}
+
+fn run(args: &[String]) -> Result<()> {
+    setup::toolchain()?;
+    setup::apt(&["iproute2"])?;
+    build()?;
+    let bin = root().join("target/release/flow-agent");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--dry-run").args(args);
+    if !setup::is_root() {
+        bail!(
+            "flow-agent loads eBPF programs and needs root (or CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): run `sudo {}`",
+            bin.display()
+        );
+    }
+    run_cmd(&mut cmd)
+}
+
+fn test() -> Result<()> {
+    setup::all()?;
+    let skip_privileged = std::env::var("FLOW_AGENT_SKIP_PRIVILEGED").is_ok_and(|v| v == "1");
+    if !skip_privileged && !setup::is_root() {
+        bail!(
+            "the kernel integration tests need root; run as root, or set FLOW_AGENT_SKIP_PRIVILEGED=1 to skip them explicitly"
+        );
+    }
+    run_cmd(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo().current_dir(root().join("agent-ebpf")).args(["fmt", "--", "--check"]))?;
+    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut t = cargo();
+    t.args(["test", "--workspace", "--all-targets"]).env("FLOW_BACKEND_TEST_POSTGRES_URL", backend::postgres_url());
+    run_cmd(&mut t)
+}
+
+fn bench() -> Result<()> {
+    setup::all()?;
+    let report = backend::bench()?;
+    println!("{report}");
+    Ok(())
+}

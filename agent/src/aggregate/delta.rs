@@ -16,11 +16,7 @@ pub struct HistAcc {
 
 impl Default for HistAcc {
     fn default() -> Self {
-        HistAcc {
-            count: 0,
-            sum: 0,
-            buckets: [0; HIST_BUCKETS],
-        }
+        HistAcc { count: 0, sum: 0, buckets: [0; HIST_BUCKETS] }
     }
 }
 
@@ -29,11 +25,7 @@ impl HistAcc {
     pub fn add_delta(&mut self, prev: &Hist, cur: &Hist) {
         self.count += cur.count.wrapping_sub(prev.count);
         self.sum += cur.sum.wrapping_sub(prev.sum);
-        for (acc, (p, c)) in self
-            .buckets
-            .iter_mut()
-            .zip(prev.buckets.iter().zip(cur.buckets.iter()))
-        {
+        for (acc, (p, c)) in self.buckets.iter_mut().zip(prev.buckets.iter().zip(cur.buckets.iter())) {
             *acc += c.wrapping_sub(*p) as u64;
         }
     }
@@ -83,8 +75,7 @@ impl FlowWindow {
         self.retransmissions += d(prev.retransmissions, cur.retransmissions);
         self.timeouts += d(prev.timeouts, cur.timeouts);
         self.rtt_us.add_delta(&prev.rtt_us, &cur.rtt_us);
-        self.handshake_us
-            .add_delta(&prev.handshake_us, &cur.handshake_us);
+        self.handshake_us.add_delta(&prev.handshake_us, &cur.handshake_us);
     }
 
     /// Sum another flow into this one (for `other`). `active` adds up too.
@@ -133,11 +124,7 @@ mod tests {
     use agent_common::hist::bucket_index;
 
     fn agg(bytes: u64, rtts: &[u64], open: i64) -> FlowAgg {
-        let mut a = FlowAgg {
-            bytes_sent: bytes,
-            open: open as u64,
-            ..Default::default()
-        };
+        let mut a = FlowAgg { bytes_sent: bytes, open: open as u64, ..Default::default() };
         for &r in rtts {
             a.rtt_us.count += 1;
             a.rtt_us.sum += r;

@@ -16,37 +16,20 @@ pub fn summarize(h: &HistAcc) -> LatencySummary {
     }
     let mean = h.sum as f64 / h.count as f64;
     let nonzero = || h.buckets.iter().enumerate().filter(|(_, c)| **c > 0);
-    let (Some((first, _)), Some((last, _))) = (nonzero().next(), nonzero().last()) else {
+    let (Some((first, _)), Some((last, _))) = (nonzero().next(), nonzero().next_back()) else {
         // Counts without buckets cannot happen with kernel data; report the mean alone.
         let m = mean.round() as u64;
-        return LatencySummary {
-            count: h.count,
-            min: m,
-            max: m,
-            mean,
-            p50: m,
-            p90: m,
-            p99: m,
-        };
+        return LatencySummary { count: h.count, min: m, max: m, mean, p50: m, p90: m, p99: m };
     };
     let min = bucket_bounds(first).0.min(mean.floor() as u64);
     let max = (bucket_bounds(last).1 - 1).max(mean.ceil() as u64);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, u64::MAX >> 2, 2)
-        .expect("static histogram bounds are valid");
+    let mut hist = Histogram::<u64>::new_with_bounds(1, u64::MAX >> 2, 2).expect("static histogram bounds are valid");
     for (i, c) in nonzero() {
         // Values are clamped into the histogram's range; 0 is recorded as 1 (its lowest value).
         let _ = hist.record_n(bucket_value(i).max(1), *c);
     }
     let q = |x: f64| hist.value_at_quantile(x).clamp(min, max);
-    LatencySummary {
-        count: h.count,
-        min,
-        max,
-        mean,
-        p50: q(0.5),
-        p90: q(0.9),
-        p99: q(0.99),
-    }
+    LatencySummary { count: h.count, min, max, mean, p50: q(0.5), p90: q(0.9), p99: q(0.99) }
 }
 
 #[cfg(test)]
@@ -82,9 +65,6 @@ mod tests {
         assert_eq!(summarize(&HistAcc::default()), LatencySummary::default());
         let s = summarize(&acc(&[77]));
         assert_eq!(s.count, 1);
-        assert!(
-            s.min <= 77 && 77 <= s.max && s.p50 >= s.min && s.p50 <= s.max,
-            "{s:?}"
-        );
+        assert!(s.min <= 77 && 77 <= s.max && s.p50 >= s.min && s.p50 <= s.max, "{s:?}");
     }
 }

@@ -14,34 +14,18 @@ pub struct TopN<K> {
 
 fn score(w: &FlowWindow) -> (u64, u64, u64) {
     let trouble = w.connections.failed + w.connections.reset + w.timeouts + w.retransmissions;
-    (
-        trouble,
-        w.bytes_sent + w.bytes_received,
-        w.connections.attempted + w.connections.active,
-    )
+    (trouble, w.bytes_sent + w.bytes_received, w.connections.attempted + w.connections.active)
 }
 
 pub fn rank<K: Ord>(mut flows: Vec<(K, FlowWindow)>, n: usize) -> TopN<K> {
     // Ties broken by key so that output is deterministic.
-    flows.sort_by(|(ka, a), (kb, b)| {
-        Reverse(score(a))
-            .cmp(&Reverse(score(b)))
-            .then_with(|| ka.cmp(kb))
-    });
-    let rest = if flows.len() > n {
-        flows.split_off(n)
-    } else {
-        Vec::new()
-    };
+    flows.sort_by(|(ka, a), (kb, b)| Reverse(score(a)).cmp(&Reverse(score(b))).then_with(|| ka.cmp(kb)));
+    let rest = if flows.len() > n { flows.split_off(n) } else { Vec::new() };
     let mut other = FlowWindow::default();
     for (_, w) in &rest {
         other.merge(w);
     }
-    TopN {
-        top: flows,
-        other,
-        other_flows: rest.len() as u64,
-    }
+    TopN { top: flows, other, other_flows: rest.len() as u64 }
 }
 
 #[cfg(test)]
@@ -49,11 +33,7 @@ mod tests {
     use super::*;
 
     fn w(bytes: u64, retrans: u64) -> FlowWindow {
-        let mut f = FlowWindow {
-            bytes_sent: bytes,
-            retransmissions: retrans,
-            ..Default::default()
-        };
+        let mut f = FlowWindow { bytes_sent: bytes, retransmissions: retrans, ..Default::default() };
         f.connections.attempted = 1;
         f.rtt_us.count = 1;
         f.rtt_us.sum = bytes;
@@ -63,9 +43,8 @@ mod tests {
 
     #[test]
     fn keeps_trouble_then_bytes_and_conserves_totals() {
-        let flows: Vec<(u32, FlowWindow)> = (0..10)
-            .map(|i| (i, w(100 * i as u64, if i == 2 { 3 } else { 0 })))
-            .collect();
+        let flows: Vec<(u32, FlowWindow)> =
+            (0..10).map(|i| (i, w(100 * i as u64, if i == 2 { 3 } else { 0 }))).collect();
         let mut total = FlowWindow::default();
         for (_, f) in &flows {
             total.merge(f);

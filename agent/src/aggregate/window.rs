@@ -60,10 +60,7 @@ impl Aggregator {
         let zero = FlowAgg::default();
         let mut evict = Vec::new();
         for (key, cur) in snap.flows {
-            let t = self.tracked.entry(key).or_insert_with(|| Tracked {
-                last: Box::new(zero),
-                idle_ticks: 0,
-            });
+            let t = self.tracked.entry(key).or_insert_with(|| Tracked { last: Box::new(zero), idle_ticks: 0 });
             let changed = *t.last != cur;
             if changed || cur.open != 0 {
                 self.window.entry(key).or_default().add_delta(&t.last, &cur);
@@ -87,10 +84,7 @@ impl Aggregator {
             && let Some(last) = last
             && *t.last != last
         {
-            self.window
-                .entry(*key)
-                .or_default()
-                .add_delta(&t.last, &last);
+            self.window.entry(*key).or_default().add_delta(&t.last, &last);
         }
     }
 
@@ -113,10 +107,7 @@ mod tests {
     use super::*;
 
     fn key(port: u16) -> FlowKey {
-        FlowKey {
-            target_port: port,
-            ..Default::default()
-        }
+        FlowKey { target_port: port, ..Default::default() }
     }
 
     fn snap(flows: Vec<(FlowKey, FlowAgg)>, events: u64) -> Snapshot {
@@ -128,16 +119,8 @@ mod tests {
     #[test]
     fn windows_get_deltas_and_stats() {
         let mut a = Aggregator::new(3);
-        let f1 = FlowAgg {
-            bytes_sent: 10,
-            attempted: 1,
-            ..Default::default()
-        };
-        let f2 = FlowAgg {
-            bytes_sent: 25,
-            attempted: 1,
-            ..Default::default()
-        };
+        let f1 = FlowAgg { bytes_sent: 10, attempted: 1, ..Default::default() };
+        let f2 = FlowAgg { bytes_sent: 25, attempted: 1, ..Default::default() };
         a.ingest(snap(vec![(key(80), f1)], 5));
         a.ingest(snap(vec![(key(80), f1)], 7));
         let w = a.close_window();
@@ -150,63 +133,35 @@ mod tests {
         assert_eq!(w.flows[0].1.connections.attempted, 0);
         assert_eq!(w.stats[stat::EVENTS as usize], 2);
         let w = a.close_window();
-        assert!(
-            w.flows.is_empty(),
-            "no change, nothing open: nothing to report"
-        );
+        assert!(w.flows.is_empty(), "no change, nothing open: nothing to report");
     }
 
     #[test]
     fn idle_keys_are_evicted_and_late_folds_counted() {
         let mut a = Aggregator::new(2);
-        let f = FlowAgg {
-            bytes_sent: 10,
-            ..Default::default()
-        };
+        let f = FlowAgg { bytes_sent: 10, ..Default::default() };
         assert!(a.ingest(snap(vec![(key(1), f)], 0)).is_empty());
         assert!(a.ingest(snap(vec![(key(1), f)], 0)).is_empty());
         let ev = a.ingest(snap(vec![(key(1), f)], 0));
         assert_eq!(ev, vec![key(1)]);
         // A socket folded 5 more bytes between the last snapshot and the removal.
-        a.account_evicted(
-            &key(1),
-            Some(FlowAgg {
-                bytes_sent: 15,
-                ..Default::default()
-            }),
-        );
+        a.account_evicted(&key(1), Some(FlowAgg { bytes_sent: 15, ..Default::default() }));
         let w = a.close_window();
         let total: u64 = w.flows.iter().map(|(_, f)| f.bytes_sent).sum();
         assert_eq!(total, 15);
         assert_eq!(w.flows_tracked, 0);
         // Re-inserted by the kernel from zero: counted from zero again.
-        a.ingest(snap(
-            vec![(
-                key(1),
-                FlowAgg {
-                    bytes_sent: 3,
-                    ..Default::default()
-                },
-            )],
-            0,
-        ));
+        a.ingest(snap(vec![(key(1), FlowAgg { bytes_sent: 3, ..Default::default() })], 0));
         assert_eq!(a.close_window().flows[0].1.bytes_sent, 3);
     }
 
     #[test]
     fn open_connections_stay_reported_while_quiet() {
         let mut a = Aggregator::new(1);
-        let f = FlowAgg {
-            established: 1,
-            open: 1,
-            ..Default::default()
-        };
+        let f = FlowAgg { established: 1, open: 1, ..Default::default() };
         a.ingest(snap(vec![(key(9), f)], 0));
         a.close_window();
-        assert!(
-            a.ingest(snap(vec![(key(9), f)], 0)).is_empty(),
-            "open keys are never evicted"
-        );
+        assert!(a.ingest(snap(vec![(key(9), f)], 0)).is_empty(), "open keys are never evicted");
         let w = a.close_window();
         assert_eq!(w.flows.len(), 1);
         assert_eq!(w.flows[0].1.connections.active, 1);

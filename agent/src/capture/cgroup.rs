@@ -24,10 +24,7 @@ fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v as char);
             i += 4;
@@ -50,27 +47,17 @@ pub fn resolve(explicit: Option<&Path>) -> Result<PathBuf, CaptureError> {
         return Ok(p);
     }
     let path = PathBuf::from("/run/flow-agent/cgroup2");
-    std::fs::create_dir_all(&path).map_err(|source| CaptureError::MountCgroup {
-        path: path.clone(),
-        source,
-    })?;
-    crate::sys::mount("cgroup2", &path, "cgroup2").map_err(|source| CaptureError::MountCgroup {
-        path: path.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&path).map_err(|source| CaptureError::MountCgroup { path: path.clone(), source })?;
+    crate::sys::mount("cgroup2", &path, "cgroup2")
+        .map_err(|source| CaptureError::MountCgroup { path: path.clone(), source })?;
     tracing::info!(path = %path.display(), "mounted a cgroup v2 hierarchy");
     Ok(path)
 }
 
 fn check_cgroup2(p: &Path) -> Result<(), CaptureError> {
-    std::fs::read_dir(p).map_err(|source| CaptureError::OpenCgroup {
-        path: p.to_path_buf(),
-        source,
-    })?;
+    std::fs::read_dir(p).map_err(|source| CaptureError::OpenCgroup { path: p.to_path_buf(), source })?;
     if !p.join("cgroup.procs").exists() || !crate::sys::is_cgroup2(p) {
-        return Err(CaptureError::NotCgroup2 {
-            path: p.to_path_buf(),
-        });
+        return Err(CaptureError::NotCgroup2 { path: p.to_path_buf() });
     }
     Ok(())
 }
@@ -86,14 +73,8 @@ mod tests {
 36 35 0:31 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
 44 35 0:39 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
 ";
-        assert_eq!(
-            find_cgroup2_mount(mi),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(
-            find_cgroup2_mount("36 35 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"),
-            None
-        );
+        assert_eq!(find_cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(find_cgroup2_mount("36 35 0:31 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"), None);
         assert_eq!(find_cgroup2_mount(""), None);
     }
 

@@ -3,8 +3,7 @@
 use std::fs::File;
 
 use agent_common::maps::{
-    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP,
-    SockState, stat,
+    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -67,20 +66,13 @@ impl Capture {
             sockets_mib = format_args!("{:.1}", sockets_mem as f64 / 1048576.0),
             max_flows = cfg.max_flows,
             flows_mib = format_args!("{:.1}", flows_mem as f64 / 1048576.0),
-            total_mib = format_args!(
-                "{:.1}",
-                (sockets_mem + flows_mem + listeners_mem) as f64 / 1048576.0
-            ),
+            total_mib = format_args!("{:.1}", (sockets_mem + flows_mem + listeners_mem) as f64 / 1048576.0),
             "kernel maps sized"
         );
 
-        let cg = File::open(&cgroup).map_err(|source| CaptureError::OpenCgroup {
-            path: cgroup.clone(),
-            source,
-        })?;
+        let cg = File::open(&cgroup).map_err(|source| CaptureError::OpenCgroup { path: cgroup.clone(), source })?;
         let prog: &mut SockOps = program(&mut ebpf, "flow_sock_ops")?;
-        prog.load()
-            .map_err(|e| prog_err("loading sock_ops program", e, ""))?;
+        prog.load().map_err(|e| prog_err("loading sock_ops program", e, ""))?;
         // bpf_link attachments always coexist with other programs; the link API takes no mode flags.
         prog.attach(&cg, CgroupAttachMode::Single).map_err(|e| {
             prog_err(
@@ -90,47 +82,23 @@ impl Capture {
             )
         })?;
         let tp: &mut TracePoint = program(&mut ebpf, "flow_synack_retrans")?;
-        tp.load()
-            .map_err(|e| prog_err("loading tracepoint program", e, ""))?;
+        tp.load().map_err(|e| prog_err("loading tracepoint program", e, ""))?;
         tp.attach("tcp", "tcp_retransmit_synack").map_err(|e| {
-            prog_err(
-                "attaching tcp:tcp_retransmit_synack",
-                e,
-                " (is tracefs mounted at /sys/kernel/tracing?)",
-            )
+            prog_err("attaching tcp:tcp_retransmit_synack", e, " (is tracefs mounted at /sys/kernel/tracing?)")
         })?;
         tracing::info!(cgroup = %cgroup.display(), "sock_ops and tcp:tcp_retransmit_synack attached");
 
-        let flows = HashMap::try_from(
-            ebpf.take_map(FLOWS_MAP)
-                .ok_or(CaptureError::MissingMap(FLOWS_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: FLOWS_MAP,
-            source,
-        })?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map(STATS_MAP)
-                .ok_or(CaptureError::MissingMap(STATS_MAP))?,
-        )
-        .map_err(|source| CaptureError::Map {
-            name: STATS_MAP,
-            source,
-        })?;
+        let flows = HashMap::try_from(ebpf.take_map(FLOWS_MAP).ok_or(CaptureError::MissingMap(FLOWS_MAP))?)
+            .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;
+        let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
+            .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
         let _ = LISTENERS_MAP;
-        Ok(Capture {
-            _ebpf: ebpf,
-            flows,
-            stats,
-        })
+        Ok(Capture { _ebpf: ebpf, flows, stats })
     }
 
     /// Read every flow and the program counters.
     pub fn read(&self) -> Result<Snapshot, CaptureError> {
-        let map_err = |source| CaptureError::Map {
-            name: FLOWS_MAP,
-            source,
-        };
+        let map_err = |source| CaptureError::Map { name: FLOWS_MAP, source };
         let mut flows = Vec::new();
         for item in self.flows.iter() {
             match item {
@@ -142,13 +110,7 @@ impl Capture {
         }
         let mut stats = [0u64; stat::COUNT as usize];
         for (i, slot) in stats.iter_mut().enumerate() {
-            let v = self
-                .stats
-                .get(&(i as u32), 0)
-                .map_err(|source| CaptureError::Map {
-                    name: STATS_MAP,
-                    source,
-                })?;
+            let v = self.stats.get(&(i as u32), 0).map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
             *slot = v.iter().copied().fold(0u64, u64::wrapping_add);
         }
         Ok(Snapshot { flows, stats })
@@ -161,18 +123,12 @@ impl Capture {
             Ok(v) => v,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
             Err(source) => {
-                return Err(CaptureError::Map {
-                    name: FLOWS_MAP,
-                    source,
-                });
+                return Err(CaptureError::Map { name: FLOWS_MAP, source });
             }
         };
         match self.flows.remove(key) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(Some(last)),
-            Err(source) => Err(CaptureError::Map {
-                name: FLOWS_MAP,
-                source,
-            }),
+            Err(source) => Err(CaptureError::Map { name: FLOWS_MAP, source }),
         }
     }
 }
@@ -181,21 +137,14 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, C
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf
-        .program_mut(name)
-        .ok_or_else(|| CaptureError::Program {
-            what: format!("finding program {name}"),
-            source: aya::programs::ProgramError::NotLoaded,
-            hint: " (the embedded object is incomplete; rebuild)",
-        })?;
-    p.try_into()
-        .map_err(|e| prog_err(&format!("program {name}"), e, ""))
+    let p = ebpf.program_mut(name).ok_or_else(|| CaptureError::Program {
+        what: format!("finding program {name}"),
+        source: aya::programs::ProgramError::NotLoaded,
+        hint: " (the embedded object is incomplete; rebuild)",
+    })?;
+    p.try_into().map_err(|e| prog_err(&format!("program {name}"), e, ""))
 }
 
 fn prog_err(what: &str, source: aya::programs::ProgramError, hint: &'static str) -> CaptureError {
-    CaptureError::Program {
-        what: what.to_string(),
-        source,
-        hint,
-    }
+    CaptureError::Program { what: what.to_string(), source, hint }
 }

@@ -30,10 +30,7 @@ impl SynackOffsets {
                 };
                 let mut parts = rest.split(';').map(str::trim);
                 let decl = parts.next().unwrap_or("");
-                let decl_name = decl
-                    .rsplit(|c: char| c.is_whitespace() || c == '*')
-                    .next()
-                    .unwrap_or("");
+                let decl_name = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next().unwrap_or("");
                 let decl_name = decl_name.split('[').next().unwrap_or("");
                 if decl_name != name {
                     continue;
@@ -49,9 +46,7 @@ impl SynackOffsets {
                 }
                 return match (off, sz) {
                     (Some(o), Some(s)) if s == size => Ok(o),
-                    (Some(_), Some(s)) => {
-                        Err(format!("field {name} has size {s}, expected {size}"))
-                    }
+                    (Some(_), Some(s)) => Err(format!("field {name} has size {s}, expected {size}")),
                     _ => Err(format!("field {name} has no offset/size")),
                 };
             }
@@ -74,17 +69,12 @@ pub fn synack_offsets() -> Result<SynackOffsets, CaptureError> {
     let root = PathBuf::from(TRACEFS);
     let path = root.join(FORMAT);
     if !path.exists() && !Path::new(TRACEFS).join("events").exists() {
-        crate::sys::mount("nodev", &root, "tracefs").map_err(|source| {
-            CaptureError::MountTracefs {
-                path: root.clone(),
-                source,
-            }
-        })?;
+        crate::sys::mount("nodev", &root, "tracefs")
+            .map_err(|source| CaptureError::MountTracefs { path: root.clone(), source })?;
         tracing::info!(path = TRACEFS, "mounted tracefs");
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        CaptureError::TracepointFormat(format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CaptureError::TracepointFormat(format!("cannot read {}: {e}", path.display())))?;
     SynackOffsets::parse(&text).map_err(CaptureError::TracepointFormat)
 }
 
@@ -112,15 +102,7 @@ format:
         let o = SynackOffsets::parse(FORMAT_6_18).unwrap();
         assert_eq!(
             o,
-            SynackOffsets {
-                sport: 24,
-                dport: 26,
-                family: 28,
-                saddr: 30,
-                daddr: 34,
-                saddr_v6: 38,
-                daddr_v6: 54
-            }
+            SynackOffsets { sport: 24, dport: 26, family: 28, saddr: 30, daddr: 34, saddr_v6: 38, daddr_v6: 54 }
         );
     }
 
@@ -128,9 +110,7 @@ format:
     fn rejects_missing_or_resized_fields() {
         let e = SynackOffsets::parse(&FORMAT_6_18.replace("daddr_v6", "dst6")).unwrap_err();
         assert!(e.contains("daddr_v6"), "{e}");
-        let e =
-            SynackOffsets::parse(&FORMAT_6_18.replace("offset:24;\tsize:2", "offset:24;\tsize:4"))
-                .unwrap_err();
+        let e = SynackOffsets::parse(&FORMAT_6_18.replace("offset:24;\tsize:2", "offset:24;\tsize:4")).unwrap_err();
         assert!(e.contains("sport") && e.contains("size 4"), "{e}");
     }
 }

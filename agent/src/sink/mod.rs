@@ -9,10 +9,7 @@ use agent_common::report::Report;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("writing to {sink}: {source}")]
-    Io {
-        sink: &'static str,
-        source: std::io::Error,
-    },
+    Io { sink: &'static str, source: std::io::Error },
 }
 
 pub trait Sink: Send {

@@ -34,10 +34,7 @@ impl Sink for Stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())
             .and_then(|_| out.flush())
-            .map_err(|source| SinkError::Io {
-                sink: "stdout",
-                source,
-            })
+            .map_err(|source| SinkError::Io { sink: "stdout", source })
     }
 }
 
@@ -81,10 +78,7 @@ pub fn table(r: &Report) -> String {
         s.push_str(&row(&arrow, &f.metrics));
     }
     if r.other.flows > 0 {
-        s.push_str(&row(
-            &format!("other ({} flows)", r.other.flows),
-            &r.other.metrics,
-        ));
+        s.push_str(&row(&format!("other ({} flows)", r.other.flows), &r.other.metrics));
     }
     s.push('\n');
     s

@@ -1,0 +1,296 @@
+//! Kernel integration tests: the real agent, the real eBPF programs, real TCP between two network
+//! namespaces, checked against what the traffic generator moved and the kernel's own counters.
+//! They need root; FLOW_AGENT_SKIP_PRIVILEGED=1 skips them explicitly.
+
+mod support;
+
+use std::time::Duration;
+
+use agent_common::report::Role;
+use support::{Agent, Lab, delta, flow, local, privileged, totals};
+
+fn bytes_and_opens(v6: bool) {
+    let lab = Lab::new();
+    let (ca, sb) = if v6 { (lab.a6, lab.b6) } else { (lab.a4, lab.b4) };
+    let agent = Agent::start(&lab, &[]);
+    let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let server = lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", "5001", "--conns", "20", "--reply", "50000"]);
+    let client =
+        lab.traffic(&lab.a, &["connect", "--addr", sb, "--port", "5001", "--conns", "20", "--send", "100000"]).result();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let reports = agent.stop();
+
+    assert_eq!(client["ok"], 20, "client: {client}");
+    let c = totals(&reports, flow(ca, sb, 5001, Role::Client));
+    let s = totals(&reports, flow(sb, ca, 5001, Role::Server));
+    eprintln!("client flow {c:?}\nserver flow {s:?}");
+    // Bytes: exactly what each side wrote and read.
+    assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+    assert_eq!(c.bytes_received, client["received"].as_u64().unwrap());
+    assert_eq!(s.bytes_received, server["received"].as_u64().unwrap());
+    assert_eq!(s.bytes_sent, server["sent"].as_u64().unwrap());
+    assert_eq!(c.bytes_sent, 2_000_000);
+    assert_eq!(c.bytes_received, 1_000_000);
+    // Connections: what the kernel counted as opens in each namespace.
+    assert_eq!(c.attempted, delta(&na0, &na1, "TcpActiveOpens"));
+    assert_eq!(s.established, delta(&nb0, &nb1, "TcpPassiveOpens"));
+    assert_eq!((c.attempted, c.established, c.closed, c.failed), (20, 20, 20, 0));
+    assert_eq!((s.attempted, s.established, s.closed, s.failed), (20, 20, 20, 0));
+    assert_eq!(c.handshake_count, 20);
+    assert!(c.rtt_count > 0 && s.rtt_count > 0, "RTT samples on both sides");
+    // Every flow the agent reported in this cgroup is one of the two.
+    let all = totals(&reports, |_| true);
+    assert_eq!(all.attempted, c.attempted + s.attempted);
+}
+
+#[test]
+fn bytes_and_opens_match_the_traffic_ipv4() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv4") else { return };
+    bytes_and_opens(false);
+}
+
+#[test]
+fn bytes_and_opens_match_the_traffic_ipv6() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv6") else { return };
+    bytes_and_opens(true);
+}
+
+/// With random loss of data segments in both directions, retransmissions and timeouts summed over
+/// a namespace's flows equal that namespace's TcpRetransSegs and TcpExtTCPTimeouts.
+#[test]
+fn retransmissions_and_timeouts_equal_kernel_counters() {
+    let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters") else { return };
+    let lab = Lab::new();
+    // Drop 5% of segments that carry data (longer than any header-only segment), both ways.
+    let drop = "meta l4proto tcp meta length > 200 numgen random mod 100 < 5 drop";
+    lab.nft_input_rule(&lab.a, "loss", drop);
+    lab.nft_input_rule(&lab.b, "loss", drop);
+    let agent = Agent::start(&lab, &[]);
+    let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let server =
+        lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5001", "--conns", "30", "--reply", "100000"]);
+    let client = lab
+        .traffic(
+            &lab.a,
+            &["connect", "--addr", lab.b4, "--port", "5001", "--conns", "30", "--send", "300000", "--parallel"],
+        )
+        .result();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(60));
+    let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let reports = agent.stop();
+
+    assert_eq!(client["ok"], 30, "client: {client}");
+    let a = totals(&reports, local(lab.a4));
+    let b = totals(&reports, local(lab.b4));
+    let oracle = |n0, n1, k| delta(n0, n1, k);
+    eprintln!(
+        "ns a: agent retrans {} timeouts {} | kernel {} {}",
+        a.retransmissions,
+        a.timeouts,
+        oracle(&na0, &na1, "TcpRetransSegs"),
+        oracle(&na0, &na1, "TcpExtTCPTimeouts")
+    );
+    eprintln!(
+        "ns b: agent retrans {} timeouts {} | kernel {} {}",
+        b.retransmissions,
+        b.timeouts,
+        oracle(&nb0, &nb1, "TcpRetransSegs"),
+        oracle(&nb0, &nb1, "TcpExtTCPTimeouts")
+    );
+    assert!(a.retransmissions + b.retransmissions > 0, "5% loss must cause retransmissions");
+    assert_eq!(a.retransmissions, oracle(&na0, &na1, "TcpRetransSegs"));
+    assert_eq!(b.retransmissions, oracle(&nb0, &nb1, "TcpRetransSegs"));
+    assert_eq!(a.timeouts, oracle(&na0, &na1, "TcpExtTCPTimeouts"));
+    assert_eq!(b.timeouts, oracle(&nb0, &nb1, "TcpExtTCPTimeouts"));
+    assert_eq!(a.attempted, oracle(&na0, &na1, "TcpActiveOpens"));
+    assert_eq!(b.established, oracle(&nb0, &nb1, "TcpPassiveOpens"));
+    // Loss does not change the bytes.
+    assert_eq!(a.bytes_sent, client["sent"].as_u64().unwrap());
+    assert_eq!(b.bytes_received, server["received"].as_u64().unwrap());
+    assert_eq!(a.bytes_received, client["received"].as_u64().unwrap());
+}
+
+/// SYN-ACKs lost for a while: the accepting side's SYN-ACK retransmissions (which happen before
+/// there is a socket) and the connecting side's SYN retransmissions match the kernel's counts.
+#[test]
+fn handshake_retransmissions_equal_kernel_counters() {
+    let Some(_g) = privileged("handshake_retransmissions_equal_kernel_counters") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &[]);
+    let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5021", "--conns", "3", "--reply", "10"]);
+    lab.nft_input_rule(&lab.a, "synack", "tcp flags & (syn|ack) == syn|ack drop");
+    let client = lab.traffic(
+        &lab.a,
+        &["connect", "--addr", lab.b4, "--port", "5021", "--conns", "3", "--send", "10", "--parallel"],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    support::sh(&format!("ip netns exec {} nft delete table inet synack", lab.a));
+    let client = client.result();
+    server.result();
+    lab.wait_sockets_closed(Duration::from_secs(20));
+    let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let reports = agent.stop();
+    assert_eq!(client["ok"], 3, "client: {client}");
+    let a = totals(&reports, local(lab.a4));
+    let b = totals(&reports, local(lab.b4));
+    eprintln!(
+        "client retrans {} (kernel {}), server retrans {} (kernel {})",
+        a.retransmissions,
+        delta(&na0, &na1, "TcpRetransSegs"),
+        b.retransmissions,
+        delta(&nb0, &nb1, "TcpRetransSegs")
+    );
+    assert!(delta(&nb0, &nb1, "TcpRetransSegs") > 0, "the server must have retransmitted SYN-ACKs");
+    assert_eq!(b.retransmissions, delta(&nb0, &nb1, "TcpRetransSegs"));
+    assert_eq!(a.retransmissions, delta(&na0, &na1, "TcpRetransSegs"));
+    assert_eq!(a.timeouts, delta(&na0, &na1, "TcpExtTCPTimeouts"));
+    assert_eq!((a.attempted, a.established, b.established), (3, 3, 3));
+}
+
+/// A refused connect and a connect whose SYNs time out are failed attempts on the right flow.
+#[test]
+fn refused_and_syn_timeouts_are_failed_connections() {
+    let Some(_g) = privileged("refused_and_syn_timeouts_are_failed_connections") else { return };
+    let lab = Lab::new();
+    support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_syn_retries=1", lab.a));
+    lab.nft_input_rule(&lab.b, "bh", "tcp dport 5003 drop");
+    let agent = Agent::start(&lab, &[]);
+    let na0 = lab.nstat(&lab.a);
+    let refused = lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5002", "--conns", "3"]).result();
+    let timed_out = lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5003", "--conns", "1"]).result();
+    let na1 = lab.nstat(&lab.a);
+    let reports = agent.stop();
+    assert_eq!(refused["errors"]["ECONNREFUSED"], 3, "{refused}");
+    assert_eq!(timed_out["errors"]["ETIMEDOUT"], 1, "{timed_out}");
+
+    let r = totals(&reports, flow(lab.a4, lab.b4, 5002, Role::Client));
+    assert_eq!((r.attempted, r.established, r.failed, r.refused, r.timed_out), (3, 0, 3, 3, 0), "{r:?}");
+    let t = totals(&reports, flow(lab.a4, lab.b4, 5003, Role::Client));
+    assert_eq!((t.attempted, t.established, t.failed, t.refused, t.timed_out), (1, 0, 1, 0, 1), "{t:?}");
+    // SYN retransmissions until the timer gave up (one more timeout than retransmissions), as
+    // the kernel counted them.
+    assert_eq!(t.retransmissions, delta(&na0, &na1, "TcpRetransSegs"));
+    assert_eq!(t.timeouts, delta(&na0, &na1, "TcpExtTCPTimeouts"));
+    assert!(t.retransmissions >= 1 && t.timeouts == t.retransmissions + 1, "{t:?}");
+    assert_eq!(r.attempted + t.attempted, delta(&na0, &na1, "TcpActiveOpens"));
+    assert_eq!(r.failed + t.failed, delta(&na0, &na1, "TcpAttemptFails"));
+}
+
+/// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as
+/// `ss -ti` shows it: within 50% or 150 us, whichever is larger (veth RTTs are tens of
+/// microseconds, where scheduling noise dominates).
+#[test]
+fn rtt_agrees_with_ss() {
+    let Some(_g) = privileged("rtt_agrees_with_ss") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &[]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5004", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5004", "--secs", "4", "--interval-ms", "10"]);
+    let mut ss_rtts = Vec::new();
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = support::sh(&format!("ip netns exec {} ss -Htin dst {}:5004", lab.a, lab.b4));
+        if let Some(v) = out.split_whitespace().find_map(|w| w.strip_prefix("rtt:")) {
+            ss_rtts.push(v.split('/').next().unwrap().parse::<f64>().unwrap() * 1000.0);
+        }
+    }
+    let client = client.result();
+    server.result();
+    let reports = agent.stop();
+    assert!(ss_rtts.len() >= 3, "ss showed the connection: {ss_rtts:?}");
+    let ss = ss_rtts.iter().sum::<f64>() / ss_rtts.len() as f64;
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5004, Role::Client));
+    let rounds = client["rounds"].as_u64().unwrap();
+    eprintln!(
+        "agent rtt mean {:.1} us over {} samples; ss srtt {:.1} us; {} rounds",
+        c.rtt_mean(),
+        c.rtt_count,
+        ss,
+        rounds
+    );
+    assert!(c.rtt_count >= rounds / 2, "one RTT sample per acknowledged request: {} of {rounds}", c.rtt_count);
+    let tolerance = (ss * 0.5).max(150.0);
+    assert!(
+        (c.rtt_mean() - ss).abs() <= tolerance,
+        "agent {:.1} us vs ss {ss:.1} us (tolerance {tolerance:.1})",
+        c.rtt_mean()
+    );
+    assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+}
+
+/// With a socket map of 4 entries, 10 concurrent connections (20 sockets) overflow it by exactly
+/// 16; the agent keeps running and counts later connections whole.
+#[test]
+fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
+    let Some(_g) = privileged("full_socket_map_is_counted_exactly_and_capture_goes_on") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--max-sockets", "4"]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5005", "--conns", "10", "--reply", "10"]);
+    let client = lab
+        .traffic(
+            &lab.a,
+            &[
+                "connect",
+                "--addr",
+                lab.b4,
+                "--port",
+                "5005",
+                "--conns",
+                "10",
+                "--parallel",
+                "--hold",
+                "1",
+                "--send",
+                "10",
+            ],
+        )
+        .result();
+    server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    // After the storm: two connections, each fully tracked.
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5006", "--conns", "2", "--reply", "777"]);
+    let after = lab
+        .traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5006", "--conns", "2", "--send", "1234"])
+        .result();
+    server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let reports = agent.stop();
+    assert_eq!(client["ok"], 10);
+    let full: u64 = reports.iter().map(|r| r.agent_stats.map_full.sockets).sum();
+    let untracked: u64 = reports.iter().map(|r| r.agent_stats.untracked_events).sum();
+    assert_eq!(full, 16, "20 sockets, 4 slots");
+    assert!(untracked > 0);
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5006, Role::Client));
+    assert_eq!((c.attempted, c.established, c.closed), (2, 2, 2));
+    assert_eq!(
+        (c.bytes_sent, c.bytes_received),
+        (after["sent"].as_u64().unwrap(), after["received"].as_u64().unwrap())
+    );
+    assert!(reports.len() >= 3, "reports kept coming: {}", reports.len());
+}
+
+/// With a flow map of 2 entries, connections to three ports need six keys: the four sockets whose
+/// flow could not be inserted are each counted once.
+#[test]
+fn full_flow_map_is_counted_exactly() {
+    let Some(_g) = privileged("full_flow_map_is_counted_exactly") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--max-flows", "2"]);
+    for port in ["5011", "5012", "5013"] {
+        let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", port, "--conns", "1", "--reply", "5"]);
+        lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", port, "--conns", "1", "--send", "5"]).result();
+        server.result();
+    }
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let reports = agent.stop();
+    let full: u64 = reports.iter().map(|r| r.agent_stats.map_full.flows).sum();
+    assert_eq!(full, 4);
+    let first = totals(&reports, flow(lab.a4, lab.b4, 5011, Role::Client));
+    assert_eq!((first.attempted, first.bytes_sent), (1, 5));
+    assert_eq!(totals(&reports, |f| f.target_port != 5011).attempted, 0);
+}

@@ -1,0 +1,325 @@
+//! Test hosts for the kernel tests: two network namespaces joined by a veth pair, a cgroup of
+//! their own (so the agent under test sees exactly this test's sockets), traffic from
+//! `traffic.py`, and the kernel's own per-namespace counters as the oracle.
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use agent_common::report::{FlowMetrics, FlowRecord, Report, Role};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Gate for tests that need root. Skips (saying so) only with FLOW_AGENT_SKIP_PRIVILEGED=1;
+/// otherwise fails when not root. The guard serializes the kernel tests: timing-sensitive
+/// checks (RTT) are not run against each other on a 2-core machine.
+pub fn privileged(test: &str) -> Option<MutexGuard<'static, ()>> {
+    if std::env::var("FLOW_AGENT_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: FLOW_AGENT_SKIP_PRIVILEGED=1");
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "{test} needs root (network namespaces, eBPF); run as root or set FLOW_AGENT_SKIP_PRIVILEGED=1"
+    );
+    Some(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("bash").arg("-c").arg(cmd).output().expect("bash runs");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2")
+                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
+        })
+        .expect("a cgroup v2 hierarchy is mounted")
+}
+
+pub struct Lab {
+    pub a: String,
+    pub b: String,
+    pub cgroup: PathBuf,
+    pub a4: &'static str,
+    pub b4: &'static str,
+    pub a6: &'static str,
+    pub b6: &'static str,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let id = format!("{}x{}", std::process::id() % 100_000, NEXT.fetch_add(1, Ordering::SeqCst));
+        let (a, b) = (format!("fta{id}"), format!("ftb{id}"));
+        let cgroup = cgroup2_root().join(format!("flow-agent-test-{id}"));
+        std::fs::create_dir(&cgroup).expect("create test cgroup");
+        let lab = Lab { a, b, cgroup, a4: "10.77.0.1", b4: "10.77.0.2", a6: "fd77::1", b6: "fd77::2" };
+        let (a, b) = (&lab.a, &lab.b);
+        sh(&format!(
+            "set -e
+             ip netns add {a}; ip netns add {b}
+             ip link add va{id} netns {a} type veth peer name vb{id} netns {b}
+             ip -n {a} link set lo up; ip -n {b} link set lo up
+             ip -n {a} addr add 10.77.0.1/24 dev va{id}; ip -n {b} addr add 10.77.0.2/24 dev vb{id}
+             ip -n {a} -6 addr add fd77::1/64 dev va{id} nodad; ip -n {b} -6 addr add fd77::2/64 dev vb{id} nodad
+             ip -n {a} link set va{id} up; ip -n {b} link set vb{id} up"
+        ));
+        lab
+    }
+
+    /// A command run inside namespace `ns` and inside the test cgroup.
+    pub fn cmd(&self, ns: &str, argv: &[&str]) -> Command {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg(r#"echo $$ > "$CG/cgroup.procs" && exec ip netns exec "$NS" "$@""#)
+            .arg("bash")
+            .args(argv)
+            .env("CG", &self.cgroup)
+            .env("NS", ns);
+        c
+    }
+
+    /// Start traffic.py in `ns`; for `serve`, returns once it is listening.
+    pub fn traffic(&self, ns: &str, args: &[&str]) -> Traffic {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/traffic.py");
+        let mut argv = vec!["python3", script.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let mut child = self.cmd(ns, &argv).stdout(Stdio::piped()).spawn().expect("spawn traffic.py");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        if args.first() == Some(&"serve") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            assert!(line.contains("ready"), "server did not start: {line:?}");
+        }
+        Traffic { child, out }
+    }
+
+    /// The namespace's kernel counters (`nstat -asz`), e.g. "TcpRetransSegs".
+    pub fn nstat(&self, ns: &str) -> HashMap<String, u64> {
+        let out = sh(&format!("ip netns exec {ns} nstat -asz --json"));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("nstat json");
+        v["kernel"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()
+    }
+
+    /// Add an input-hook table `table` with one rule to namespace `ns`.
+    pub fn nft_input_rule(&self, ns: &str, table: &str, rule: &str) {
+        let ruleset =
+            format!("table inet {table} {{\n chain in {{\n  type filter hook input priority 0;\n  {rule}\n }}\n}}\n");
+        let mut c =
+            Command::new("ip").args(["netns", "exec", ns, "nft", "-f", "-"]).stdin(Stdio::piped()).spawn().unwrap();
+        c.stdin.take().unwrap().write_all(ruleset.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success(), "nft failed for ruleset:\n{ruleset}");
+    }
+
+    /// Wait until no TCP socket but listeners and TIME-WAIT is left in either namespace.
+    pub fn wait_sockets_closed(&self, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let busy: String = [&self.a, &self.b]
+                .iter()
+                .map(|ns| sh(&format!("ip netns exec {ns} ss -Htan | grep -v -e LISTEN -e TIME-WAIT || true")))
+                .collect();
+            if busy.trim().is_empty() {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "sockets still open after {timeout:?}:\n{busy}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.a]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.b]).status();
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+pub struct Traffic {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Traffic {
+    /// A failed test must not leave its traffic running.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Traffic {
+    /// Wait for the program's result line.
+    pub fn result(mut self) -> serde_json::Value {
+        let mut line = String::new();
+        // The traffic is bounded by its own arguments; reading its one line blocks until done.
+        self.out.read_line(&mut line).unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "traffic.py failed ({status}); output {line:?}");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("traffic.py printed {line:?}: {e}"))
+    }
+}
+
+pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, key: &str) -> u64 {
+    after.get(key).copied().unwrap_or(0) - before.get(key).copied().unwrap_or(0)
+}
+
+/// A running `flow-agent --dry-run` attached to the lab's cgroup.
+pub struct Agent {
+    child: Child,
+    stdout: Option<JoinHandle<Vec<String>>>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Agent {
+    pub fn start(lab: &Lab, extra: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flow-agent"))
+            .args(["--dry-run", "--report-interval", "1s", "--aggregate-interval", "500ms", "--cgroup"])
+            .arg(&lab.cgroup)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn flow-agent");
+        let out = child.stdout.take().unwrap();
+        let stdout = std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
+        let err = child.stderr.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains("capturing") {
+                    let _ = ready_tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("flow-agent did not start:\n{}", stderr.join().unwrap());
+        }
+        Agent { child, stdout: Some(stdout), stderr: Some(stderr) }
+    }
+
+    /// SIGTERM (which flushes the partial window), then every report it printed.
+    pub fn stop(mut self) -> Vec<Report> {
+        // Let at least one tick drain what the kernel folded at the very end.
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let lines = self.stdout.take().unwrap().join().unwrap();
+        let log = self.stderr.take().unwrap().join().unwrap();
+        assert!(status.success(), "flow-agent exited with {status}:\n{log}");
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))).collect()
+    }
+}
+
+/// Sum of the metrics of all flows (over all windows) that match.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Totals {
+    pub attempted: u64,
+    pub established: u64,
+    pub closed: u64,
+    pub failed: u64,
+    pub refused: u64,
+    pub timed_out: u64,
+    pub reset: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmissions: u64,
+    pub timeouts: u64,
+    pub rtt_count: u64,
+    pub rtt_sum: f64,
+    pub handshake_count: u64,
+}
+
+impl Totals {
+    fn add(&mut self, m: &FlowMetrics) {
+        let c = &m.connections;
+        self.attempted += c.attempted;
+        self.established += c.established;
+        self.closed += c.closed;
+        self.failed += c.failed;
+        self.refused += c.refused;
+        self.timed_out += c.timed_out;
+        self.reset += c.reset;
+        self.bytes_sent += m.bytes_sent;
+        self.bytes_received += m.bytes_received;
+        self.retransmissions += m.retransmissions;
+        self.timeouts += m.timeouts;
+        self.rtt_count += m.rtt_us.count;
+        self.rtt_sum += m.rtt_us.mean * m.rtt_us.count as f64;
+        self.handshake_count += m.handshake_us.count;
+    }
+
+    pub fn rtt_mean(&self) -> f64 {
+        self.rtt_sum / self.rtt_count.max(1) as f64
+    }
+}
+
+pub fn totals(reports: &[Report], pred: impl Fn(&FlowRecord) -> bool) -> Totals {
+    let mut t = Totals::default();
+    for r in reports {
+        assert_eq!(r.other.flows, 0, "the tests expect every flow reported whole");
+        for f in r.flows.iter().filter(|f| pred(f)) {
+            t.add(&f.metrics);
+        }
+    }
+    t
+}
+
+/// Matches one flow key.
+pub fn flow(local: &str, remote: &str, port: u16, role: Role) -> impl Fn(&FlowRecord) -> bool {
+    let (local, remote) = (local.parse::<std::net::IpAddr>().unwrap(), remote.parse::<std::net::IpAddr>().unwrap());
+    move |f| f.local_ip == local && f.remote_ip == remote && f.target_port == port && f.role == role
+}
+
+pub fn local(ip: &str) -> impl Fn(&FlowRecord) -> bool {
+    let ip = ip.parse::<std::net::IpAddr>().unwrap();
+    move |f| f.local_ip == ip
+}

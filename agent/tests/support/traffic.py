@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Traffic for flow-agent's kernel tests. Each mode prints one JSON line with what it moved, so the
+test compares the agent's report against the bytes this program itself wrote and read.
+
+  serve   --addr A --port P --conns N [--reply BYTES] [--echo]
+  connect --addr A --port P --conns N --send BYTES [--parallel] [--hold SECS] [--timeout SECS]
+  pingpong --addr A --port P --secs S [--size B] [--interval-ms M]
+"""
+import argparse, errno, json, socket, sys, threading, time
+
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def read_all(c):
+    n = 0
+    while True:
+        d = c.recv(1 << 16)
+        if not d:
+            return n
+        n += len(d)
+
+
+def serve(a):
+    s = socket.socket(family(a.addr))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((a.addr, a.port))
+    s.listen(1024)
+    print(json.dumps({"ready": True}), flush=True)
+    totals = {"received": 0, "sent": 0, "conns": 0}
+    lock = threading.Lock()
+
+    def handle(c):
+        if a.echo:
+            got = sent = 0
+            while True:
+                d = c.recv(1 << 16)
+                if not d:
+                    break
+                got += len(d)
+                c.sendall(d)
+                sent += len(d)
+        else:
+            got = read_all(c)
+            c.sendall(b"r" * a.reply)
+            sent = a.reply
+        c.close()
+        with lock:
+            totals["received"] += got
+            totals["sent"] += sent
+            totals["conns"] += 1
+
+    threads = []
+    for _ in range(a.conns):
+        c, _ = s.accept()
+        t = threading.Thread(target=handle, args=(c,))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    s.close()
+    print(json.dumps(totals), flush=True)
+
+
+def connect(a):
+    out = {"sent": 0, "received": 0, "ok": 0, "errors": {}}
+    lock = threading.Lock()
+
+    def one():
+        c = socket.socket(family(a.addr))
+        c.settimeout(a.timeout)
+        try:
+            c.connect((a.addr, a.port))
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, "ETIMEDOUT" if isinstance(e, socket.timeout) else str(e))
+            with lock:
+                out["errors"][name] = out["errors"].get(name, 0) + 1
+            c.close()
+            return
+        c.settimeout(None)
+        if a.hold:
+            time.sleep(a.hold)
+        c.sendall(b"s" * a.send)
+        c.shutdown(socket.SHUT_WR)
+        got = read_all(c)
+        c.close()
+        with lock:
+            out["sent"] += a.send
+            out["received"] += got
+            out["ok"] += 1
+
+    if a.parallel:
+        ts = [threading.Thread(target=one) for _ in range(a.conns)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    else:
+        for _ in range(a.conns):
+            one()
+    print(json.dumps(out), flush=True)
+
+
+def pingpong(a):
+    c = socket.create_connection((a.addr, a.port))
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"p" * a.size
+    sent = got = rounds = 0
+    end = time.time() + a.secs
+    while time.time() < end:
+        c.sendall(msg)
+        sent += len(msg)
+        need = len(msg)
+        while need:
+            d = c.recv(need)
+            if not d:
+                raise SystemExit("server closed early")
+            need -= len(d)
+            got += len(d)
+        rounds += 1
+        time.sleep(a.interval_ms / 1000)
+    c.shutdown(socket.SHUT_WR)
+    got += read_all(c)
+    c.close()
+    print(json.dumps({"sent": sent, "received": got, "rounds": rounds}), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["serve", "connect", "pingpong"])
+    p.add_argument("--addr", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--reply", type=int, default=0)
+    p.add_argument("--echo", action="store_true")
+    p.add_argument("--send", type=int, default=0)
+    p.add_argument("--parallel", action="store_true")
+    p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--timeout", type=float, default=30)
+    p.add_argument("--secs", type=float, default=3)
+    p.add_argument("--size", type=int, default=100)
+    p.add_argument("--interval-ms", type=float, default=20)
+    a = p.parse_args()
+    {"serve": serve, "connect": connect, "pingpong": pingpong}[a.mode](a)
+
+
+if __name__ == "__main__":
+    main()
