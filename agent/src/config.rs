@@ -208,6 +208,27 @@ mod tests {
         assert_eq!(c.top_flows, 7);
     }
 
+    /// packaging/config.toml documents every setting with its default: uncommented, it must parse
+    /// and give exactly the built-in defaults.
+    #[test]
+    fn documented_defaults_are_the_defaults() {
+        let doc = include_str!("../../packaging/config.toml");
+        let active: String = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
+            .filter(|l| !l.starts_with("cgroup ") && !l.starts_with("dry_run ") && !l.starts_with("report_interval "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(active.lines().count() >= 6, "settings found in the documented file:\n{active}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, &active).unwrap();
+        let from_file = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap();
+        assert_eq!(from_file, Config::resolve(&args()).unwrap());
+        assert!(doc.contains(&format!("report_interval = \"{}s\"", DEFAULT_REPORT_INTERVAL.as_secs())));
+    }
+
     #[test]
     fn bad_input_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();

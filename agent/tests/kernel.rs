@@ -43,6 +43,34 @@ fn bytes_and_opens(v6: bool) {
     // Every flow the agent reported in this cgroup is one of the two.
     let all = totals(&reports, |_| true);
     assert_eq!(all.attempted, c.attempted + s.attempted);
+    // Windows are contiguous and aligned to whole report intervals (the last one is the partial
+    // window flushed at SIGTERM).
+    for w in reports.windows(2) {
+        assert_eq!(w[0].window.end, w[1].window.start);
+    }
+    for r in &reports[..reports.len() - 1] {
+        assert_eq!(r.window.start.timestamp_subsec_nanos(), 0, "{:?}", r.window);
+        assert_eq!((r.window.end - r.window.start).num_milliseconds(), 1000, "{:?}", r.window);
+    }
+}
+
+/// An IPv6 socket talking to an IPv4 peer through a v4-mapped address is the IPv4 flow.
+#[test]
+fn v4_mapped_ipv6_sockets_are_reported_as_ipv4() {
+    let Some(_g) = privileged("v4_mapped_ipv6_sockets_are_reported_as_ipv4") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &[]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5007", "--conns", "2", "--reply", "321"]);
+    let client = lab
+        .traffic(&lab.a, &["connect", "--addr", "::ffff:10.77.0.2", "--port", "5007", "--conns", "2", "--send", "123"])
+        .result();
+    server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let reports = agent.stop();
+    assert_eq!(client["ok"], 2);
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5007, Role::Client));
+    assert_eq!((c.attempted, c.established, c.bytes_sent, c.bytes_received), (2, 2, 246, 642), "{c:?}");
+    assert!(reports.iter().flat_map(|r| &r.flows).all(|f| f.local_ip.is_ipv4() && f.remote_ip.is_ipv4()));
 }
 
 #[test]

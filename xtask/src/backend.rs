@@ -88,7 +88,12 @@ pub fn setup() -> anyhow::Result<()> {
     ]));
     if !boto3_ok {
         eprintln!("backend setup: installing boto3 (pip)");
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--upgrade", "boto3"]))?;
+        let pip = ["-m", "pip", "install", "--quiet", "--upgrade", "boto3"];
+        if run(Command::new("python3").args(pip)).is_err() {
+            // Debian's own python refuses pip installs (PEP 668) unless told otherwise; its
+            // python3-boto3 package predates the networkflowmonitor service model.
+            run(Command::new("python3").args(pip).arg("--break-system-packages"))?;
+        }
     }
     match cluster() {
         None => {
@@ -111,6 +116,8 @@ pub fn setup() -> anyhow::Result<()> {
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PG_ROLE}') THEN \
          CREATE ROLE {PG_ROLE} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'; END IF; END $$;"
     ))?;
+    // Tests create a database each, so the role must keep these rights even if it pre-existed.
+    psql(&format!("ALTER ROLE {PG_ROLE} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'"))?;
     let exists = psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"))?;
     if exists.trim() != "1" {
         psql(&format!("CREATE DATABASE {PG_DATABASE} OWNER {PG_ROLE}"))?;

@@ -71,6 +71,8 @@ fn build() -> Result<()> {
 }
 
 fn run(args: &[String]) -> Result<()> {
+    // `cargo xtask run -- --format table`: the separator is for cargo, not for the agent.
+    let args = args.strip_prefix(&["--".to_string()]).unwrap_or(args);
     setup::toolchain()?;
     setup::apt(&["iproute2"])?;
     build()?;
