@@ -1,7 +1,7 @@
 //! Settings: command-line flags and one TOML file with the same names. Flags win over the file,
 //! the file over the defaults documented here and in `packaging/config.toml`.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use agent_common::maps::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SOCKETS};
 use clap::{Args, ValueEnum};
@@ -15,6 +15,20 @@ pub const DEFAULT_DRY_RUN_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TOP_FLOWS: usize = 500;
 /// Default `--fold-interval`: how stale an open socket's byte counters may get in its flow.
 pub const DEFAULT_FOLD_INTERVAL: Duration = Duration::from_millis(100);
+/// Default `--metrics-address`: where `/healthz` is served.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
+/// Default `--flow-log-max-aggregation-interval`, in seconds (as flow logs: 60 or 600).
+pub const DEFAULT_FLOW_LOG_MAX_AGGREGATION_INTERVAL: u32 = 600;
+/// Default `--control-socket`: the flow-operations API.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/flow-agent/control.sock";
+
+/// Where flow-log records go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowLogDestination {
+    Stdout,
+    /// gzip files laid out as flow logs are in S3, under this directory.
+    Directory(PathBuf),
+}
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +73,35 @@ pub struct RunArgs {
     /// RTT/retransmit/close events [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub fold_interval: Option<Duration>,
+    /// Address of the HTTP endpoint serving /healthz (200 once capturing) [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<SocketAddr>,
+    /// Write flow-log records: "stdout", or a directory for gzip files laid out as flow logs are
+    /// in S3 [default: no flow logs].
+    #[arg(long, value_name = "stdout|DIR")]
+    pub flow_log_destination: Option<String>,
+    /// Flow-log record fields, in order, as `${field-id}` separated by spaces [default: the
+    /// version 2 fields].
+    #[arg(long, value_name = "FORMAT")]
+    pub flow_log_format: Option<String>,
+    /// Seconds aggregated into one flow-log record and file: 60 or 600 [default: 600].
+    #[arg(long, value_name = "SECONDS")]
+    pub flow_log_max_aggregation_interval: Option<u32>,
+    /// Account id for flow-log records (`${account-id}`) and file paths [default: unknown].
+    #[arg(long, value_name = "ID")]
+    pub flow_log_account_id: Option<String>,
+    /// Region for flow-log records (`${region}`) and file paths [default: unknown].
+    #[arg(long, value_name = "REGION")]
+    pub flow_log_region: Option<String>,
+    /// Unix socket of the flow-operations API [default: /run/flow-agent/control.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Group (name or gid) whose members may also use the control socket [default: root only].
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// Also serve the flow-operations API over HTTP on this loopback address [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub control_http: Option<SocketAddr>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -78,6 +121,15 @@ struct FileConfig {
     report_interval: Option<String>,
     top_flows: Option<usize>,
     fold_interval: Option<String>,
+    metrics_address: Option<String>,
+    flow_log_destination: Option<String>,
+    flow_log_format: Option<String>,
+    flow_log_max_aggregation_interval: Option<u32>,
+    flow_log_account_id: Option<String>,
+    flow_log_region: Option<String>,
+    control_socket: Option<PathBuf>,
+    control_group: Option<String>,
+    control_http: Option<String>,
 }
 
 /// Resolved settings.
@@ -92,6 +144,16 @@ pub struct Config {
     pub report_interval: Duration,
     pub top_flows: usize,
     pub fold_interval: Duration,
+    pub metrics_address: SocketAddr,
+    pub flow_log_destination: Option<FlowLogDestination>,
+    pub flow_log_format: crate::flowlog::Format,
+    /// Seconds.
+    pub flow_log_max_aggregation_interval: u32,
+    pub flow_log_account_id: Option<String>,
+    pub flow_log_region: Option<String>,
+    pub control_socket: PathBuf,
+    pub control_group: Option<String>,
+    pub control_http: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +205,40 @@ impl Config {
                 .fold_interval
                 .or(file_duration("fold_interval", &file.fold_interval)?)
                 .unwrap_or(DEFAULT_FOLD_INTERVAL),
+            metrics_address: match (args.metrics_address, file.metrics_address.as_deref()) {
+                (Some(a), _) => a,
+                (None, Some(s)) => s.parse().map_err(|e| invalid("metrics_address", format!("{s:?}: {e}")))?,
+                (None, None) => DEFAULT_METRICS_ADDRESS.parse().expect("the default address parses"),
+            },
+            flow_log_destination: match args.flow_log_destination.clone().or(file.flow_log_destination) {
+                None => None,
+                Some(d) if d == "stdout" => Some(FlowLogDestination::Stdout),
+                Some(d) if d.trim().is_empty() => {
+                    return Err(invalid("flow_log_destination", "is empty: use \"stdout\" or a directory"));
+                }
+                Some(d) => Some(FlowLogDestination::Directory(PathBuf::from(d))),
+            },
+            flow_log_format: match args.flow_log_format.as_deref().or(file.flow_log_format.as_deref()) {
+                Some(f) => crate::flowlog::Format::parse(f).map_err(|m| invalid("flow_log_format", m))?,
+                None => crate::flowlog::Format::default(),
+            },
+            flow_log_max_aggregation_interval: args
+                .flow_log_max_aggregation_interval
+                .or(file.flow_log_max_aggregation_interval)
+                .unwrap_or(DEFAULT_FLOW_LOG_MAX_AGGREGATION_INTERVAL),
+            flow_log_account_id: args.flow_log_account_id.clone().or(file.flow_log_account_id),
+            flow_log_region: args.flow_log_region.clone().or(file.flow_log_region),
+            control_socket: args
+                .control_socket
+                .clone()
+                .or(file.control_socket)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET)),
+            control_group: args.control_group.clone().or(file.control_group),
+            control_http: match (args.control_http, file.control_http.as_deref()) {
+                (Some(a), _) => Some(a),
+                (None, Some(s)) => Some(s.parse().map_err(|e| invalid("control_http", format!("{s:?}: {e}")))?),
+                (None, None) => None,
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -150,6 +246,62 @@ impl Config {
 
     fn parse_file(path: &std::path::Path, text: &str) -> Result<FileConfig, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+
+    fn validate_flow_log(&self) -> Result<(), ConfigError> {
+        let secs = self.flow_log_max_aggregation_interval;
+        if secs != 60 && secs != 600 {
+            return Err(invalid(
+                "flow_log_max_aggregation_interval",
+                format!(
+                    "{secs} is not allowed: the maximum aggregation interval is 60 seconds (1 minute) or 600 seconds (10 minutes)"
+                ),
+            ));
+        }
+        for (setting, v) in
+            [("flow_log_account_id", &self.flow_log_account_id), ("flow_log_region", &self.flow_log_region)]
+        {
+            if let Some(v) = v
+                && (v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            {
+                return Err(invalid(setting, format!("{v:?} must be letters, digits, '-' or '_'")));
+            }
+        }
+        let Some(dest) = &self.flow_log_destination else { return Ok(()) };
+        if self.dry_run && *dest == FlowLogDestination::Stdout {
+            return Err(invalid(
+                "flow_log_destination",
+                "\"stdout\" cannot share stdout with dry_run reports: drop dry_run or write flow logs to a directory",
+            ));
+        }
+        if !(u128::from(secs) * 1000).is_multiple_of(self.report_interval.as_millis()) {
+            return Err(invalid(
+                "report_interval",
+                format!(
+                    "{:?} must divide flow_log_max_aggregation_interval ({secs}s) so that each report window lies in one flow-log interval",
+                    self.report_interval
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        if self.control_socket.as_os_str().is_empty() {
+            return Err(invalid("control_socket", "is empty"));
+        }
+        if let Some(a) = self.control_http
+            && !a.ip().is_loopback()
+        {
+            return Err(invalid(
+                "control_http",
+                format!("{a} is not a loopback address: the control API only serves this host"),
+            ));
+        }
+        if self.control_group.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("control_group", "is empty"));
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -176,6 +328,8 @@ impl Config {
         if self.max_flows == 0 {
             return Err(invalid("max_flows", "must be at least 1"));
         }
+        self.validate_flow_log()?;
+        self.validate_control()?;
         Ok(())
     }
 }
@@ -208,6 +362,10 @@ mod tests {
         assert_eq!(c.top_flows, 7);
     }
 
+    /// Settings without a default, documented with an example value.
+    const OPTIONAL_EXAMPLES: &[&str] =
+        &["flow_log_destination", "flow_log_account_id", "flow_log_region", "control_group", "control_http"];
+
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
     /// and give exactly the built-in defaults.
     #[test]
@@ -218,6 +376,7 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')))
             .filter(|l| !l.starts_with("cgroup ") && !l.starts_with("dry_run ") && !l.starts_with("report_interval "))
+            .filter(|l| !OPTIONAL_EXAMPLES.iter().any(|k| l.starts_with(&format!("{k} "))))
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(active.lines().count() >= 6, "settings found in the documented file:\n{active}");
@@ -230,6 +389,35 @@ mod tests {
     }
 
     #[test]
+    fn flow_log_and_control_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "flow_log_destination = \"/var/log/fl\"\nflow_log_format = \"${srcaddr} ${flow-direction}\"\n\
+             flow_log_max_aggregation_interval = 60\ncontrol_http = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap();
+        assert_eq!(c.flow_log_destination, Some(FlowLogDestination::Directory("/var/log/fl".into())));
+        assert_eq!(c.flow_log_format.version(), 5);
+        assert_eq!(c.flow_log_max_aggregation_interval, 60);
+        assert_eq!(c.control_http, Some("127.0.0.1:9000".parse().unwrap()));
+        let e = |a: RunArgs| Config::resolve(&a).unwrap_err().to_string();
+        let err = e(RunArgs { flow_log_max_aggregation_interval: Some(120), ..args() });
+        assert!(err.contains("flow_log_max_aggregation_interval") && err.contains("60 seconds (1 minute)"), "{err}");
+        let err = e(RunArgs { flow_log_format: Some("${nope}".into()), ..args() });
+        assert!(err.contains("flow_log_format") && err.contains("valid fields"), "{err}");
+        let err = e(RunArgs { flow_log_destination: Some("stdout".into()), dry_run: true, ..args() });
+        assert!(err.contains("dry_run"), "{err}");
+        let err = e(RunArgs { control_http: Some("0.0.0.0:9000".parse().unwrap()), ..args() });
+        assert!(err.contains("control_http") && err.contains("loopback"), "{err}");
+        std::fs::write(&path, "control_http = \"localhost:80\"\n").unwrap();
+        let err = e(RunArgs { config: Some(path), ..args() });
+        assert!(err.contains("control_http") && err.contains("localhost:80"), "{err}");
+    }
+
+    #[test]
     fn bad_input_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -237,7 +425,7 @@ mod tests {
         let e = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap_err().to_string();
         assert!(e.contains("max_flow") && e.contains("c.toml"), "{e}");
         std::fs::write(&path, "report_interval = \"soon\"\n").unwrap();
-        let e = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap_err().to_string();
+        let e = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap_err().to_string();
         assert!(e.contains("report_interval") && e.contains("soon"), "{e}");
         let e = Config::resolve(&RunArgs { report_interval: Some(Duration::from_millis(1500)), ..args() })
             .unwrap_err()
@@ -245,6 +433,9 @@ mod tests {
         assert!(e.contains("multiple of aggregate_interval"), "{e}");
         let e = Config::resolve(&RunArgs { max_sockets: Some(0), ..args() }).unwrap_err().to_string();
         assert!(e.contains("max_sockets"), "{e}");
+        std::fs::write(&path, "metrics_address = \"localhost\"\n").unwrap();
+        let e = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap_err().to_string();
+        assert!(e.contains("metrics_address") && e.contains("localhost"), "{e}");
         let e =
             Config::resolve(&RunArgs { config: Some("/nonexistent/x.toml".into()), ..args() }).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/x.toml"), "{e}");

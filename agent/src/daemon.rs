@@ -9,11 +9,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     aggregate::Aggregator,
-    capture::Capture,
+    capture::{self, Capture},
     config::Config,
+    control,
     enrich::{Enricher, NoMetadata},
+    flowlog::Meta,
+    health::Health,
+    notify::Notifier,
     report::{self, Usage},
-    sink::{Sink, Stdout},
+    sink::{FlowLog, Sink, Stdout},
     sys,
 };
 
@@ -62,10 +66,22 @@ impl Pipeline {
         let usage = Usage { cpu_seconds: (cpu - self.cpu_at_window_start).max(0.0), rss_bytes: rss };
         self.cpu_at_window_start = cpu;
         let closed = self.aggregator.close_window();
+        // Sinks that log every flow (flow logs) get the window whole, without top-N.
+        let mut whole = self.sinks.iter().any(|s| s.wants_all_flows()).then(|| {
+            let usage = Usage { cpu_seconds: usage.cpu_seconds, rss_bytes: usage.rss_bytes };
+            report::build((start, end), closed.clone(), usize::MAX, usage)
+        });
         let mut report = report::build((start, end), closed, self.top_flows, usage);
         self.enricher.enrich(&mut report);
+        if let Some(whole) = &mut whole {
+            self.enricher.enrich(whole);
+        }
         for sink in &mut self.sinks {
-            if let Err(e) = sink.send(&report) {
+            let report = match &whole {
+                Some(whole) if sink.wants_all_flows() => whole,
+                _ => &report,
+            };
+            if let Err(e) = sink.send(report) {
                 tracing::error!(sink = sink.name(), "report {} not delivered: {e}", report.report_id);
             }
         }
@@ -73,22 +89,47 @@ impl Pipeline {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
-    if !cfg.dry_run {
-        anyhow::bail!("no report sink is configured: run with --dry-run to print reports to stdout");
+    if !cfg.dry_run && cfg.flow_log_destination.is_none() {
+        anyhow::bail!(
+            "no report sink is configured: run with --dry-run to print reports to stdout, or write flow logs with --flow-log-destination"
+        );
     }
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if cfg.dry_run {
+        sinks.push(Box::new(Stdout::new(cfg.format)));
+    }
+    if let Some(dest) = &cfg.flow_log_destination {
+        let meta = Meta { account_id: cfg.flow_log_account_id.clone(), region: cfg.flow_log_region.clone() };
+        let length = Duration::from_secs(cfg.flow_log_max_aggregation_interval.into());
+        sinks.push(Box::new(FlowLog::new(cfg.flow_log_format.clone(), meta, length, dest.clone())));
+    }
+    let notifier = Notifier::from_env()?;
+    let health = Health::serve(cfg.metrics_address)
+        .await
+        .with_context(|| format!("cannot serve /healthz on {} (metrics_address)", cfg.metrics_address))?;
+    tracing::info!(address = %health.local_addr(), "health endpoint listening");
     let capture = Capture::start(&cfg).context("cannot start capture")?;
+    // Bound before the capabilities go (the socket's group is set with CAP_CHOWN); starts no thread.
+    let (_control, mut jobs) = control::Server::start_or_degrade(&cfg).await.context("cannot serve flow operations")?;
+    // Attached: nothing later needs a capability (map fds are already open).
+    capture::drop_privileges().context("after attaching")?;
     let ticks_to_evict = (EVICT_IDLE_AFTER.as_millis().max(cfg.report_interval.as_millis() * 2)
         / cfg.aggregate_interval.as_millis()) as u32;
     let mut p = Pipeline {
         capture,
         aggregator: Aggregator::new(ticks_to_evict),
         enricher: Box::new(NoMetadata),
-        sinks: vec![Box::new(Stdout::new(cfg.format))],
+        sinks,
         top_flows: cfg.top_flows,
         cpu_at_window_start: sys::process_usage().0,
     };
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+
+    // Half of WatchdogSec (systemd); without a watchdog the ticks send nothing.
+    let mut watchdog = tokio::time::interval(notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
+    health.set_ready();
+    notifier.ready();
 
     let mut window_start = align_down(Utc::now(), cfg.report_interval);
     let mut window_end = window_start + delta(cfg.report_interval);
@@ -106,6 +147,14 @@ pub async fn run(cfg: Config) -> Result<()> {
             _ = tokio::time::sleep(wait) => {}
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
+            Some(job) = jobs.recv() => {
+                control::execute(job, &mut p.capture, &mut p.aggregator);
+                continue;
+            }
+            _ = watchdog.tick() => {
+                notifier.watchdog();
+                continue;
+            }
         }
         p.drain();
         if tick >= window_end {
@@ -115,9 +164,15 @@ pub async fn run(cfg: Config) -> Result<()> {
             window_end = window_start + delta(cfg.report_interval);
         }
     }
+    notifier.stopping();
     tracing::info!("shutting down: flushing the partial window");
     p.drain();
     p.emit(window_start, Utc::now());
+    for sink in &mut p.sinks {
+        if let Err(e) = sink.close() {
+            tracing::error!(sink = sink.name(), "closing: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -4,14 +4,19 @@
 
 mod aggregate;
 mod capture;
+mod check;
 mod config;
+mod control;
 mod daemon;
 mod enrich;
+mod flowlog;
+mod health;
+mod notify;
 mod report;
 mod sink;
 mod sys;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, RunArgs};
@@ -25,6 +30,19 @@ use crate::config::{Config, RunArgs};
 struct Cli {
     #[command(flatten)]
     run: RunArgs,
+    /// Without a command, run the agent.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check every requirement (kernel, BTF, cgroup v2, tracepoints, capabilities, sock_ops attach,
+    /// IMDS, backend) and print OK/FAIL with how to fix each; exits 1 if one fails.
+    Check(check::CheckArgs),
+    /// Flow operations on a running agent: capture or flush live flows, list and describe
+    /// operations, and read their results.
+    Flows(control::FlowsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +51,18 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Check(args)) = &cli.command {
+        return if check::run(args) { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE };
+    }
+    if let Some(Command::Flows(args)) = cli.command {
+        return match control::run_cli(args, &cli.run) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("flow-agent: error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = Config::resolve(&cli.run).map_err(anyhow::Error::from).and_then(|cfg| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(daemon::run(cfg))

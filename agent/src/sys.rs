@@ -54,3 +54,54 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+/// prctl(PR_SET_NO_NEW_PRIVS): no later execve can gain privileges.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Clear this thread's ambient capability set.
+pub fn clear_ambient_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Remove capability `cap` from the bounding set (needs CAP_SETPCAP).
+pub fn drop_bounding_cap(cap: u32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// capset(2): this thread's effective, permitted and inheritable sets become `keep` (a bit mask
+/// of capability numbers). Capabilities are per thread: call it before starting other threads.
+pub fn capset(keep: u64) -> io::Result<()> {
+    let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+    let data = [
+        CapData { effective: lo, permitted: lo, inheritable: 0 },
+        CapData { effective: hi, permitted: hi, inheritable: 0 },
+    ];
+    // SAFETY: version 3 takes a header and two data structs, both valid for the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

@@ -4,6 +4,7 @@
 //! tests use, rust-src, and bpf-linker linked against this toolchain's own libLLVM.
 
 mod backend;
+mod package;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -19,7 +20,9 @@ commands:
   test             setup, then every test: fmt, clippy, unit and kernel integration tests,
                    backend tests against SQLite and PostgreSQL, boto3 end to end
                    (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
-  bench            benchmarks; figures printed as markdown";
+  bench            benchmarks; figures printed as markdown
+  package [--smoke] .deb and .rpm in target/package/ (installs cargo-deb, cargo-generate-rpm);
+                   --smoke: then install the .deb, run and verify it, remove and purge (root)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +32,10 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(),
+        Some("package") => package::build().and_then(|p| match args.get(1).map(String::as_str) {
+            Some("--smoke") => package::smoke(&p),
+            _ => Ok(()),
+        }),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
@@ -101,7 +108,13 @@ fn test() -> Result<()> {
     run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     let mut t = cargo();
     t.args(["test", "--workspace", "--all-targets"]).env("FLOW_BACKEND_TEST_POSTGRES_URL", backend::postgres_url());
-    run_cmd(&mut t)
+    run_cmd(&mut t)?;
+    // Packages: build both, install the .deb, run it, verify the unit, remove and purge (root).
+    if skip_privileged {
+        eprintln!("SKIPPED the package smoke test (dpkg -i): FLOW_AGENT_SKIP_PRIVILEGED=1");
+        return Ok(());
+    }
+    package::smoke(&package::build()?)
 }
 
 fn bench() -> Result<()> {

@@ -15,6 +15,7 @@ struct Tracked {
 }
 
 /// What one window holds when it closes.
+#[derive(Clone)]
 pub struct ClosedWindow {
     pub flows: Vec<(FlowKey, FlowWindow)>,
     /// Program counters gained during the window.
@@ -78,13 +79,14 @@ impl Aggregator {
         evict
     }
 
-    /// An evicted key's value at removal: count anything folded since the last snapshot.
+    /// An evicted key's value at removal: count anything folded since the last snapshot (from
+    /// zero for a key inserted since, e.g. when a flush removes it before any tick saw it).
     pub fn account_evicted(&mut self, key: &FlowKey, last: Option<FlowAgg>) {
-        if let Some(t) = self.tracked.remove(key)
-            && let Some(last) = last
-            && *t.last != last
+        let prev = self.tracked.remove(key).map(|t| *t.last).unwrap_or_default();
+        if let Some(last) = last
+            && prev != last
         {
-            self.window.entry(*key).or_default().add_delta(&t.last, &last);
+            self.window.entry(*key).or_default().add_delta(&prev, &last);
         }
     }
 
@@ -153,6 +155,16 @@ mod tests {
         // Re-inserted by the kernel from zero: counted from zero again.
         a.ingest(snap(vec![(key(1), FlowAgg { bytes_sent: 3, ..Default::default() })], 0));
         assert_eq!(a.close_window().flows[0].1.bytes_sent, 3);
+    }
+
+    #[test]
+    fn keys_removed_before_any_tick_saw_them_are_counted_whole() {
+        let mut a = Aggregator::new(5);
+        a.account_evicted(&key(7), Some(FlowAgg { bytes_sent: 42, attempted: 1, ..Default::default() }));
+        a.account_evicted(&key(8), None);
+        let w = a.close_window();
+        assert_eq!(w.flows.len(), 1);
+        assert_eq!((w.flows[0].1.bytes_sent, w.flows[0].1.connections.attempted), (42, 1));
     }
 
     #[test]

@@ -5,7 +5,9 @@ mod cgroup;
 mod error;
 mod loader;
 mod privileges;
+pub mod probe;
 mod tracefs;
 
 pub use error::CaptureError;
 pub use loader::{Capture, Snapshot};
+pub use privileges::drop_all as drop_privileges;

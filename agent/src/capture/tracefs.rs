@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use super::CaptureError;
 
-const TRACEFS: &str = "/sys/kernel/tracing";
-const FORMAT: &str = "events/tcp/tcp_retransmit_synack/format";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub const FORMAT: &str = "events/tcp/tcp_retransmit_synack/format";
 
 /// Offsets of the fields the SYN-ACK program reads, as the running kernel lays them out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -201,6 +201,8 @@ pub struct Agent {
     child: Child,
     stdout: Option<JoinHandle<Vec<String>>>,
     stderr: Option<JoinHandle<String>>,
+    /// Holds this agent's control socket (so agents never share /run/flow-agent).
+    control_dir: tempfile::TempDir,
 }
 
 impl Drop for Agent {
@@ -214,9 +216,21 @@ impl Drop for Agent {
 
 impl Agent {
     pub fn start(lab: &Lab, extra: &[&str]) -> Agent {
+        Agent::start_with(lab, &["--dry-run"], extra)
+    }
+
+    /// `mode`: "--dry-run", or nothing when `extra` configures another sink (flow logs).
+    pub fn start_with(lab: &Lab, mode: &[&str], extra: &[&str]) -> Agent {
+        let control_dir = tempfile::tempdir().expect("control socket directory");
+        // Traversable, so that tests can try the socket as other users.
+        std::fs::set_permissions(control_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_flow-agent"))
-            .args(["--dry-run", "--report-interval", "1s", "--aggregate-interval", "500ms", "--cgroup"])
+            .args(mode)
+            .args(["--report-interval", "1s", "--aggregate-interval", "500ms"])
+            .args(["--metrics-address", "127.0.0.1:0", "--cgroup"])
             .arg(&lab.cgroup)
+            .arg("--control-socket")
+            .arg(control_dir.path().join("control.sock"))
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -242,11 +256,15 @@ impl Agent {
             let _ = child.wait();
             panic!("flow-agent did not start:\n{}", stderr.join().unwrap());
         }
-        Agent { child, stdout: Some(stdout), stderr: Some(stderr) }
+        Agent { child, stdout: Some(stdout), stderr: Some(stderr), control_dir }
     }
 
-    /// SIGTERM (which flushes the partial window), then every report it printed.
-    pub fn stop(mut self) -> Vec<Report> {
+    pub fn control_socket(&self) -> PathBuf {
+        self.control_dir.path().join("control.sock")
+    }
+
+    /// SIGTERM, then every line it printed on stdout.
+    pub fn stop_lines(mut self) -> Vec<String> {
         // Let at least one tick drain what the kernel folded at the very end.
         std::thread::sleep(Duration::from_millis(700));
         // SAFETY: plain kill(2) on our own child.
@@ -255,6 +273,16 @@ impl Agent {
         let lines = self.stdout.take().unwrap().join().unwrap();
         let log = self.stderr.take().unwrap().join().unwrap();
         assert!(status.success(), "flow-agent exited with {status}:\n{log}");
+        lines
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM (which flushes the partial window), then every report it printed.
+    pub fn stop(self) -> Vec<Report> {
+        let lines = self.stop_lines();
         lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))).collect()
     }
 }

@@ -1,0 +1,81 @@
+//! Read-only versions of what `Capture::start` needs, for `flow-agent check`: each returns what
+//! it found, or what is wrong and how to fix it.
+
+use std::path::{Path, PathBuf};
+
+use super::{Capture, cgroup, privileges, tracefs};
+use crate::config::Config;
+
+/// A failed requirement: what is wrong, and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub problem: String,
+    pub fix: String,
+}
+
+fn failure(problem: impl Into<String>, fix: impl Into<String>) -> Failure {
+    Failure { problem: problem.into(), fix: fix.into() }
+}
+
+/// Effective capabilities enough to load and attach the programs.
+pub fn capabilities() -> Result<String, Failure> {
+    let missing = privileges::missing();
+    if missing.is_empty() {
+        return Ok(format!("effective set {:#x} allows loading and attaching", privileges::effective_caps()));
+    }
+    Err(failure(
+        format!("missing {}", missing.join(", ")),
+        "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (systemd: AmbientCapabilities=; \
+         Kubernetes: securityContext.capabilities.add; a binary: `setcap cap_bpf,cap_perfmon,cap_net_admin+ep`)",
+    ))
+}
+
+/// The cgroup v2 directory the agent would attach to, without mounting anything.
+pub fn cgroup2(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            cgroup::find_cgroup2_mount(&mountinfo).ok_or_else(|| {
+                failure(
+                    "no cgroup v2 hierarchy is mounted (the agent would try to mount one at /run/flow-agent/cgroup2, which needs CAP_SYS_ADMIN)",
+                    "mount one: `mount -t cgroup2 none /sys/fs/cgroup/unified`, or pass --cgroup; in a container, mount the host's with a hostPath volume",
+                )
+            })?
+        }
+    };
+    if !crate::sys::is_cgroup2(&path) || !path.join("cgroup.procs").exists() {
+        return Err(failure(
+            format!("{} is not a directory of a cgroup v2 hierarchy", path.display()),
+            "pass --cgroup with a cgroup v2 directory (see `grep cgroup2 /proc/self/mountinfo`)",
+        ));
+    }
+    Ok(path)
+}
+
+/// The SYN-ACK tracepoint's format is readable and has the fields the program reads.
+pub fn tracepoint() -> Result<String, Failure> {
+    let path = Path::new(tracefs::TRACEFS).join(tracefs::FORMAT);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        failure(
+            format!("cannot read {}: {e}", path.display()),
+            "mount tracefs (`mount -t tracefs nodev /sys/kernel/tracing`; in a container, a hostPath volume) and run as root or with CAP_DAC_READ_SEARCH",
+        )
+    })?;
+    let o = tracefs::SynackOffsets::parse(&text).map_err(|e| {
+        failure(format!("tcp:tcp_retransmit_synack: {e}"), "this kernel's tracepoint layout is not supported")
+    })?;
+    Ok(format!("tcp:tcp_retransmit_synack fields found (sport at offset {})", o.sport))
+}
+
+/// Load the programs and attach them for a moment (detached again when this returns).
+pub fn attach(cfg: &Config) -> Result<String, Failure> {
+    let cfg = Config { max_sockets: 16, max_flows: 16, ..cfg.clone() };
+    match Capture::start(&cfg) {
+        Ok(capture) => {
+            drop(capture);
+            Ok("sock_ops and tcp:tcp_retransmit_synack loaded, attached and detached".into())
+        }
+        Err(e) => Err(failure(e.to_string(), "fix the items above; the error names what the kernel refused")),
+    }
+}
