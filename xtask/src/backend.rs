@@ -423,7 +423,10 @@ pub fn bench() -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("flow-backend-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut results = vec![bench_one(&bin, "SQLite", &dir.join("bench.db").display().to_string())];
-    if let Ok(url) = std::env::var("FLOW_BACKEND_TEST_POSTGRES_URL") {
+    // `setup()` (run by `cargo xtask bench` first) has a PostgreSQL server ready; an explicit
+    // FLOW_BACKEND_TEST_POSTGRES_URL points the benchmark elsewhere.
+    let url = std::env::var("FLOW_BACKEND_TEST_POSTGRES_URL").unwrap_or_else(|_| postgres_url());
+    {
         let db = format!("flow_bench_{}", std::process::id());
         psql(&format!("CREATE DATABASE {db} OWNER {PG_ROLE}"))?;
         let pg_url = match url.rsplit_once('/') {
