@@ -4,6 +4,7 @@
 //! tests use, rust-src, and bpf-linker linked against this toolchain's own libLLVM.
 
 mod backend;
+mod bench;
 mod package;
 mod setup;
 
@@ -20,7 +21,11 @@ commands:
   test             setup, then every test: fmt, clippy, unit and kernel integration tests,
                    backend tests against SQLite and PostgreSQL, boto3 end to end
                    (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
-  bench            benchmarks; figures printed as markdown
+  bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--soak]
+                   benchmarks, printed as markdown (agent figures also in target/bench/agent.json):
+                   the agent off/on under each workload (root), and the backend; default all but
+                   the soak; --quick: one short off/on pair each; --soak: a 10-minute storm (RSS)
+                   (60 s with --quick); see docs/performance.md
   package [--smoke] .deb and .rpm in target/package/ (installs cargo-deb, cargo-generate-rpm);
                    --smoke: then install the .deb, run and verify it, remove and purge (root)";
 
@@ -31,7 +36,8 @@ fn main() -> ExitCode {
         Some("build") => setup::toolchain().and_then(|_| build()),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
-        Some("bench") => bench(),
+        Some("bench") => bench::main(&args[1..]),
+        Some("__idle-server" | "__idle-client") => bench::idle_helper(&args),
         Some("package") => package::build().and_then(|p| match args.get(1).map(String::as_str) {
             Some("--smoke") => package::smoke(&p),
             _ => Ok(()),
@@ -67,7 +73,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
@@ -115,11 +121,4 @@ fn test() -> Result<()> {
         return Ok(());
     }
     package::smoke(&package::build()?)
-}
-
-fn bench() -> Result<()> {
-    setup::all()?;
-    let report = backend::bench()?;
-    println!("{report}");
-    Ok(())
 }

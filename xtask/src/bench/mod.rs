@@ -1,0 +1,240 @@
+//! `cargo xtask bench`: the agent's overhead and coverage under load, and the backend benchmark.
+//!
+//! Each agent workload runs with the agent off and on, alternating (A B A B ...) so machine drift
+//! cancels; every load process lives in a cgroup of the benchmark's own, which is what the agent
+//! attaches to, inside network namespaces the benchmark creates. Figures are printed as a
+//! markdown table and written to `target/bench/agent.json`; targets are judged there, not in tests.
+
+mod measure;
+mod report;
+mod sandbox;
+mod workloads;
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use measure::{Agent, ProgStat, Reports};
+use workloads::{Env, Kind, Load};
+
+pub use workloads::idle_helper;
+
+/// `storm` runs both storm variants: both ends monitored, and the server side only.
+pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--soak]";
+
+/// Debian packages the agent workloads use (installed by `bench`, not by `setup`).
+const BENCH_APT: &[&str] = &["nginx-light", "wrk", "iperf3", "iproute2", "procps"];
+const SOAK_SECS: u64 = 600;
+
+/// One run of a workload with the agent off or on.
+pub struct Run {
+    pub load: Load,
+    pub secs: f64,
+    /// Connections the load made: (TcpActiveOpens, TcpPassiveOpens) over its namespaces.
+    pub opens: (u64, u64),
+    pub agent: Option<AgentRun>,
+}
+
+/// What the agent cost and saw during one run.
+pub struct AgentRun {
+    pub cpu_pct: f64,
+    pub rss_peak: u64,
+    pub progs: Vec<ProgStat>,
+    pub map_bytes: u64,
+    pub logged_map_mib: Option<f64>,
+    pub reports: Reports,
+}
+
+/// The 10-minute storm with the agent on: RSS over time.
+pub struct Soak {
+    pub secs: u64,
+    pub samples: Vec<(f64, u64)>,
+    pub load: Load,
+    pub cpu_pct: f64,
+    pub coverage: f64,
+}
+
+struct Options {
+    kinds: Vec<Kind>,
+    backend: bool,
+    quick: bool,
+    soak: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, soak: false };
+    let mut any = false;
+    for a in args {
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--soak" => o.soak = true,
+            "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
+            "keepalive" => o.kinds.push(Kind::KeepAlive),
+            "bulk" => o.kinds.extend([Kind::Bulk(1), Kind::Bulk(16)]),
+            "idle" => o.kinds.push(Kind::Idle),
+            "backend" => o.backend = true,
+            "all" => {
+                o.kinds.extend([
+                    Kind::Storm,
+                    Kind::StormServer,
+                    Kind::KeepAlive,
+                    Kind::Bulk(1),
+                    Kind::Bulk(16),
+                    Kind::Idle,
+                ]);
+                o.backend = true;
+            }
+            other => bail!("unknown bench argument {other:?}; usage: cargo xtask {USAGE}"),
+        }
+        any |= !a.starts_with("--");
+    }
+    if !any && !o.soak {
+        o.kinds = vec![Kind::Storm, Kind::StormServer, Kind::KeepAlive, Kind::Bulk(1), Kind::Bulk(16), Kind::Idle];
+        o.backend = true;
+    }
+    o.kinds.dedup();
+    Ok(o)
+}
+
+pub fn main(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let mut md = String::new();
+    if !o.kinds.is_empty() || o.soak {
+        md.push_str(&agent_bench(&o)?);
+    }
+    if o.backend {
+        crate::setup::all()?;
+        md.push_str(&crate::backend::bench()?);
+    }
+    println!("{md}");
+    Ok(())
+}
+
+fn agent_bench(o: &Options) -> Result<String> {
+    if !crate::setup::is_root() {
+        bail!("the agent benchmark loads eBPF programs and creates namespaces and cgroups: run it as root");
+    }
+    crate::setup::toolchain()?;
+    crate::setup::apt(BENCH_APT)?;
+    crate::run_cmd(crate::cargo().args(["build", "--release", "-p", "flow-agent"]))?;
+    let bin = crate::root().join("target/release/flow-agent");
+    sandbox::remove_leftovers();
+    let dir = std::env::temp_dir().join(format!("flow-agent-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+        let (pairs, secs) = if o.quick { (1, 5) } else { (3, 10) };
+        let mut results = Vec::new();
+        for &kind in &o.kinds {
+            eprintln!("bench: {} ({pairs} x off/on, {secs} s each)", kind.name());
+            let mut env = Env::new(kind, &dir)?;
+            let mut runs = Vec::new();
+            for i in 0..pairs {
+                for on in [false, true] {
+                    let r = run_once(&mut env, &bin, on, secs)?;
+                    eprintln!(
+                        "bench:   {} {} #{}: {:.1}{}",
+                        kind.id(),
+                        if on { "on " } else { "off" },
+                        i + 1,
+                        r.load.throughput,
+                        r.agent.as_ref().map(|a| format!(", agent {:.1}% CPU", a.cpu_pct)).unwrap_or_default()
+                    );
+                    runs.push(r);
+                }
+            }
+            results.push((kind, runs));
+        }
+        let soak = if o.soak { Some(soak(&bin, &dir, if o.quick { 60 } else { SOAK_SECS })?) } else { None };
+        let table = report::markdown(&results, soak.as_ref(), secs, pairs);
+        let json = report::json(&results, soak.as_ref());
+        let out = crate::root().join("target/bench");
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join("agent.json"), serde_json::to_string_pretty(&json)?)?;
+        eprintln!("bench: figures written to {}", out.join("agent.json").display());
+        Ok(table)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_once(env: &mut Env, bin: &Path, on: bool, secs: u64) -> Result<Run> {
+    let agent = if on { Some(Agent::start(bin, &env.cgroup, env.kind.max_sockets(), env.dir())?) } else { None };
+    let cpu0 = agent.as_ref().map(Agent::cpu_seconds).transpose()?;
+    let opens0 = env.opens()?;
+    let t = Instant::now();
+    let load = env.run(secs)?;
+    let elapsed = t.elapsed().as_secs_f64();
+    let opens1 = env.opens()?;
+    let opens = (opens1.0 - opens0.0, opens1.1 - opens0.1);
+    let agent = match agent {
+        None => None,
+        Some(a) => {
+            let cpu = a.cpu_seconds()? - cpu0.unwrap_or(0.0);
+            let (progs, map_bytes) = a.bpf()?;
+            let rss_peak = a.rss()?.1;
+            let logged_map_mib = a.logged_map_mib();
+            let reports = a.stop()?;
+            Some(AgentRun { cpu_pct: 100.0 * cpu / elapsed, rss_peak, progs, map_bytes, logged_map_mib, reports })
+        }
+    };
+    Ok(Run { load, secs: elapsed, opens, agent })
+}
+
+/// A long storm with the agent on, sampling its RSS every 10 s.
+fn soak(bin: &Path, dir: &Path, secs: u64) -> Result<Soak> {
+    eprintln!("bench: soak, connection storm for {secs} s with the agent on");
+    let mut env = Env::new(Kind::Storm, dir)?;
+    let agent = Agent::start(bin, &env.cgroup, Kind::Storm.max_sockets(), dir)?;
+    let pid = agent.pid();
+    let cpu0 = agent.cpu_seconds()?;
+    let opens0 = env.opens()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut samples = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                if let Some(rss) = rss_of(pid) {
+                    samples.push((t.elapsed().as_secs_f64(), rss));
+                }
+                let next = Duration::from_secs(samples.len() as u64 * 10);
+                while !done.load(Ordering::Relaxed) && t.elapsed() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            samples
+        })
+    };
+    let t = Instant::now();
+    let load = env.run(secs);
+    let elapsed = t.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let samples = sampler.join().unwrap_or_default();
+    let load = load?;
+    let opens1 = env.opens()?;
+    let cpu = agent.cpu_seconds()? - cpu0;
+    let r = agent.stop()?;
+    let made = (opens1.0 - opens0.0) + (opens1.1 - opens0.1); // both ends monitored
+    Ok(Soak {
+        secs,
+        samples,
+        load,
+        cpu_pct: 100.0 * cpu / elapsed,
+        coverage: (r.attempted_client + r.attempted_server) as f64 / made.max(1) as f64,
+    })
+}
+
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let l = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}

@@ -1,0 +1,315 @@
+//! Summaries of the runs, judged against the targets: a markdown table and a JSON document.
+
+use serde_json::{Value, json};
+
+use super::{AgentRun, Run, Soak, workloads::Kind};
+
+/// Targets (issue "Overhead and scale").
+const STORM_COST_PCT: f64 = 3.0;
+const STORM_CPU_PCT: f64 = 5.0;
+const STEADY_COST_PCT: f64 = 1.0;
+const EBPF_NS: f64 = 300.0;
+const IDLE_RSS_MIB: f64 = 32.0;
+
+const MIB: f64 = 1048576.0;
+
+/// One workload's figures, averaged over its runs.
+pub struct Summary {
+    pub kind: Kind,
+    pub off: Side,
+    pub on: Side,
+    pub cpu_pct: f64,
+    pub rss_peak: u64,
+    /// (program, mean ns per invocation, invocations per connection).
+    pub progs: Vec<(&'static str, f64, f64, u64)>,
+    pub map_bytes: u64,
+    pub logged_map_mib: Option<f64>,
+    pub events_per_s: f64,
+    pub drops: u64,
+    pub coverage: f64,
+    pub connections: u64,
+    pub sockets_tracked_max: u64,
+}
+
+#[derive(Default)]
+pub struct Side {
+    pub throughput: f64,
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> f64 {
+    let (s, n) = v.fold((0.0, 0), |(s, n), x| (s + x, n + 1));
+    if n == 0 { 0.0 } else { s / n as f64 }
+}
+
+fn side<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> Side {
+    let opt = |f: fn(&Run) -> Option<f64>| {
+        let v: Vec<f64> = runs.clone().filter_map(f).collect();
+        (!v.is_empty()).then(|| mean(v.into_iter()))
+    };
+    Side {
+        throughput: mean(runs.clone().map(|r| r.load.throughput)),
+        p50_us: opt(|r| r.load.p50_us),
+        p99_us: opt(|r| r.load.p99_us),
+    }
+}
+
+pub fn summarize(kind: Kind, runs: &[Run]) -> Summary {
+    let off = side(runs.iter().filter(|r| r.agent.is_none()));
+    let on_runs: Vec<(&Run, &AgentRun)> = runs.iter().filter_map(|r| Some((r, r.agent.as_ref()?))).collect();
+    let on = side(on_runs.iter().map(|(r, _)| *r));
+    // Connections the monitored sockets took part in, counted once per monitored end.
+    let connections: u64 =
+        on_runs.iter().map(|(r, _)| if kind.client_monitored() { r.opens.0 + r.opens.1 } else { r.opens.1 }).sum();
+    let mut progs: Vec<(&'static str, f64, f64, u64)> = Vec::new();
+    for name in ["sock_ops", "tcp_retransmit_synack"] {
+        let (cnt, ns) = on_runs
+            .iter()
+            .flat_map(|(_, a)| a.progs.iter().filter(|p| p.name == name))
+            .fold((0u64, 0u64), |(c, t), p| (c + p.run_cnt, t + p.run_time_ns));
+        let per_ns = if cnt == 0 { 0.0 } else { ns as f64 / cnt as f64 };
+        progs.push((name, per_ns, cnt as f64 / connections.max(1) as f64, cnt));
+    }
+    let attempted: u64 = on_runs.iter().map(|(_, a)| a.reports.attempted_client + a.reports.attempted_server).sum();
+    Summary {
+        kind,
+        off,
+        on,
+        cpu_pct: mean(on_runs.iter().map(|(_, a)| a.cpu_pct)),
+        rss_peak: on_runs.iter().map(|(_, a)| a.rss_peak).max().unwrap_or(0),
+        progs,
+        map_bytes: on_runs.iter().map(|(_, a)| a.map_bytes).max().unwrap_or(0),
+        logged_map_mib: on_runs.iter().find_map(|(_, a)| a.logged_map_mib),
+        events_per_s: on_runs.iter().map(|(_, a)| a.reports.events).sum::<u64>() as f64
+            / on_runs.iter().map(|(r, _)| r.secs).sum::<f64>().max(1e-9),
+        drops: on_runs.iter().map(|(_, a)| a.reports.map_full + a.reports.untracked + a.reports.ringbuf_drops).sum(),
+        coverage: attempted as f64 / connections.max(1) as f64,
+        connections,
+        sockets_tracked_max: on_runs.iter().map(|(_, a)| a.reports.sockets_tracked_max).max().unwrap_or(0),
+    }
+}
+
+impl Summary {
+    /// Throughput lost with the agent on, percent (negative: faster with it on).
+    pub fn cost_pct(&self) -> f64 {
+        100.0 * (1.0 - self.on.throughput / self.off.throughput.max(1e-9))
+    }
+
+    fn unit(&self) -> &'static str {
+        match self.kind {
+            Kind::Storm | Kind::StormServer | Kind::KeepAlive => "req/s",
+            Kind::Bulk(_) => "Gbit/s",
+            Kind::Idle => "conn/s (setup)",
+        }
+    }
+
+    /// (target, figure, met).
+    pub fn targets(&self) -> Vec<(String, String, bool)> {
+        let mut t = Vec::new();
+        let cost = self.cost_pct();
+        match self.kind {
+            Kind::Storm | Kind::StormServer => {
+                t.push((
+                    "coverage 100%, no sampling".into(),
+                    pct(self.coverage * 100.0),
+                    self.coverage >= 1.0 && self.drops == 0,
+                ));
+                t.push((
+                    format!("throughput cost <= {STORM_COST_PCT}%"),
+                    format!("{cost:.1}%"),
+                    cost <= STORM_COST_PCT,
+                ));
+                t.push((
+                    format!("agent CPU <= {STORM_CPU_PCT}% of a core"),
+                    pct(self.cpu_pct),
+                    self.cpu_pct <= STORM_CPU_PCT,
+                ));
+            }
+            Kind::KeepAlive | Kind::Bulk(_) => {
+                t.push((
+                    format!("throughput cost <= {STEADY_COST_PCT}%"),
+                    format!("{cost:.1}%"),
+                    cost <= STEADY_COST_PCT,
+                ));
+            }
+            Kind::Idle => {
+                let mib = self.rss_peak as f64 / MIB;
+                t.push((
+                    format!(
+                        "RSS <= {IDLE_RSS_MIB} MiB with 100,000 connections ({} sockets tracked)",
+                        self.sockets_tracked_max
+                    ),
+                    format!("{mib:.1} MiB"),
+                    mib <= IDLE_RSS_MIB,
+                ));
+            }
+        }
+        for (name, ns, _, cnt) in &self.progs {
+            if *cnt > 0 {
+                t.push((format!("eBPF {name} mean <= {EBPF_NS} ns"), format!("{ns:.0} ns"), *ns <= EBPF_NS));
+            }
+        }
+        t
+    }
+}
+
+fn pct(v: f64) -> String {
+    format!("{v:.1}%")
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(|v| if v >= 1000.0 { format!("{:.2} ms", v / 1000.0) } else { format!("{v:.0} µs") }).unwrap_or("-".into())
+}
+
+fn ratio(on: Option<f64>, off: Option<f64>) -> String {
+    match (on, off) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.3}", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// The per-workload table and the targets table.
+fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
+    let mut md = String::new();
+    md.push_str(&format!(
+        "{pairs} x (agent off, agent on) alternating runs of {secs} s per workload; {} cores; means over runs. \
+         Coverage: connections in the agent's reports (attempted, client + server side) / TcpActiveOpens + \
+         TcpPassiveOpens of the workload's namespaces. eBPF ns: run_time_ns / run_cnt (kernel.bpf_stats_enabled), \
+         per invocation, with invocations per connection. Drops: map_full + untracked_events + ringbuf_drops.\n\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    ));
+    if let Ok(extra) = std::env::var("FLOW_BENCH_AGENT_ARGS") {
+        md.push_str(&format!("Extra agent flags (FLOW_BENCH_AGENT_ARGS): `{extra}`.\n\n"));
+    }
+    md.push_str(
+        "| workload | unit | off | on | on/off | p50 off | p50 on | p50 ratio | p99 off | p99 on | p99 ratio | agent CPU | peak RSS | sock_ops ns (calls/conn) | synack ns (calls) | kernel maps | events/s | drops | coverage |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in sums {
+        let (so, sy) = (&s.progs[0], &s.progs[1]);
+        md.push_str(&format!(
+            "| {} | {} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} | {:.2}% | {:.1} MiB | {:.0} ({:.1}) | {} | {:.1} MiB | {:.0} | {} | {:.2}% ({}) |\n",
+            s.kind.name(),
+            s.unit(),
+            s.off.throughput,
+            s.on.throughput,
+            s.on.throughput / s.off.throughput.max(1e-9),
+            opt(s.off.p50_us),
+            opt(s.on.p50_us),
+            ratio(s.on.p50_us, s.off.p50_us),
+            opt(s.off.p99_us),
+            opt(s.on.p99_us),
+            ratio(s.on.p99_us, s.off.p99_us),
+            s.cpu_pct,
+            s.rss_peak as f64 / MIB,
+            so.1,
+            so.2,
+            if sy.3 == 0 { "- (0)".to_string() } else { format!("{:.0} ({})", sy.1, sy.3) },
+            s.map_bytes as f64 / MIB,
+            s.events_per_s,
+            s.drops,
+            s.coverage * 100.0,
+            s.connections,
+        ));
+    }
+    if let Some(m) = sums.iter().find_map(|s| s.logged_map_mib.map(|m| (s.kind, m))) {
+        md.push_str(&format!(
+            "\nKernel maps: memlock of the agent's map fds (fdinfo); the agent states its own estimate at start \
+             (`kernel maps sized ... total_mib`), e.g. {:.1} MiB for {}.\n",
+            m.1,
+            m.0.name()
+        ));
+    }
+    if let Some(k) = sums.iter().find(|s| s.kind == Kind::Idle) {
+        md.push_str(&format!(
+            "Idle: --max-sockets {}, {} sockets tracked at peak.\n",
+            Kind::Idle.max_sockets(),
+            k.sockets_tracked_max
+        ));
+    }
+    md.push_str("\n### Targets\n\n| workload | target | figure | met |\n|---|---|---|---|\n");
+    for s in sums {
+        for (t, v, ok) in s.targets() {
+            md.push_str(&format!("| {} | {t} | {v} | {} |\n", s.kind.name(), if ok { "yes" } else { "**no**" }));
+        }
+    }
+    md
+}
+
+pub fn markdown(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>, secs: u64, pairs: usize) -> String {
+    let sums: Vec<Summary> = results.iter().map(|(k, r)| summarize(*k, r)).collect();
+    let mut md = String::from("## flow-agent overhead and coverage\n\n");
+    if !sums.is_empty() {
+        md.push_str(&tables(&sums, secs, pairs));
+    }
+    if let Some(soak) = soak {
+        let first = soak.samples.iter().find(|(t, _)| *t >= 10.0).or(soak.samples.first());
+        let last = soak.samples.last();
+        let max = soak.samples.iter().map(|s| s.1).max().unwrap_or(0);
+        md.push_str(&format!(
+            "\n### Soak: connection storm, {} s, agent on\n\n| | value |\n|---|---|\n| RSS (VmRSS) after warm-up ({:.0} s) | {:.1} MiB |\n\
+             | RSS (VmRSS) at end ({:.0} s) | {:.1} MiB |\n| RSS max | {:.1} MiB |\n| throughput | {:.0} req/s |\n| agent CPU | {:.2}% |\n| coverage | {:.2}% |\n",
+            soak.secs,
+            first.map(|s| s.0).unwrap_or(0.0),
+            first.map(|s| s.1).unwrap_or(0) as f64 / MIB,
+            last.map(|s| s.0).unwrap_or(0.0),
+            last.map(|s| s.1).unwrap_or(0) as f64 / MIB,
+            max as f64 / MIB,
+            soak.load.throughput,
+            soak.cpu_pct,
+            soak.coverage * 100.0
+        ));
+    }
+    md.push('\n');
+    md
+}
+
+pub fn json(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>) -> Value {
+    let workloads: Vec<Value> = results
+        .iter()
+        .map(|(k, runs)| {
+            let s = summarize(*k, runs);
+            json!({
+                "workload": k.id(),
+                "off": {"throughput": s.off.throughput, "p50_us": s.off.p50_us, "p99_us": s.off.p99_us},
+                "on": {"throughput": s.on.throughput, "p50_us": s.on.p50_us, "p99_us": s.on.p99_us},
+                "throughput_cost_pct": s.cost_pct(),
+                "agent_cpu_pct": s.cpu_pct,
+                "peak_rss_bytes": s.rss_peak,
+                "ebpf": s.progs.iter().map(|(n, ns, per, cnt)| json!({"program": n, "mean_ns": ns, "invocations": cnt, "invocations_per_connection": per})).collect::<Vec<_>>(),
+                "kernel_map_bytes": s.map_bytes,
+                "logged_map_mib": s.logged_map_mib,
+                "events_per_s": s.events_per_s,
+                "drops": s.drops,
+                "coverage": s.coverage,
+                "connections": s.connections,
+                "sockets_tracked_max": s.sockets_tracked_max,
+                "targets": s.targets().into_iter().map(|(t, v, ok)| json!({"target": t, "figure": v, "met": ok})).collect::<Vec<_>>(),
+                "runs": runs.iter().map(|r| json!({
+                    "agent": r.agent.is_some(),
+                    "throughput": r.load.throughput,
+                    "p50_us": r.load.p50_us,
+                    "p99_us": r.load.p99_us,
+                    "load_errors": r.load.errors,
+                    "secs": r.secs,
+                    "active_opens": r.opens.0,
+                    "passive_opens": r.opens.1,
+                    "agent_cpu_pct": r.agent.as_ref().map(|a| a.cpu_pct),
+                    "attempted_client": r.agent.as_ref().map(|a| a.reports.attempted_client),
+                    "attempted_server": r.agent.as_ref().map(|a| a.reports.attempted_server),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "workloads": workloads,
+        "soak": soak.map(|s| json!({
+            "secs": s.secs,
+            "rss_samples": s.samples.iter().map(|(t, r)| json!([t, r])).collect::<Vec<_>>(),
+            "throughput": s.load.throughput,
+            "agent_cpu_pct": s.cpu_pct,
+            "coverage": s.coverage,
+        })),
+    })
+}
