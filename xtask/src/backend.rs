@@ -18,6 +18,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
+use crate::output;
+
 const PG_ROLE: &str = "flow";
 const PG_PASSWORD: &str = "flow";
 const PG_DATABASE: &str = "flow_backend_test";
@@ -25,19 +27,6 @@ const PG_DATABASE: &str = "flow_backend_test";
 fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
     if root.join("backend/Cargo.toml").exists() { root } else { std::env::current_dir().unwrap_or(root) }
-}
-
-fn run(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
@@ -57,7 +46,7 @@ fn cluster() -> Option<(String, u16, bool)> {
 }
 
 fn psql(sql: &str) -> anyhow::Result<String> {
-    run(Command::new("runuser").args([
+    output(Command::new("runuser").args([
         "-u",
         "postgres",
         "--",
@@ -78,8 +67,8 @@ pub fn setup() -> anyhow::Result<()> {
     let have_pg = succeeds(Command::new("sh").args(["-c", "ls /usr/lib/postgresql/*/bin/postgres"]));
     if !have_pg {
         eprintln!("backend setup: installing postgresql (apt)");
-        run(Command::new("apt-get").arg("update"))?;
-        run(Command::new("apt-get").args(["install", "-y", "postgresql"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        output(Command::new("apt-get").arg("update"))?;
+        output(Command::new("apt-get").args(["install", "-y", "postgresql"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     let boto3_ok = succeeds(Command::new("python3").args([
         "-c",
@@ -89,19 +78,19 @@ pub fn setup() -> anyhow::Result<()> {
     if !boto3_ok {
         eprintln!("backend setup: installing boto3 (pip)");
         let pip = ["-m", "pip", "install", "--quiet", "--upgrade", "boto3"];
-        if run(Command::new("python3").args(pip)).is_err() {
+        if output(Command::new("python3").args(pip)).is_err() {
             // Debian's own python refuses pip installs (PEP 668) unless told otherwise; its
             // python3-boto3 package predates the networkflowmonitor service model.
-            run(Command::new("python3").args(pip).arg("--break-system-packages"))?;
+            output(Command::new("python3").args(pip).arg("--break-system-packages"))?;
         }
     }
     match cluster() {
         None => {
-            let ver = run(Command::new("sh").args(["-c", "ls /usr/lib/postgresql | sort -n | tail -1"]))?;
-            run(Command::new("pg_createcluster").args([ver.trim(), "main", "--start"]))?;
+            let ver = output(Command::new("sh").args(["-c", "ls /usr/lib/postgresql | sort -n | tail -1"]))?;
+            output(Command::new("pg_createcluster").args([ver.trim(), "main", "--start"]))?;
         }
         Some((ver, _, false)) => {
-            run(Command::new("pg_ctlcluster").args([ver.as_str(), "main", "start"]))?;
+            output(Command::new("pg_ctlcluster").args([ver.as_str(), "main", "start"]))?;
         }
         Some(_) => {}
     }
@@ -418,7 +407,7 @@ fn bench_one(bin: &Path, backend: &'static str, database: &str) -> anyhow::Resul
 /// FLOW_BACKEND_TEST_POSTGRES_URL is set; returns a markdown section.
 pub fn bench() -> anyhow::Result<String> {
     let root = workspace_root();
-    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "flow-backend"]))?;
+    output(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "flow-backend"]))?;
     let bin = root.join("target/release/flow-backend");
     let dir = std::env::temp_dir().join(format!("flow-backend-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 
-use crate::{cargo, root, run_cmd, setup};
+use crate::{cargo, output, root, run_cmd, setup};
 
 /// Packaging tools from crates.io, pinned.
 const TOOLS: &[(&str, &str, &str)] = &[("cargo-deb", "3.8.0", "deb"), ("cargo-generate-rpm", "0.21.1", "generate-rpm")];
@@ -36,20 +36,6 @@ pub fn tools() -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let line = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot start {line}"))?;
-    if !out.status.success() {
-        bail!(
-            "{line} failed with {}:\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// roff-escape preformatted text.

@@ -11,17 +11,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::output;
+
 /// Prefix of every netns and cgroup the benchmark creates (left-overs of a killed run are removed
 /// at the next start).
 pub const PREFIX: &str = "flowbench";
-
-fn cmd_ok(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
 pub fn cgroup2_root() -> Result<PathBuf> {
@@ -37,7 +31,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 
 /// Remove netns and cgroups a killed earlier run left behind.
 pub fn remove_leftovers() {
-    if let Ok(out) = cmd_ok(Command::new("ip").args(["netns", "list"])) {
+    if let Ok(out) = output(Command::new("ip").args(["netns", "list"])) {
         for name in out.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.starts_with(PREFIX)) {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
@@ -59,7 +53,7 @@ pub struct Netns {
 impl Netns {
     pub fn new(suffix: &str) -> Result<Netns> {
         let name = format!("{PREFIX}-{suffix}-{}", std::process::id());
-        cmd_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        output(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         // Room for a connection storm: the whole port range, and TIME_WAIT reuse on the client.
@@ -71,7 +65,7 @@ impl Netns {
     }
 
     pub fn exec(&self, args: &[&str]) -> Result<String> {
-        cmd_ok(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
+        output(Command::new("ip").args(["netns", "exec", &self.name]).args(args))
     }
 
     /// TcpActiveOpens and TcpPassiveOpens of this namespace (/proc/net/snmp).
@@ -106,8 +100,8 @@ impl VethPair {
     pub fn new() -> Result<VethPair> {
         let (a, b) = (Netns::new("a")?, Netns::new("b")?);
         let (va, vb) = (format!("fb{}a", std::process::id()), format!("fb{}b", std::process::id()));
-        cmd_ok(Command::new("ip").args(["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb]))?;
-        cmd_ok(Command::new("ip").args(["link", "set", &vb, "netns", &b.name]))?;
+        output(Command::new("ip").args(["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb]))?;
+        output(Command::new("ip").args(["link", "set", &vb, "netns", &b.name]))?;
         for (ns, dev, ip) in [(&a, &va, VETH_A), (&b, &vb, VETH_B)] {
             ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev])?;
             ns.exec(&["ip", "link", "set", dev, "up"])?;
