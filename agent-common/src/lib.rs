@@ -11,4 +11,6 @@ pub mod hist;
 pub mod maps;
 
 #[cfg(feature = "user")]
+pub mod mountinfo;
+#[cfg(feature = "user")]
 pub mod report;

@@ -52,13 +52,7 @@ pub fn sh(cmd: &str) -> String {
 
 fn cgroup2_root() -> PathBuf {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-        .expect("a cgroup v2 hierarchy is mounted")
+    agent_common::mountinfo::find_cgroup2_mount(&mi).expect("a cgroup v2 hierarchy is mounted")
 }
 
 pub struct Lab {
