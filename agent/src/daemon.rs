@@ -12,12 +12,11 @@ use crate::{
     capture::{self, Capture},
     config::Config,
     control,
-    enrich::{Enricher, NoMetadata},
-    flowlog::Meta,
+    enrich::{self, Enricher},
     health::Health,
     notify::Notifier,
     report::{self, Usage},
-    sink::{FlowLog, Sink, Stdout},
+    sink::{self, Sink},
     sys,
 };
 
@@ -89,20 +88,7 @@ impl Pipeline {
 }
 
 pub async fn run(cfg: Config) -> Result<()> {
-    if !cfg.dry_run && cfg.flow_log_destination.is_none() {
-        anyhow::bail!(
-            "no report sink is configured: run with --dry-run to print reports to stdout, or write flow logs with --flow-log-destination"
-        );
-    }
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if cfg.dry_run {
-        sinks.push(Box::new(Stdout::new(cfg.format)));
-    }
-    if let Some(dest) = &cfg.flow_log_destination {
-        let meta = Meta { account_id: cfg.flow_log_account_id.clone(), region: cfg.flow_log_region.clone() };
-        let length = Duration::from_secs(cfg.flow_log_max_aggregation_interval.into());
-        sinks.push(Box::new(FlowLog::new(cfg.flow_log_format.clone(), meta, length, dest.clone())));
-    }
+    let sinks = sink::build(&cfg)?;
     let notifier = Notifier::from_env()?;
     let health = Health::serve(cfg.metrics_address)
         .await
@@ -118,7 +104,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut p = Pipeline {
         capture,
         aggregator: Aggregator::new(ticks_to_evict),
-        enricher: Box::new(NoMetadata),
+        enricher: enrich::build(&cfg)?,
         sinks,
         top_flows: cfg.top_flows,
         cpu_at_window_start: sys::process_usage().0,

@@ -1,7 +1,10 @@
-//! Enrichment: where each flow runs and what it talks to. The capture core ships without
-//! metadata sources; EC2 and Kubernetes enrichers plug in here.
+//! Enrichment: where each flow runs and what it talks to. Each metadata source is an `Enricher`
+//! that fills the fields it knows; `build` chains the ones the config enables. Enrichers read
+//! snapshots kept fresh by background tasks: `enrich` never waits on the network.
 
 use agent_common::report::Report;
+
+use crate::config::Config;
 
 pub trait Enricher: Send {
     fn enrich(&self, report: &mut Report);
@@ -12,4 +15,25 @@ pub struct NoMetadata;
 
 impl Enricher for NoMetadata {
     fn enrich(&self, _report: &mut Report) {}
+}
+
+/// Enrichers applied in order; later ones see what earlier ones filled.
+pub struct Chain(pub Vec<Box<dyn Enricher>>);
+
+impl Enricher for Chain {
+    fn enrich(&self, report: &mut Report) {
+        for e in &self.0 {
+            e.enrich(report);
+        }
+    }
+}
+
+/// The enrichers the config enables (spawning their background refresh tasks on the current
+/// runtime). Must not block: metadata that is not there yet is simply absent.
+pub fn build(_cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
+    let chain: Vec<Box<dyn Enricher>> = Vec::new();
+    if chain.is_empty() {
+        return Ok(Box::new(NoMetadata));
+    }
+    Ok(Box::new(Chain(chain)))
 }

@@ -1,13 +1,20 @@
-//! Sinks: where reports go. Every sink implements `Sink`.
+//! Sinks: where reports go. Every sink implements `Sink`; network destinations sit behind one
+//! `Remote` sink (see `remote`).
 
 mod flow_log;
 mod flow_log_files;
+pub mod remote;
 mod stdout;
 
+use std::{sync::Arc, time::Duration};
+
 pub use flow_log::FlowLog;
+pub use remote::{Destination, Remote};
 pub use stdout::Stdout;
 
 use agent_common::report::Report;
+
+use crate::{config::Config, flowlog::Meta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -26,4 +33,33 @@ pub trait Sink: Send {
     fn close(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+}
+
+/// The network destinations the config enables.
+fn destinations(_cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+    let list: Vec<Arc<dyn Destination>> = Vec::new();
+    Ok(list)
+}
+
+/// Every sink the config enables (spawning delivery tasks on the current runtime).
+pub fn build(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if cfg.dry_run {
+        sinks.push(Box::new(Stdout::new(cfg.format)));
+    }
+    if let Some(dest) = &cfg.flow_log_destination {
+        let meta = Meta { account_id: cfg.flow_log_account_id.clone(), region: cfg.flow_log_region.clone() };
+        let length = Duration::from_secs(cfg.flow_log_max_aggregation_interval.into());
+        sinks.push(Box::new(FlowLog::new(cfg.flow_log_format.clone(), meta, length, dest.clone())));
+    }
+    let remote = destinations(cfg)?;
+    if !remote.is_empty() {
+        sinks.push(Box::new(Remote::new(remote)));
+    }
+    if sinks.is_empty() {
+        anyhow::bail!(
+            "no report sink is configured: run with --dry-run to print reports to stdout, or write flow logs with --flow-log-destination"
+        );
+    }
+    Ok(sinks)
 }
