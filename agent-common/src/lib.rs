@@ -4,7 +4,7 @@
 //! the same definitions describe the kernel maps on both sides. Logic that the kernel runs on these
 //! plain structs (histogram bucketing, counter folding, end-of-connection classification) lives here
 //! as plain functions so it is unit tested in userspace too.
-#![cfg_attr(not(feature = "user"), no_std)]
+#![cfg_attr(not(any(feature = "user", feature = "sigv4")), no_std)]
 
 pub mod fold;
 pub mod hist;
@@ -14,3 +14,5 @@ pub mod maps;
 pub mod mountinfo;
 #[cfg(feature = "user")]
 pub mod report;
+#[cfg(feature = "sigv4")]
+pub mod sigv4;

@@ -218,6 +218,11 @@ pub struct AgentStats {
     /// Agent CPU time (user + system) spent in the window.
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// Reports the agent's spool dropped (oldest first, beyond `--spool-max-bytes`) before this
+    /// report's destination could deliver them, since the last report it delivered. Absent in
+    /// reports of older agents.
+    #[serde(default)]
+    pub spool_dropped_reports: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +277,10 @@ mod tests {
         let bad = s.replacen("\"bytes_sent\"", "\"bytes_snet\"", 1);
         let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
         assert!(err.contains("bytes_sent"), "{err}");
+        // Reports of agents without the spool field still parse.
+        let old = s.replacen(",\"spool_dropped_reports\":0", "", 1);
+        assert_ne!(old, s);
+        assert_eq!(serde_json::from_str::<Report>(&old).unwrap(), r);
         let bad = s.replacen("\"attempted\"", "\"attemptd\"", 1);
         let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
         assert!(err.contains("attemptd"), "{err}");

@@ -7,8 +7,6 @@ use std::path::Path;
 
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, NaiveDateTime, Utc};
-use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
 
 use crate::errors::ApiError;
 
@@ -108,47 +106,8 @@ fn incomplete(msg: impl Into<String>) -> ApiError {
     sig_error("IncompleteSignature", StatusCode::FORBIDDEN, msg)
 }
 
-const UNRESERVED: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-const UNRESERVED_AND_SLASH: &percent_encoding::AsciiSet = &UNRESERVED.remove(b'/');
-
-fn encode(s: &str, set: &'static percent_encoding::AsciiSet) -> String {
-    percent_encoding::utf8_percent_encode(s, set).to_string()
-}
-
-/// The canonical URI of a non-S3 service: the path as sent, URI-encoded once more.
-pub fn canonical_uri(raw_path: &str) -> String {
-    if raw_path.is_empty() { "/".into() } else { encode(raw_path, UNRESERVED_AND_SLASH) }
-}
-
-pub fn canonical_query(raw_query: Option<&str>) -> String {
-    let Some(q) = raw_query.filter(|q| !q.is_empty()) else {
-        return String::new();
-    };
-    let mut pairs: Vec<(String, String)> = q
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let dec =
-                |s: &str| percent_encoding::percent_decode_str(&s.replace('+', "%20")).decode_utf8_lossy().into_owned();
-            (encode(&dec(k), UNRESERVED), encode(&dec(v), UNRESERVED))
-        })
-        .collect();
-    pairs.sort();
-    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
-}
-
-fn hmac(key: &[u8], data: &str) -> Vec<u8> {
-    // HMAC accepts keys of any length.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    m.update(data.as_bytes());
-    m.finalize().into_bytes().to_vec()
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
+pub use agent_common::sigv4::{canonical_query, canonical_uri, sha256_hex};
+use agent_common::sigv4::{self as core, Canonical};
 
 /// The parsed `Authorization` header.
 struct Authorization<'a> {
@@ -197,38 +156,29 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn string_to_sign(req: &RequestParts<'_>, signed_headers: &[&str], amz_date: &str, scope: &str) -> String {
-    let mut canonical_headers = String::new();
-    for name in signed_headers {
-        let values: Vec<String> = req
-            .headers
-            .get_all(*name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
-            .collect();
-        canonical_headers.push_str(&format!("{}:{}\n", name.to_ascii_lowercase(), values.join(",")));
-    }
+    let headers: Vec<(String, String)> = signed_headers
+        .iter()
+        .map(|name| {
+            let values = req.headers.get_all(*name).iter().map(|v| v.as_bytes());
+            (name.to_ascii_lowercase(), core::canonical_header_value(values))
+        })
+        .collect();
     let payload_hash = match header_str(req.headers, "x-amz-content-sha256") {
         Some(h) => h.to_string(),
         None => sha256_hex(req.body),
     };
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        req.method,
-        canonical_uri(req.raw_path),
-        canonical_query(req.raw_query),
-        canonical_headers,
-        signed_headers.join(";"),
-        payload_hash
-    );
-    format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", sha256_hex(canonical_request.as_bytes()))
+    let canonical = Canonical {
+        method: req.method,
+        raw_path: req.raw_path,
+        raw_query: req.raw_query,
+        headers: &headers,
+        payload_hash: &payload_hash,
+    };
+    core::string_to_sign(amz_date, scope, &canonical.request())
 }
 
 fn signature(secret: &str, date: &str, region: &str, service: &str, string_to_sign: &str) -> String {
-    let k = hmac(format!("AWS4{secret}").as_bytes(), date);
-    let k = hmac(&k, region);
-    let k = hmac(&k, service);
-    let k = hmac(&k, "aws4_request");
-    hex::encode(hmac(&k, string_to_sign))
+    core::signature(secret, date, region, service, string_to_sign)
 }
 
 /// Computes the `Authorization` header value for a request (the headers must already hold
