@@ -21,6 +21,17 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 pub const DEFAULT_FLOW_LOG_MAX_AGGREGATION_INTERVAL: u32 = 600;
 /// Default `--control-socket`: the flow-operations API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/flow-agent/control.sock";
+/// Default `--spool-dir`: where reports wait for their destinations.
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/flow-agent/spool";
+/// Default `--spool-max-bytes`: 64 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 << 20;
+/// Default `--shutdown-timeout`: how long SIGTERM waits for deliveries.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--request-timeout`: one HTTP request to a destination.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--signing-service` and `--signing-region` (SigV4).
+pub const DEFAULT_SIGNING_SERVICE: &str = "networkflowmonitor";
+pub const DEFAULT_SIGNING_REGION: &str = "us-east-1";
 
 /// Where flow-log records go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +113,59 @@ pub struct RunArgs {
     /// Also serve the flow-operations API over HTTP on this loopback address [default: off].
     #[arg(long, value_name = "ADDR")]
     pub control_http: Option<SocketAddr>,
+    /// Ship reports to this URL (the flow-backend's /publish, or any compatible endpoint), JSON
+    /// with gzip [default: not shipped].
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// Directory of the durable report spool [default: /var/lib/flow-agent/spool].
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Disk bound of the spool, e.g. "64MiB"; beyond it the oldest reports are dropped and
+    /// counted [default: 64MiB].
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub spool_max_bytes: Option<u64>,
+    /// On SIGTERM, how long to keep delivering spooled reports before exiting [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Timeout of one HTTP request to a destination [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Proxy URL for every request to destinations (http://, https:// or socks5://) [default: none].
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
+    /// SigV4 signing service of --endpoint requests [default: networkflowmonitor].
+    #[arg(long, value_name = "NAME")]
+    pub signing_service: Option<String>,
+    /// SigV4 signing Region of --endpoint requests [default: us-east-1].
+    #[arg(long, value_name = "REGION")]
+    pub signing_region: Option<String>,
+}
+
+/// A byte count: a plain number or one with a unit (B, KB, MB, GB, KiB, MiB, GiB).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}; use e.g. \"64MiB\" or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000 * 1000,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        other => return Err(format!("invalid size {s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("invalid size {s:?}: too large"))
+}
+
+/// A size in the TOML file: a number of bytes or a string with a unit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileBytes {
+    Number(u64),
+    Text(String),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +194,14 @@ struct FileConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     control_http: Option<String>,
+    endpoint: Option<String>,
+    spool_dir: Option<PathBuf>,
+    spool_max_bytes: Option<FileBytes>,
+    shutdown_timeout: Option<String>,
+    request_timeout: Option<String>,
+    proxy: Option<String>,
+    signing_service: Option<String>,
+    signing_region: Option<String>,
 }
 
 /// Resolved settings.
@@ -154,6 +226,14 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub control_http: Option<SocketAddr>,
+    pub endpoint: Option<String>,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub shutdown_timeout: Duration,
+    pub request_timeout: Duration,
+    pub proxy: Option<String>,
+    pub signing_service: String,
+    pub signing_region: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +319,32 @@ impl Config {
                 (None, Some(s)) => Some(s.parse().map_err(|e| invalid("control_http", format!("{s:?}: {e}")))?),
                 (None, None) => None,
             },
+            endpoint: args.endpoint.clone().or(file.endpoint),
+            spool_dir: args.spool_dir.clone().or(file.spool_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+            spool_max_bytes: match (args.spool_max_bytes, file.spool_max_bytes) {
+                (Some(n), _) | (None, Some(FileBytes::Number(n))) => n,
+                (None, Some(FileBytes::Text(t))) => parse_bytes(&t).map_err(|m| invalid("spool_max_bytes", m))?,
+                (None, None) => DEFAULT_SPOOL_MAX_BYTES,
+            },
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file_duration("shutdown_timeout", &file.shutdown_timeout)?)
+                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+            request_timeout: args
+                .request_timeout
+                .or(file_duration("request_timeout", &file.request_timeout)?)
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            proxy: args.proxy.clone().or(file.proxy),
+            signing_service: args
+                .signing_service
+                .clone()
+                .or(file.signing_service)
+                .unwrap_or_else(|| DEFAULT_SIGNING_SERVICE.into()),
+            signing_region: args
+                .signing_region
+                .clone()
+                .or(file.signing_region)
+                .unwrap_or_else(|| DEFAULT_SIGNING_REGION.into()),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -330,7 +436,40 @@ impl Config {
         }
         self.validate_flow_log()?;
         self.validate_control()?;
+        self.validate_shipping()?;
         Ok(())
+    }
+
+    fn validate_shipping(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.endpoint {
+            let url = reqwest::Url::parse(e).map_err(|err| invalid("endpoint", format!("{e:?}: {err}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(invalid("endpoint", format!("{e:?} must be an http:// or https:// URL with a host")));
+            }
+        }
+        if let Some(p) = &self.proxy {
+            reqwest::Proxy::all(p).map_err(|err| invalid("proxy", format!("{p:?}: {err}")))?;
+        }
+        if self.spool_dir.as_os_str().is_empty() {
+            return Err(invalid("spool_dir", "is empty"));
+        }
+        if self.spool_max_bytes < 4096 {
+            return Err(invalid("spool_max_bytes", format!("{} is below the 4096-byte minimum", self.spool_max_bytes)));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(invalid("request_timeout", "must be above 0s"));
+        }
+        for (setting, v) in [("signing_service", &self.signing_service), ("signing_region", &self.signing_region)] {
+            if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(setting, format!("{v:?} must be letters, digits, '-' or '_'")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The HTTP settings every destination shares.
+    pub fn http_options(&self) -> crate::sink::remote::HttpOptions {
+        crate::sink::remote::HttpOptions { timeout: self.request_timeout, proxy: self.proxy.clone() }
     }
 }
 
@@ -363,8 +502,15 @@ mod tests {
     }
 
     /// Settings without a default, documented with an example value.
-    const OPTIONAL_EXAMPLES: &[&str] =
-        &["flow_log_destination", "flow_log_account_id", "flow_log_region", "control_group", "control_http"];
+    const OPTIONAL_EXAMPLES: &[&str] = &[
+        "flow_log_destination",
+        "flow_log_account_id",
+        "flow_log_region",
+        "control_group",
+        "control_http",
+        "endpoint",
+        "proxy",
+    ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
     /// and give exactly the built-in defaults.

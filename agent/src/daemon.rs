@@ -1,5 +1,6 @@
 //! The run loop: drain the kernel maps every aggregate interval, close windows on wall-clock
-//! boundaries, enrich, and hand reports to the sinks. SIGINT/SIGTERM flush the partial window.
+//! boundaries, enrich, and hand reports to the sinks. SIGINT/SIGTERM flush the partial window, then
+//! give background deliveries up to `--shutdown-timeout`.
 
 use std::time::Duration;
 
@@ -71,6 +72,7 @@ impl Pipeline {
             report::build((start, end), closed.clone(), usize::MAX, usage)
         });
         let mut report = report::build((start, end), closed, self.top_flows, usage);
+        crate::metrics::global().observe_report(&report);
         self.enricher.enrich(&mut report);
         if let Some(whole) = &mut whole {
             self.enricher.enrich(whole);
@@ -154,6 +156,20 @@ pub async fn run(cfg: Config) -> Result<()> {
     tracing::info!("shutting down: flushing the partial window");
     p.drain();
     p.emit(window_start, Utc::now());
+    // Sinks that deliver in the background (the spool's destinations) get until the timeout;
+    // what is left stays in the spool for the next start.
+    let drained: Vec<_> = p.sinks.iter().filter_map(|s| s.drained()).collect();
+    if !drained.is_empty() {
+        tracing::info!(timeout = ?cfg.shutdown_timeout, "delivering what is spooled before exiting");
+        let all = async {
+            for d in drained {
+                d.await;
+            }
+        };
+        if tokio::time::timeout(cfg.shutdown_timeout, all).await.is_err() {
+            tracing::warn!("shutdown_timeout ({:?}) reached with reports still undelivered", cfg.shutdown_timeout);
+        }
+    }
     for sink in &mut p.sinks {
         if let Err(e) = sink.close() {
             tracing::error!(sink = sink.name(), "closing: {e}");

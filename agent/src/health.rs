@@ -1,5 +1,6 @@
-//! A minimal HTTP endpoint for probes: `GET /healthz` answers 200 once the programs are attached,
-//! 503 before. Plain HTTP/1.0-style responses on tokio; one request per connection.
+//! A minimal HTTP endpoint for probes and self-metrics: `GET /healthz` answers 200 once the
+//! programs are attached, 503 before; `GET /metrics` serves `crate::metrics` in Prometheus text
+//! format. Plain HTTP/1.0-style responses on tokio; one request per connection.
 
 use std::{
     net::SocketAddr,
@@ -58,10 +59,11 @@ fn respond(request_line: &str, ready: bool) -> (&'static str, &'static str) {
     let mut parts = request_line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     match (method, path.split('?').next().unwrap_or("")) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", ""),
         ("GET" | "HEAD", "/healthz") if ready => ("200 OK", "ok\n"),
         ("GET" | "HEAD", "/healthz") => ("503 Service Unavailable", "starting: programs not attached yet\n"),
-        (_, "/healthz") => ("405 Method Not Allowed", "use GET\n"),
-        _ => ("404 Not Found", "not found; try /healthz\n"),
+        (_, "/healthz" | "/metrics") => ("405 Method Not Allowed", "use GET\n"),
+        _ => ("404 Not Found", "not found; try /healthz or /metrics\n"),
     }
 }
 
@@ -82,12 +84,19 @@ async fn answer(mut stream: TcpStream, ready: Arc<AtomicBool>) {
         return;
     }
     let text = String::from_utf8_lossy(&buf);
-    let (status, body) = respond(text.lines().next().unwrap_or(""), ready.load(Ordering::Relaxed));
+    let line = text.lines().next().unwrap_or("");
+    let (status, body) = respond(line, ready.load(Ordering::Relaxed));
+    let metrics = status == "200 OK" && line.split_whitespace().nth(1).is_some_and(|p| p.starts_with("/metrics"));
+    let (body, kind) = if metrics {
+        (crate::metrics::global().render(), "text/plain; version=0.0.4")
+    } else {
+        (body.to_string(), "text/plain")
+    };
     let head = text.starts_with("HEAD ");
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
         body.len(),
-        if head { "" } else { body }
+        if head { "" } else { &body }
     );
     let _ = stream.write_all(response.as_bytes()).await;
     let _ = stream.shutdown().await;
@@ -114,6 +123,8 @@ mod tests {
         let r = get(h.local_addr(), "/healthz").await;
         assert!(r.starts_with("HTTP/1.1 200 ") && r.ends_with("\r\n\r\nok\n"), "{r}");
         let r = get(h.local_addr(), "/metrics").await;
+        assert!(r.starts_with("HTTP/1.1 200 ") && r.contains("\nflow_agent_spool_bytes "), "{r}");
+        let r = get(h.local_addr(), "/nope").await;
         assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
     }
 

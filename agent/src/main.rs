@@ -13,6 +13,7 @@ mod flowlog;
 mod health;
 #[allow(dead_code)] // used by enrichment and credentials (issues 4, 5); remove the allow once they land
 mod imds;
+mod metrics;
 mod notify;
 mod report;
 mod sink;

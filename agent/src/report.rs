@@ -81,6 +81,8 @@ pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_f
             sockets_tracked: closed.sockets_tracked,
             cpu_seconds: usage.cpu_seconds,
             rss_bytes: usage.rss_bytes,
+            // Filled in per destination when the report leaves the spool.
+            spool_dropped_reports: 0,
         },
     }
 }

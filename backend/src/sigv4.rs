@@ -106,8 +106,8 @@ fn incomplete(msg: impl Into<String>) -> ApiError {
     sig_error("IncompleteSignature", StatusCode::FORBIDDEN, msg)
 }
 
-pub use agent_common::sigv4::{canonical_query, canonical_uri, sha256_hex};
 use agent_common::sigv4::{self as core, Canonical};
+pub use agent_common::sigv4::{canonical_query, canonical_uri, sha256_hex};
 
 /// The parsed `Authorization` header.
 struct Authorization<'a> {

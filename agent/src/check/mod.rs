@@ -22,7 +22,7 @@ pub struct CheckArgs {
     /// cgroup v2 directory to test attaching to [default: the cgroup2 mount].
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
-    /// Backend URL to test reaching (http:// or https://).
+    /// Backend URL to test reaching (http:// or https://) [default: `endpoint` of the config].
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
 }
@@ -97,7 +97,9 @@ pub fn items(args: &CheckArgs) -> Vec<Item> {
         )),
     }
     items.push(remote::imds());
-    items.push(remote::backend(args.endpoint.as_deref()));
+    // --endpoint given to check, else the one the agent's config ships to.
+    let endpoint = args.endpoint.clone().or_else(|| cfg.as_ref().and_then(|c| c.endpoint.clone()));
+    items.push(remote::backend(endpoint.as_deref()));
     items
 }
 

@@ -1,12 +1,15 @@
 //! Sinks: where reports go. Every sink implements `Sink`; network destinations sit behind one
-//! `Remote` sink (see `remote`).
+//! `Remote` sink (see `remote`), which spools every report durably first (see `spool`).
 
+mod backend;
+mod credentials;
 mod flow_log;
 mod flow_log_files;
 pub mod remote;
+pub mod spool;
 mod stdout;
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 pub use flow_log::FlowLog;
 pub use remote::{Destination, Remote};
@@ -20,6 +23,8 @@ use crate::{config::Config, flowlog::Meta};
 pub enum SinkError {
     #[error("writing to {sink}: {source}")]
     Io { sink: &'static str, source: std::io::Error },
+    #[error("spooling: {0}")]
+    Spool(String),
 }
 
 pub trait Sink: Send {
@@ -33,11 +38,23 @@ pub trait Sink: Send {
     fn close(&mut self) -> Result<(), SinkError> {
         Ok(())
     }
+    /// At shutdown (before `close`): completes once everything sent has been delivered, if the
+    /// sink delivers in the background. The daemon waits for it at most `--shutdown-timeout`.
+    fn drained(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        None
+    }
 }
 
 /// The network destinations the config enables.
-fn destinations(_cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
-    let list: Vec<Arc<dyn Destination>> = Vec::new();
+fn destinations(cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+    let mut list: Vec<Arc<dyn Destination>> = Vec::new();
+    if let Some(endpoint) = &cfg.endpoint {
+        let creds = credentials::Provider::from_env();
+        tracing::info!(endpoint, credentials = %creds.origin, "shipping reports to the backend");
+        let b = backend::Backend::new(endpoint, &cfg.http_options(), creds, &cfg.signing_service, &cfg.signing_region)
+            .map_err(|e| anyhow::anyhow!("endpoint: {e}"))?;
+        list.push(Arc::new(b));
+    }
     Ok(list)
 }
 
@@ -54,11 +71,15 @@ pub fn build(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     }
     let remote = destinations(cfg)?;
     if !remote.is_empty() {
-        sinks.push(Box::new(Remote::new(remote)));
+        let opts = remote::SpoolOptions { dir: cfg.spool_dir.clone(), max_bytes: cfg.spool_max_bytes };
+        let r = Remote::new(remote, &opts).map_err(|e| {
+            anyhow::anyhow!("cannot open the report spool (spool_dir {}): {e}", cfg.spool_dir.display())
+        })?;
+        sinks.push(Box::new(r));
     }
     if sinks.is_empty() {
         anyhow::bail!(
-            "no report sink is configured: run with --dry-run to print reports to stdout, or write flow logs with --flow-log-destination"
+            "no report sink is configured: ship reports with --endpoint URL, run with --dry-run to print them to stdout, or write flow logs with --flow-log-destination"
         );
     }
     Ok(sinks)

@@ -1,17 +1,26 @@
-#![allow(dead_code)] // the destinations (issue 5) use all of this; remove once they land
 //! Network destinations (backend, OTLP, Prometheus remote-write) and how reports reach them.
 //!
 //! A `Destination` knows one wire format and one endpoint; it delivers one report per call and
-//! says whether a failure is worth retrying. `Remote` is the `Sink` that hands each report to
-//! every destination and retries in the background, so that a slow or dead destination never
+//! says whether a failure is worth retrying. `Remote` is the `Sink` that writes each report to the
+//! durable spool (`spool`) and runs one delivery task per destination, each reading the spool in
+//! order with its own cursor and backing off on failure, so that a slow or dead destination never
 //! blocks capture or the other destinations.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    path::PathBuf,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
 use agent_common::report::Report;
-use tokio::sync::mpsc;
 
-use super::{Sink, SinkError};
+use super::{
+    Sink, SinkError,
+    spool::{Next, Spool, SpoolError},
+};
+use crate::metrics::{DestinationMetrics, Metrics};
 
 pub type DeliveryFuture<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
 
@@ -75,49 +84,126 @@ pub fn http_client(opts: &HttpOptions) -> Result<reqwest::Client, reqwest::Error
     b.build()
 }
 
-/// Hands reports to destinations; each destination has its own queue and retry loop.
-/// Not durable: the spool replaces the in-memory queue.
-pub struct Remote {
-    queues: Vec<(&'static str, mpsc::Sender<Report>)>,
+/// Where and how big the spool is.
+#[derive(Clone, Debug)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
 }
 
-const QUEUE: usize = 64;
+/// Exponential backoff with jitter: the n-th wait is uniform in [b/2, b] with b = 500 ms * 2^n,
+/// capped at 60 s. A server's Retry-After replaces it (capped at 15 minutes).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    attempt: u32,
+}
 
-impl Remote {
-    /// Spawns one delivery task per destination on the current runtime.
-    pub fn new(destinations: Vec<Arc<dyn Destination>>) -> Remote {
-        let queues = destinations
-            .into_iter()
-            .map(|d| {
-                let (tx, rx) = mpsc::channel(QUEUE);
-                let name = d.name();
-                tokio::spawn(deliver_in_order(d, rx));
-                (name, tx)
-            })
-            .collect();
-        Remote { queues }
+pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(15 * 60);
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff { attempt: 0 }
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The wait before the next attempt; `random` in [0, 1).
+    pub fn next_wait(&mut self, retry_after: Option<Duration>, random: f64) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(RETRY_AFTER_MAX);
+        }
+        let b = BACKOFF_BASE.saturating_mul(1u32 << self.attempt.min(16)).min(BACKOFF_MAX);
+        self.attempt = self.attempt.saturating_add(1);
+        b.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
     }
 }
 
-async fn deliver_in_order(d: Arc<dyn Destination>, mut rx: mpsc::Receiver<Report>) {
-    while let Some(report) = rx.recv().await {
-        let mut backoff = Duration::from_millis(500);
+fn random_unit() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() as u64 >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Writes every report to the spool; one delivery task per destination reads it back.
+pub struct Remote {
+    spool: Arc<Spool>,
+    names: Vec<&'static str>,
+}
+
+impl Remote {
+    /// Opens the spool and spawns one delivery task per destination on the current runtime.
+    pub fn new(destinations: Vec<Arc<dyn Destination>>, opts: &SpoolOptions) -> Result<Remote, SpoolError> {
+        Remote::with_metrics(destinations, opts, crate::metrics::global())
+    }
+
+    pub fn with_metrics(
+        destinations: Vec<Arc<dyn Destination>>,
+        opts: &SpoolOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Remote, SpoolError> {
+        let names: Vec<&'static str> = destinations.iter().map(|d| d.name()).collect();
+        let spool = Spool::open(&opts.dir, opts.max_bytes, &names, metrics.clone())?;
+        for d in destinations {
+            tokio::spawn(deliver_in_order(spool.clone(), d.clone(), metrics.destination(d.name())));
+        }
+        Ok(Remote { spool, names })
+    }
+}
+
+async fn deliver_in_order(spool: Arc<Spool>, d: Arc<dyn Destination>, m: Arc<DestinationMetrics>) {
+    let name = d.name();
+    let mut appended = spool.subscribe();
+    let mut backoff = Backoff::new();
+    loop {
+        appended.borrow_and_update();
+        let (seq, report, carried) = match spool.next_for(name) {
+            None => {
+                if appended.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Next::Corrupt { seq, problem }) => {
+                spool.quarantine(seq, &problem);
+                continue;
+            }
+            Some(Next::Report { seq, report, carried }) => (seq, report, carried),
+        };
         loop {
             match d.deliver(&report).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    spool.ack(name, seq, carried);
+                    m.deliveries.fetch_add(1, Relaxed);
+                    m.last_success.store(chrono::Utc::now().timestamp().max(0) as u64, Relaxed);
+                    backoff.reset();
+                    tracing::debug!(destination = name, seq, "delivered report {}", report.report_id);
+                    break;
+                }
                 Err(DeliveryError::Reject { reason }) => {
-                    tracing::error!(sink = d.name(), "report {} rejected: {reason}", report.report_id);
+                    m.rejections.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        destination = name,
+                        "report {} rejected, not retried (a copy is kept in the spool's rejected/): {reason}",
+                        report.report_id
+                    );
+                    spool.reject(name, seq);
                     break;
                 }
                 Err(DeliveryError::Retry { reason, retry_after }) => {
-                    let wait = retry_after.unwrap_or(backoff);
+                    m.failures.fetch_add(1, Relaxed);
+                    let wait = backoff.next_wait(retry_after, random_unit());
                     tracing::warn!(
-                        sink = d.name(),
+                        destination = name,
                         "report {} not delivered, retrying in {wait:?}: {reason}",
                         report.report_id
                     );
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                    if !spool.contains(seq) {
+                        // Dropped meanwhile to keep the spool in bounds (and counted).
+                        break;
+                    }
                 }
             }
         }
@@ -130,11 +216,60 @@ impl Sink for Remote {
     }
 
     fn send(&mut self, report: &Report) -> Result<(), SinkError> {
-        for (name, q) in &self.queues {
-            if q.try_send(report.clone()).is_err() {
-                tracing::error!(sink = name, "queue full: report {} dropped", report.report_id);
+        self.spool.append(report).map_err(|e| SinkError::Spool(e.to_string()))?;
+        Ok(())
+    }
+
+    fn drained(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        let spool = self.spool.clone();
+        Some(Box::pin(async move {
+            while spool.len() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+        }))
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        let left = self.spool.len();
+        if left > 0 {
+            tracing::warn!(
+                destinations = ?self.names,
+                "{left} report(s) ({} bytes) stay in the spool for the next start",
+                self.spool.bytes()
+            );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honours_retry_after() {
+        let mut b = Backoff::new();
+        let w: Vec<Duration> = (0..10).map(|_| b.next_wait(None, 0.999)).collect();
+        assert!(w[0] <= BACKOFF_BASE && w[0] >= BACKOFF_BASE / 2, "{w:?}");
+        assert!(w.windows(2).all(|p| p[1] >= p[0]), "{w:?}");
+        assert!(*w.last().unwrap() <= BACKOFF_MAX && *w.last().unwrap() > BACKOFF_MAX / 2, "{w:?}");
+        let mut b = Backoff::new();
+        assert_eq!(b.next_wait(None, 0.0), BACKOFF_BASE / 2, "jitter keeps at least half");
+        assert_eq!(b.next_wait(Some(Duration::from_secs(7)), 0.5), Duration::from_secs(7));
+        assert_eq!(b.next_wait(Some(Duration::from_secs(86400)), 0.5), RETRY_AFTER_MAX);
+        b.reset();
+        assert_eq!(b.next_wait(None, 0.0), BACKOFF_BASE / 2);
+        let r = random_unit();
+        assert!((0.0..1.0).contains(&r));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(
+            DeliveryError::from_status(429, Some("3"), ""),
+            DeliveryError::Retry { retry_after: Some(d), .. } if d == Duration::from_secs(3)
+        ));
+        assert!(matches!(DeliveryError::from_status(503, None, ""), DeliveryError::Retry { retry_after: None, .. }));
+        assert!(matches!(DeliveryError::from_status(400, None, "bad"), DeliveryError::Reject { .. }));
     }
 }

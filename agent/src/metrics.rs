@@ -1,0 +1,190 @@
+//! The agent's own metrics, served in Prometheus text format on `/metrics` (see `health`).
+//! Counters are cumulative since start; gauges hold the latest value.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use agent_common::report::Report;
+
+/// Per destination delivery counters.
+#[derive(Debug, Default)]
+pub struct DestinationMetrics {
+    pub deliveries: AtomicU64,
+    pub failures: AtomicU64,
+    pub rejections: AtomicU64,
+    /// Unix seconds of the last successful delivery (0: none yet).
+    pub last_success: AtomicU64,
+    /// Reports dropped from the spool before this destination delivered them.
+    pub dropped: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub windows: AtomicU64,
+    pub events: AtomicU64,
+    pub ringbuf_drops: AtomicU64,
+    pub map_full_sockets: AtomicU64,
+    pub map_full_flows: AtomicU64,
+    pub map_full_listeners: AtomicU64,
+    pub untracked_events: AtomicU64,
+    pub flows_tracked: AtomicU64,
+    pub sockets_tracked: AtomicU64,
+    pub spool_reports: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub spool_dropped: AtomicU64,
+    pub spool_quarantined: AtomicU64,
+    destinations: Mutex<BTreeMap<&'static str, Arc<DestinationMetrics>>>,
+}
+
+/// The process-wide metrics.
+pub fn global() -> Arc<Metrics> {
+    static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
+    GLOBAL.get_or_init(|| Arc::new(Metrics::default())).clone()
+}
+
+impl Metrics {
+    /// Counts a report window the pipeline emitted (its agent_stats are per window).
+    pub fn observe_report(&self, r: &Report) {
+        let s = &r.agent_stats;
+        self.windows.fetch_add(1, Relaxed);
+        self.events.fetch_add(s.events, Relaxed);
+        self.ringbuf_drops.fetch_add(s.ringbuf_drops, Relaxed);
+        self.map_full_sockets.fetch_add(s.map_full.sockets, Relaxed);
+        self.map_full_flows.fetch_add(s.map_full.flows, Relaxed);
+        self.map_full_listeners.fetch_add(s.map_full.listeners, Relaxed);
+        self.untracked_events.fetch_add(s.untracked_events, Relaxed);
+        self.flows_tracked.store(s.flows_tracked, Relaxed);
+        self.sockets_tracked.store(s.sockets_tracked, Relaxed);
+    }
+
+    /// The counters of one destination (created on first use).
+    pub fn destination(&self, name: &'static str) -> Arc<DestinationMetrics> {
+        let mut d = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+        d.entry(name).or_default().clone()
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP flow_agent_{name} {help}\n# TYPE flow_agent_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "flow_agent_{name}{labels} {v}");
+            }
+        };
+        let g = |a: &AtomicU64| a.load(Relaxed);
+        metric("report_windows_total", "counter", "Report windows emitted.", &[("", g(&self.windows))]);
+        metric("events_total", "counter", "Kernel program invocations that did work.", &[("", g(&self.events))]);
+        metric("ringbuf_drops_total", "counter", "Ring buffer drops.", &[("", g(&self.ringbuf_drops))]);
+        metric(
+            "map_full_total",
+            "counter",
+            "Failed kernel map inserts (map full), per map.",
+            &[
+                ("{map=\"sockets\"}", g(&self.map_full_sockets)),
+                ("{map=\"flows\"}", g(&self.map_full_flows)),
+                ("{map=\"listeners\"}", g(&self.map_full_listeners)),
+            ],
+        );
+        metric(
+            "untracked_events_total",
+            "counter",
+            "Events on sockets the agent could not track.",
+            &[("", g(&self.untracked_events))],
+        );
+        metric(
+            "flows_tracked",
+            "gauge",
+            "Flow keys in the kernel map at the last window end.",
+            &[("", g(&self.flows_tracked))],
+        );
+        metric(
+            "sockets_tracked",
+            "gauge",
+            "Open sockets in the kernel map at the last window end.",
+            &[("", g(&self.sockets_tracked))],
+        );
+        metric(
+            "spool_reports",
+            "gauge",
+            "Reports in the spool not yet delivered to every destination.",
+            &[("", g(&self.spool_reports))],
+        );
+        metric("spool_bytes", "gauge", "Bytes of the reports in the spool.", &[("", g(&self.spool_bytes))]);
+        metric(
+            "spool_dropped_reports_total",
+            "counter",
+            "Reports dropped from the spool (oldest first) to stay within spool_max_bytes.",
+            &[("", g(&self.spool_dropped))],
+        );
+        metric(
+            "spool_quarantined_total",
+            "counter",
+            "Spool files that could not be read back and were moved to quarantine/.",
+            &[("", g(&self.spool_quarantined))],
+        );
+        let dests: Vec<(&'static str, Arc<DestinationMetrics>)> =
+            self.destinations.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
+        let per = |f: &dyn Fn(&DestinationMetrics) -> u64| -> Vec<(String, u64)> {
+            dests.iter().map(|(n, d)| (format!("{{destination=\"{n}\"}}"), f(d))).collect()
+        };
+        let table: [(&str, &str, &str, Vec<(String, u64)>); 5] = [
+            ("deliveries_total", "counter", "Reports delivered.", per(&|d| g(&d.deliveries))),
+            ("delivery_failures_total", "counter", "Failed delivery attempts (retried).", per(&|d| g(&d.failures))),
+            (
+                "rejections_total",
+                "counter",
+                "Reports the destination refused for good (not retried).",
+                per(&|d| g(&d.rejections)),
+            ),
+            (
+                "last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last successful delivery (0: none yet).",
+                per(&|d| g(&d.last_success)),
+            ),
+            (
+                "destination_dropped_reports_total",
+                "counter",
+                "Reports dropped from the spool before this destination delivered them.",
+                per(&|d| g(&d.dropped)),
+            ),
+        ];
+        for (name, kind, help, samples) in &table {
+            let samples: Vec<(&str, u64)> = samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+            metric(name, kind, help, &samples);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.destination("backend").deliveries.fetch_add(3, Relaxed);
+        m.spool_bytes.store(1234, Relaxed);
+        let t = m.render();
+        assert!(
+            t.contains(
+                "# TYPE flow_agent_deliveries_total counter\nflow_agent_deliveries_total{destination=\"backend\"} 3\n"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("\nflow_agent_spool_bytes 1234\n"), "{t}");
+        assert!(t.contains("flow_agent_map_full_total{map=\"flows\"} 0\n"), "{t}");
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("flow_agent_") && value.parse::<u64>().is_ok(), "{line}");
+        }
+    }
+}
