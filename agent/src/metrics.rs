@@ -134,7 +134,7 @@ impl Metrics {
         let per = |f: &dyn Fn(&DestinationMetrics) -> u64| -> Vec<(String, u64)> {
             dests.iter().map(|(n, d)| (format!("{{destination=\"{n}\"}}"), f(d))).collect()
         };
-        let table: [(&str, &str, &str, Vec<(String, u64)>); 5] = [
+        let table = [
             ("deliveries_total", "counter", "Reports delivered.", per(&|d| g(&d.deliveries))),
             ("delivery_failures_total", "counter", "Failed delivery attempts (retried).", per(&|d| g(&d.failures))),
             (
