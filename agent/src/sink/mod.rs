@@ -61,14 +61,7 @@ fn destinations(cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
 /// Every sink the config enables (spawning delivery tasks on the current runtime).
 pub fn build(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    if cfg.dry_run {
-        sinks.push(Box::new(Stdout::new(cfg.format)));
-    }
-    if let Some(dest) = &cfg.flow_log_destination {
-        let meta = Meta { account_id: cfg.flow_log_account_id.clone(), region: cfg.flow_log_region.clone() };
-        let length = Duration::from_secs(cfg.flow_log_max_aggregation_interval.into());
-        sinks.push(Box::new(FlowLog::new(cfg.flow_log_format.clone(), meta, length, dest.clone())));
-    }
+    // The spool first: a report printed (dry-run) has been spooled too.
     let remote = destinations(cfg)?;
     if !remote.is_empty() {
         let opts = remote::SpoolOptions { dir: cfg.spool_dir.clone(), max_bytes: cfg.spool_max_bytes };
@@ -76,6 +69,14 @@ pub fn build(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Sink>>> {
             anyhow::anyhow!("cannot open the report spool (spool_dir {}): {e}", cfg.spool_dir.display())
         })?;
         sinks.push(Box::new(r));
+    }
+    if cfg.dry_run {
+        sinks.push(Box::new(Stdout::new(cfg.format)));
+    }
+    if let Some(dest) = &cfg.flow_log_destination {
+        let meta = Meta { account_id: cfg.flow_log_account_id.clone(), region: cfg.flow_log_region.clone() };
+        let length = Duration::from_secs(cfg.flow_log_max_aggregation_interval.into());
+        sinks.push(Box::new(FlowLog::new(cfg.flow_log_format.clone(), meta, length, dest.clone())));
     }
     if sinks.is_empty() {
         anyhow::bail!(

@@ -197,6 +197,8 @@ pub struct Agent {
     stderr: Option<JoinHandle<String>>,
     /// Holds this agent's control socket (so agents never share /run/flow-agent).
     control_dir: tempfile::TempDir,
+    /// Where /healthz and /metrics are served (from the agent's log).
+    metrics_addr: Option<String>,
 }
 
 impl Drop for Agent {
@@ -215,6 +217,11 @@ impl Agent {
 
     /// `mode`: "--dry-run", or nothing when `extra` configures another sink (flow logs).
     pub fn start_with(lab: &Lab, mode: &[&str], extra: &[&str]) -> Agent {
+        Agent::start_env(lab, mode, extra, &[])
+    }
+
+    /// `start_with`, with these environment variables set for the agent.
+    pub fn start_env(lab: &Lab, mode: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let control_dir = tempfile::tempdir().expect("control socket directory");
         // Traversable, so that tests can try the socket as other users.
         std::fs::set_permissions(control_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -226,6 +233,7 @@ impl Agent {
             .arg("--control-socket")
             .arg(control_dir.path().join("control.sock"))
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -234,9 +242,16 @@ impl Agent {
         let stdout = std::thread::spawn(move || BufReader::new(out).lines().map_while(Result::ok).collect());
         let err = child.stderr.take().unwrap();
         let (ready_tx, ready_rx) = mpsc::channel();
+        let (addr_tx, addr_rx) = mpsc::channel();
         let stderr = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let line = strip_ansi(&line);
+                if line.contains("health endpoint listening")
+                    && let Some(a) = line.split("address=").nth(1)
+                {
+                    let _ = addr_tx.send(a.split_whitespace().next().unwrap_or("").to_string());
+                }
                 if line.contains("capturing") {
                     let _ = ready_tx.send(());
                 }
@@ -250,7 +265,44 @@ impl Agent {
             let _ = child.wait();
             panic!("flow-agent did not start:\n{}", stderr.join().unwrap());
         }
-        Agent { child, stdout: Some(stdout), stderr: Some(stderr), control_dir }
+        let metrics_addr = addr_rx.try_recv().ok();
+        Agent { child, stdout: Some(stdout), stderr: Some(stderr), control_dir, metrics_addr }
+    }
+
+    /// GET /metrics: the Prometheus text.
+    pub fn metrics(&self) -> String {
+        use std::io::Read;
+        let addr = self.metrics_addr.as_deref().expect("the agent logged its metrics address");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+        out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+    }
+
+    /// One sample of /metrics (`name{labels}` as printed); 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics(), series)
+    }
+
+    /// SIGKILL: no flush, no shutdown; then every line it printed on stdout.
+    pub fn kill9(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let _ = self.stderr.take().unwrap().join();
+        self.stdout.take().unwrap().join().unwrap()
+    }
+
+    /// SIGTERM; stdout lines and the log. Fails if the agent did not exit 0.
+    pub fn stop_with_log(mut self) -> (Vec<String>, String) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let lines = self.stdout.take().unwrap().join().unwrap();
+        let log = self.stderr.take().unwrap().join().unwrap();
+        assert!(status.success(), "flow-agent exited with {status}:\n{log}");
+        (lines, log)
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -279,6 +331,34 @@ impl Agent {
         let lines = self.stop_lines();
         lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))).collect()
     }
+}
+
+/// The text without terminal colour escapes (`ESC [ ... m`).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `series` (e.g. `flow_agent_deliveries_total{destination="backend"}`) in
+/// Prometheus text; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map(|v| v.trim().parse().unwrap_or_else(|e| panic!("{series} = {v:?}: {e}")))
+        .unwrap_or(0.0)
 }
 
 /// Sum of the metrics of all flows (over all windows) that match.
