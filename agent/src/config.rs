@@ -564,6 +564,38 @@ mod tests {
     }
 
     #[test]
+    fn shipping_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "endpoint = \"https://b.example/publish\"\nspool_max_bytes = \"1MiB\"\nshutdown_timeout = \"3s\"\n\
+             proxy = \"http://proxy:3128\"\nsigning_region = \"eu-west-1\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap();
+        assert_eq!(c.endpoint.as_deref(), Some("https://b.example/publish"));
+        assert_eq!((c.spool_max_bytes, c.shutdown_timeout), (1 << 20, Duration::from_secs(3)));
+        assert_eq!(c.http_options().proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!((c.signing_service.as_str(), c.signing_region.as_str()), ("networkflowmonitor", "eu-west-1"));
+        std::fs::write(&path, "spool_max_bytes = 8192\n").unwrap();
+        assert_eq!(Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap().spool_max_bytes, 8192);
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2 kb"), Ok(2000));
+        assert!(parse_bytes("99999999999GiB").unwrap_err().contains("too large"));
+        let e = |a: RunArgs| Config::resolve(&a).unwrap_err().to_string();
+        let err = e(RunArgs { endpoint: Some("backend:8080".into()), ..args() });
+        assert!(err.contains("endpoint") && err.contains("backend:8080"), "{err}");
+        let err = e(RunArgs { signing_region: Some("eu west".into()), ..args() });
+        assert!(err.contains("signing_region"), "{err}");
+        let err = e(RunArgs { request_timeout: Some(Duration::ZERO), ..args() });
+        assert!(err.contains("request_timeout"), "{err}");
+        std::fs::write(&path, "spool_max_bytes = \"lots\"\n").unwrap();
+        let err = e(RunArgs { config: Some(path), ..args() });
+        assert!(err.contains("spool_max_bytes") && err.contains("lots"), "{err}");
+    }
+
+    #[test]
     fn bad_input_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

@@ -66,3 +66,19 @@ fn a_cgroup_that_is_not_cgroup2_is_refused() {
     assert_ne!(code, 0);
     assert!(err.contains("not in a cgroup v2 hierarchy"), "{err}");
 }
+
+#[test]
+fn bad_shipping_settings_name_the_problem() {
+    let (code, err) = agent(&["--endpoint", "ftp://backend/publish"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("endpoint") && err.contains("ftp://backend/publish"), "{err}");
+    let (code, err) = agent(&["--endpoint", "http://127.0.0.1:9/publish", "--spool-max-bytes", "12QB"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--spool-max-bytes") && err.contains("12QB"), "{err}");
+    let (code, err) = agent(&["--endpoint", "http://127.0.0.1:9/publish", "--spool-max-bytes", "100"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("spool_max_bytes") && err.contains("4096"), "{err}");
+    let (code, err) = agent(&["--endpoint", "http://127.0.0.1:9/publish", "--spool-dir", "/proc/self/no-spool"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot open the report spool") && err.contains("/proc/self/no-spool"), "{err}");
+}

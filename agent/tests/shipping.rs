@@ -135,11 +135,12 @@ fn agent(lab: &Lab, endpoint: &str, spool: &Path, extra: &[&str], env: &[(&str, 
     Agent::start_env(lab, &["--dry-run"], &args, &env)
 }
 
-/// Ongoing TCP between the lab's namespaces, so that reports carry flows.
+/// Ongoing TCP between the lab's namespaces, so that reports carry flows. (Client first: it is
+/// dropped, and killed, before the server.)
 fn traffic(lab: &Lab, port: &str) -> (support::Traffic, support::Traffic) {
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", port, "--conns", "1", "--echo"]);
     let client = lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", port, "--secs", "120"]);
-    (server, client)
+    (client, server)
 }
 
 #[test]
