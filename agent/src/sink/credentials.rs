@@ -204,6 +204,60 @@ async fn role_credentials(client: &imds::Client) -> Result<Option<Credentials>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    /// A loopback IMDS with one role whose credentials expire `expires_in` from now.
+    async fn imds(expires_in: chrono::TimeDelta) -> (String, Arc<AtomicUsize>) {
+        use axum::routing::{get, put};
+        let fetched = Arc::new(AtomicUsize::new(0));
+        let f = fetched.clone();
+        let app = axum::Router::new()
+            .route("/latest/api/token", put(|| async { "token" }))
+            .route("/latest/meta-data/iam/security-credentials/", get(|| async { "agent-role\n" }))
+            .route(
+                "/latest/meta-data/iam/security-credentials/agent-role",
+                get(move || {
+                    let n = f.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let exp = (Utc::now() + expires_in).to_rfc3339();
+                        format!(
+                            r#"{{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIA{n}","SecretAccessKey":"s","Token":"t","Expiration":"{exp}"}}"#
+                        )
+                    }
+                }),
+            );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (format!("http://{addr}"), fetched)
+    }
+
+    fn from_imds(endpoint: &str) -> Provider {
+        Provider { source: Source::Imds(imds::Client::new(endpoint)), origin: "test".into(), cached: Default::default() }
+    }
+
+    #[tokio::test]
+    async fn instance_role_credentials_are_cached_and_renewed_before_expiry() {
+        let (endpoint, fetched) = imds(chrono::TimeDelta::hours(6)).await;
+        let p = from_imds(&endpoint);
+        let c = p.get().await.unwrap().unwrap();
+        assert_eq!((c.access_key_id.as_str(), c.session_token.as_deref()), ("ASIA0", Some("t")));
+        p.get().await.unwrap().unwrap();
+        assert_eq!(fetched.load(Ordering::SeqCst), 1, "cached while far from expiry");
+        // Expiring within REFRESH_BEFORE: fetched again at every use.
+        let (endpoint, fetched) = imds(chrono::TimeDelta::minutes(2)).await;
+        let p = from_imds(&endpoint);
+        p.get().await.unwrap().unwrap();
+        let c = p.get().await.unwrap().unwrap();
+        assert_eq!((c.access_key_id.as_str(), fetched.load(Ordering::SeqCst)), ("ASIA1", 2));
+        // No IMDS at all: unsigned, without asking again at once.
+        let p = from_imds("http://127.0.0.1:9");
+        assert!(p.get().await.unwrap().is_none());
+        assert!(p.cached.lock().await.none_since.is_some());
+    }
 
     #[test]
     fn shared_file_profiles() {
