@@ -236,7 +236,11 @@ mod tests {
     }
 
     fn from_imds(endpoint: &str) -> Provider {
-        Provider { source: Source::Imds(imds::Client::new(endpoint)), origin: "test".into(), cached: Default::default() }
+        Provider {
+            source: Source::Imds(imds::Client::new(endpoint)),
+            origin: "test".into(),
+            cached: Default::default(),
+        }
     }
 
     #[tokio::test]
