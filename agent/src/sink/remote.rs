@@ -245,6 +245,84 @@ impl Sink for Remote {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records what it gets; `answer` decides each outcome by the call number.
+    struct Fake {
+        name: &'static str,
+        got: Mutex<Vec<String>>,
+        answer: fn(usize) -> Result<(), DeliveryError>,
+    }
+
+    impl Destination for Fake {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+        fn deliver<'a>(&'a self, report: &'a Report) -> DeliveryFuture<'a> {
+            let n = {
+                let mut g = self.got.lock().unwrap();
+                g.push(report.report_id.clone());
+                g.len()
+            };
+            let answer = (self.answer)(n);
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn report(n: u32) -> Report {
+        let mut r: Report = serde_json::from_str(&format!(
+            r#"{{"report_id":"r{n}","schema_version":1,"window":{{"start":"2026-11-22T10:00:00Z","end":"2026-11-22T10:00:30Z"}},
+            "agent":{{"version":"t","hostname":"h"}},"flows":[],
+            "other":{{"flows":0,"connections":{{"attempted":0,"established":0,"closed":0,"failed":0,"refused":0,"timed_out":0,"reset":0,"active":0}},
+            "bytes_sent":0,"bytes_received":0,"segments_sent":0,"segments_received":0,"retransmissions":0,"timeouts":0,
+            "rtt_us":{{"count":0,"min":0,"max":0,"mean":0.0,"p50":0,"p90":0,"p99":0}},"handshake_us":{{"count":0,"min":0,"max":0,"mean":0.0,"p50":0,"p90":0,"p99":0}}}},
+            "agent_stats":{{"events":0,"ringbuf_drops":0,"map_full":{{"sockets":0,"flows":0,"listeners":0}},"untracked_events":0,"flows_tracked":0,"sockets_tracked":0,"cpu_seconds":0.0,"rss_bytes":0}}}}"#
+        ))
+        .unwrap();
+        r.agent_stats.events = u64::from(n);
+        r
+    }
+
+    #[tokio::test]
+    async fn a_dead_destination_blocks_neither_capture_nor_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = Arc::new(Fake {
+            name: "dead",
+            got: Mutex::default(),
+            answer: |_| {
+                Err(DeliveryError::Retry { reason: "down".into(), retry_after: Some(Duration::from_secs(3600)) })
+            },
+        });
+        // Rejects its 2nd report for good, takes the rest.
+        let picky = Arc::new(Fake {
+            name: "picky",
+            got: Mutex::default(),
+            answer: |n| if n == 2 { Err(DeliveryError::Reject { reason: "HTTP 400".into() }) } else { Ok(()) },
+        });
+        let metrics = Arc::new(Metrics::default());
+        let opts = SpoolOptions { dir: dir.path().to_path_buf(), max_bytes: 1 << 20 };
+        let mut remote = Remote::with_metrics(vec![dead.clone(), picky.clone()], &opts, metrics.clone()).unwrap();
+        for n in 0..5 {
+            remote.send(&report(n)).unwrap();
+        }
+        let done = remote.drained().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while picky.got.lock().unwrap().len() < 5 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the live destination delivers everything while the other is dead");
+        assert_eq!(*picky.got.lock().unwrap(), ["r0", "r1", "r2", "r3", "r4"]);
+        assert_eq!(*dead.got.lock().unwrap(), ["r0"]);
+        let m = metrics.destination("picky");
+        assert_eq!((m.deliveries.load(Relaxed), m.rejections.load(Relaxed)), (4, 1));
+        assert_eq!(metrics.destination("dead").failures.load(Relaxed), 1);
+        // The dead one still needs all five: they stay spooled, and the drain does not finish.
+        assert_eq!(remote.spool.len(), 5);
+        assert!(tokio::time::timeout(Duration::from_millis(300), done).await.is_err());
+        assert_eq!(std::fs::read_dir(dir.path().join("rejected")).unwrap().count(), 1);
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_honours_retry_after() {
