@@ -100,6 +100,15 @@ fn off_ec2_is_a_warning_and_an_unreachable_backend_a_failure() {
     assert!(line(&stdout, "backend").starts_with("FAIL") && stdout.contains("refused"), "{stdout}");
     assert!(stdout.contains("fix: "), "{stdout}");
 
+    // Without --endpoint, the one the agent's config ships to.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let configured = format!("http://127.0.0.1:{}/publish", closed_port());
+    std::fs::write(&config, format!("endpoint = \"{configured}\"\n")).unwrap();
+    let (out, stdout) = check(&[], &["--cgroup", cg, "--config", config.to_str().unwrap()], closed_port());
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(line(&stdout, "backend").starts_with("FAIL") && stdout.contains(&configured), "{stdout}");
+
     let (out, stdout) = check(&[], &["--cgroup", cg, "--endpoint", "ftp://backend"], closed_port());
     assert_eq!(out.status.code(), Some(1));
     assert!(line(&stdout, "backend").contains("\"ftp://backend\" is not an http:// or https:// URL"), "{stdout}");
