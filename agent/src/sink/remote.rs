@@ -130,7 +130,12 @@ fn random_unit() -> f64 {
 pub struct Remote {
     spool: Arc<Spool>,
     names: Vec<&'static str>,
+    /// Set at shutdown: retry now instead of finishing a long backoff.
+    hurry: tokio::sync::watch::Sender<bool>,
 }
+
+/// While shutting down, waits between attempts are at most this (unless Retry-After says more).
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(500);
 
 impl Remote {
     /// Opens the spool and spawns one delivery task per destination on the current runtime.
@@ -145,14 +150,21 @@ impl Remote {
     ) -> Result<Remote, SpoolError> {
         let names: Vec<&'static str> = destinations.iter().map(|d| d.name()).collect();
         let spool = Spool::open(&opts.dir, opts.max_bytes, &names, metrics.clone())?;
+        let (hurry, _) = tokio::sync::watch::channel(false);
         for d in destinations {
-            tokio::spawn(deliver_in_order(spool.clone(), d.clone(), metrics.destination(d.name())));
+            let m = metrics.destination(d.name());
+            tokio::spawn(deliver_in_order(spool.clone(), d.clone(), m, hurry.subscribe()));
         }
-        Ok(Remote { spool, names })
+        Ok(Remote { spool, names, hurry })
     }
 }
 
-async fn deliver_in_order(spool: Arc<Spool>, d: Arc<dyn Destination>, m: Arc<DestinationMetrics>) {
+async fn deliver_in_order(
+    spool: Arc<Spool>,
+    d: Arc<dyn Destination>,
+    m: Arc<DestinationMetrics>,
+    mut hurry: tokio::sync::watch::Receiver<bool>,
+) {
     let name = d.name();
     let mut appended = spool.subscribe();
     let mut backoff = Backoff::new();
@@ -193,13 +205,20 @@ async fn deliver_in_order(spool: Arc<Spool>, d: Arc<dyn Destination>, m: Arc<Des
                 }
                 Err(DeliveryError::Retry { reason, retry_after }) => {
                     m.failures.fetch_add(1, Relaxed);
-                    let wait = backoff.next_wait(retry_after, random_unit());
+                    let mut wait = backoff.next_wait(retry_after, random_unit());
+                    if *hurry.borrow() && retry_after.is_none() {
+                        wait = wait.min(SHUTDOWN_RETRY);
+                    }
                     tracing::warn!(
                         destination = name,
                         "report {} not delivered, retrying in {wait:?}: {reason}",
                         report.report_id
                     );
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        // Shutting down: try again now, within --shutdown-timeout.
+                        Ok(()) = hurry.changed() => {}
+                    }
                     if !spool.contains(seq) {
                         // Dropped meanwhile to keep the spool in bounds (and counted).
                         break;
@@ -221,6 +240,7 @@ impl Sink for Remote {
     }
 
     fn drained(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+        self.hurry.send_replace(true);
         let spool = self.spool.clone();
         Some(Box::pin(async move {
             while spool.len() > 0 {
@@ -305,7 +325,6 @@ mod tests {
         for n in 0..5 {
             remote.send(&report(n)).unwrap();
         }
-        let done = remote.drained().unwrap();
         tokio::time::timeout(Duration::from_secs(5), async {
             while picky.got.lock().unwrap().len() < 5 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -320,7 +339,10 @@ mod tests {
         assert_eq!(metrics.destination("dead").failures.load(Relaxed), 1);
         // The dead one still needs all five: they stay spooled, and the drain does not finish.
         assert_eq!(remote.spool.len(), 5);
+        let done = remote.drained().unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(300), done).await.is_err());
+        // Shutting down cut the hour-long wait short: one more attempt, then Retry-After holds.
+        assert_eq!(*dead.got.lock().unwrap(), ["r0", "r0"]);
         assert_eq!(std::fs::read_dir(dir.path().join("rejected")).unwrap().count(), 1);
     }
 
