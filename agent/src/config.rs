@@ -56,7 +56,7 @@ pub struct RunArgs {
     /// TOML file with the same settings as the flags.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print reports to stdout instead of shipping them.
+    /// Print reports to stdout (with --endpoint as well, they are also shipped).
     #[arg(long)]
     pub dry_run: bool,
     /// Output format of dry-run reports [default: json].
