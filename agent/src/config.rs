@@ -21,6 +21,8 @@ pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 pub const DEFAULT_FLOW_LOG_MAX_AGGREGATION_INTERVAL: u32 = 600;
 /// Default `--control-socket`: the flow-operations API.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/flow-agent/control.sock";
+/// Default `--metadata-refresh-interval`: how often EC2 instance metadata is read again.
+pub const DEFAULT_METADATA_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where flow-log records go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +104,23 @@ pub struct RunArgs {
     /// Also serve the flow-operations API over HTTP on this loopback address [default: off].
     #[arg(long, value_name = "ADDR")]
     pub control_http: Option<SocketAddr>,
+    /// How often EC2 instance metadata (interfaces, subnets, VPCs) is read again from IMDS
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub metadata_refresh_interval: Option<Duration>,
+    /// Use IMDSv1 (no session token) when IMDS refuses a token [default: off].
+    #[arg(long)]
+    pub imds_v1_fallback: bool,
+    /// Subnet map for destination categories: the JSON `aws ec2 describe-subnets` prints
+    /// [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub subnet_map: Option<PathBuf>,
+    /// AWS's ip-ranges.json, for AMAZON_S3, AMAZON_DYNAMODB and INTER_REGION [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub ip_ranges: Option<PathBuf>,
+    /// Follow conntrack to report SNAT/DNAT and classify by the real remote [default: true].
+    #[arg(long, value_name = "true|false")]
+    pub conntrack: Option<bool>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +149,11 @@ struct FileConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     control_http: Option<String>,
+    metadata_refresh_interval: Option<String>,
+    imds_v1_fallback: Option<bool>,
+    subnet_map: Option<PathBuf>,
+    ip_ranges: Option<PathBuf>,
+    conntrack: Option<bool>,
 }
 
 /// Resolved settings.
@@ -154,6 +178,11 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub control_http: Option<SocketAddr>,
+    pub metadata_refresh_interval: Duration,
+    pub imds_v1_fallback: bool,
+    pub subnet_map: Option<PathBuf>,
+    pub ip_ranges: Option<PathBuf>,
+    pub conntrack: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +268,14 @@ impl Config {
                 (None, Some(s)) => Some(s.parse().map_err(|e| invalid("control_http", format!("{s:?}: {e}")))?),
                 (None, None) => None,
             },
+            metadata_refresh_interval: args
+                .metadata_refresh_interval
+                .or(file_duration("metadata_refresh_interval", &file.metadata_refresh_interval)?)
+                .unwrap_or(DEFAULT_METADATA_REFRESH_INTERVAL),
+            imds_v1_fallback: args.imds_v1_fallback || file.imds_v1_fallback.unwrap_or(false),
+            subnet_map: args.subnet_map.clone().or(file.subnet_map),
+            ip_ranges: args.ip_ranges.clone().or(file.ip_ranges),
+            conntrack: args.conntrack.or(file.conntrack).unwrap_or(true),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -328,6 +365,12 @@ impl Config {
         if self.max_flows == 0 {
             return Err(invalid("max_flows", "must be at least 1"));
         }
+        if self.metadata_refresh_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "metadata_refresh_interval",
+                format!("{:?} is below the 1s minimum", self.metadata_refresh_interval),
+            ));
+        }
         self.validate_flow_log()?;
         self.validate_control()?;
         Ok(())
@@ -364,7 +407,15 @@ mod tests {
 
     /// Settings without a default, documented with an example value.
     const OPTIONAL_EXAMPLES: &[&str] =
-        &["flow_log_destination", "flow_log_account_id", "flow_log_region", "control_group", "control_http"];
+        &[
+        "flow_log_destination",
+        "flow_log_account_id",
+        "flow_log_region",
+        "control_group",
+        "control_http",
+        "subnet_map",
+        "ip_ranges",
+    ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
     /// and give exactly the built-in defaults.
