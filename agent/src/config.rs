@@ -406,8 +406,7 @@ mod tests {
     }
 
     /// Settings without a default, documented with an example value.
-    const OPTIONAL_EXAMPLES: &[&str] =
-        &[
+    const OPTIONAL_EXAMPLES: &[&str] = &[
         "flow_log_destination",
         "flow_log_account_id",
         "flow_log_region",

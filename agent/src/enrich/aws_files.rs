@@ -205,9 +205,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 fn load<T>(what: &'static str, path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<T, FileError> {
-    let size = std::fs::metadata(path)
-        .map_err(|source| FileError::Read { what, path: path.into(), source })?
-        .len();
+    let size = std::fs::metadata(path).map_err(|source| FileError::Read { what, path: path.into(), source })?.len();
     if size > MAX_FILE {
         return Err(FileError::TooLarge { what, path: path.into(), size });
     }
@@ -217,7 +215,11 @@ fn load<T>(what: &'static str, path: &Path, parse: fn(&str) -> Result<T, String>
 
 impl<T> Watched<T> {
     /// Reads and parses the file now: any problem is an error naming the file.
-    pub fn open(what: &'static str, path: &Path, parse: fn(&str) -> Result<T, String>) -> Result<Watched<T>, FileError> {
+    pub fn open(
+        what: &'static str,
+        path: &Path,
+        parse: fn(&str) -> Result<T, String>,
+    ) -> Result<Watched<T>, FileError> {
         let st = stamp(path);
         let v = load(what, path, parse)?;
         Ok(Watched { what, path: path.into(), parse, stamp: st, current: Arc::new(RwLock::new(Arc::new(v))) })

@@ -110,8 +110,7 @@ pub fn classify(
     }
     if let (Some(l), Some(inst)) = (local, instance) {
         // A subnet of one of this instance's interfaces: subnets live in one AZ, this one.
-        if let Some(iface) = l.snapshot.interfaces.iter().find(|i| i.subnet_cidrs.iter().any(|c| c.contains(&remote)))
-        {
+        if let Some(iface) = l.snapshot.interfaces.iter().find(|i| i.subnet_cidrs.iter().any(|c| c.contains(&remote))) {
             if let Some(s) = &iface.subnet_id {
                 e.remote_subnet_id = Some(s.clone());
                 e.remote_subnet_arn = Some(inst.arn("subnet", s));
@@ -172,23 +171,13 @@ mod tests {
         }
     }
 
-    fn run(
-        snap: &Snapshot,
-        remote: &str,
-        subnets: bool,
-        ranges: bool,
-    ) -> (Result<Cat, Unclassified>, Enrichment) {
+    fn run(snap: &Snapshot, remote: &str, subnets: bool, ranges: bool) -> (Result<Cat, Unclassified>, Enrichment) {
         let sm = SubnetMap::parse(fixtures::DESCRIBE_SUBNETS).unwrap();
         let ir = IpRanges::parse(fixtures::IP_RANGES).unwrap();
         let local = snap.interfaces.first().map(|iface| Local { snapshot: snap, iface });
         let mut e = Enrichment::default();
-        let c = classify(
-            local.as_ref(),
-            remote.parse().unwrap(),
-            subnets.then_some(&sm),
-            ranges.then_some(&ir),
-            &mut e,
-        );
+        let c =
+            classify(local.as_ref(), remote.parse().unwrap(), subnets.then_some(&sm), ranges.then_some(&ir), &mut e);
         (c, e)
     }
 

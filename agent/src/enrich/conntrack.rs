@@ -243,7 +243,9 @@ impl Table {
                                 t.lost_events
                             });
                             if lost == 1 {
-                                tracing::warn!("conntrack events were lost (receive buffer full); some NAT translations may be missing");
+                                tracing::warn!(
+                                    "conntrack events were lost (receive buffer full); some NAT translations may be missing"
+                                );
                             }
                         }
                         Err(e) => {
@@ -446,7 +448,9 @@ fn parse_conn(payload: &[u8]) -> Option<Conn> {
 }
 
 fn parse_id(payload: &[u8]) -> Option<u32> {
-    attrs(payload.get(4..)?).find(|(ty, p)| *ty == CTA_ID && p.len() == 4).map(|(_, p)| u32::from_be_bytes(p.try_into().unwrap()))
+    attrs(payload.get(4..)?)
+        .find(|(ty, p)| *ty == CTA_ID && p.len() == 4)
+        .map(|(_, p)| u32::from_be_bytes(p.try_into().unwrap()))
 }
 
 #[cfg(test)]
@@ -467,11 +471,7 @@ mod tests {
     fn dnat_and_snat_are_matched_by_flow_key() {
         let t = Table::default();
         // A client dials a service IP, DNATed to a backend and SNATed (masquerade) on the way.
-        t.insert_for_test(conn(
-            1,
-            ("10.0.0.5", "10.96.0.10", 40000, 80),
-            ("10.1.0.7", "192.168.0.1", 8080, 40000),
-        ));
+        t.insert_for_test(conn(1, ("10.0.0.5", "10.96.0.10", 40000, 80), ("10.1.0.7", "192.168.0.1", 8080, 40000)));
         // Not translated: not kept.
         t.insert_for_test(conn(2, ("10.0.0.5", "10.0.0.6", 40001, 22), ("10.0.0.6", "10.0.0.5", 22, 40001)));
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();

@@ -64,7 +64,11 @@ pub fn build(cfg: &Config) -> anyhow::Result<Option<Box<dyn Enricher>>> {
     let metadata = match imds::Client::from_env() {
         Some(c) => {
             let shared = instance::Shared::default();
-            instance::spawn_refresh(c.with_v1_fallback(cfg.imds_v1_fallback), cfg.metadata_refresh_interval, shared.clone());
+            instance::spawn_refresh(
+                c.with_v1_fallback(cfg.imds_v1_fallback),
+                cfg.metadata_refresh_interval,
+                shared.clone(),
+            );
             Some(shared)
         }
         None => {

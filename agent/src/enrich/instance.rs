@@ -146,7 +146,11 @@ pub async fn fetch(c: &imds::Client) -> Result<Snapshot, FetchError> {
         ));
         let mut vpc_cidrs: Vec<IpNet> =
             parse_list(c.get(&format!("{base}/vpc-ipv4-cidr-blocks")).await?, "VPC CIDR", mac);
-        vpc_cidrs.extend(parse_list::<IpNet>(c.get(&format!("{base}/vpc-ipv6-cidr-blocks")).await?, "VPC IPv6 CIDR", mac));
+        vpc_cidrs.extend(parse_list::<IpNet>(
+            c.get(&format!("{base}/vpc-ipv6-cidr-blocks")).await?,
+            "VPC IPv6 CIDR",
+            mac,
+        ));
         interfaces.push(Interface {
             mac: mac.to_string(),
             id: one(c.get(&format!("{base}/interface-id")).await?),
@@ -186,7 +190,9 @@ pub fn spawn_refresh(client: imds::Client, period: Duration, shared: Shared) {
                     if !complained && ever_ok {
                         tracing::warn!("refreshing EC2 instance metadata failed ({e}); keeping what was read before");
                     } else if !complained {
-                        tracing::info!("no EC2 instance metadata ({e}); flows carry no local_* fields until it answers");
+                        tracing::info!(
+                            "no EC2 instance metadata ({e}); flows carry no local_* fields until it answers"
+                        );
                     } else {
                         tracing::debug!("EC2 instance metadata still unavailable: {e}");
                     }

@@ -70,8 +70,7 @@ impl<T> PrefixTable<T> {
     }
 
     pub fn len(&self) -> usize {
-        self.v4.iter().map(|(_, m)| m.len()).sum::<usize>()
-            + self.v6.iter().map(|(_, m)| m.len()).sum::<usize>()
+        self.v4.iter().map(|(_, m)| m.len()).sum::<usize>() + self.v6.iter().map(|(_, m)| m.len()).sum::<usize>()
     }
 }
 

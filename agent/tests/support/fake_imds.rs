@@ -118,7 +118,10 @@ impl FakeImds {
   "region" : "{}",
   "version" : "2017-09-30"
 }}"#,
-                identity.account, identity.az, identity.instance_id, identity.instance_type,
+                identity.account,
+                identity.az,
+                identity.instance_id,
+                identity.instance_type,
                 interfaces.first().map(|i| i.ipv4s.first().copied().unwrap_or("")).unwrap_or(""),
                 identity.region
             ),
@@ -205,12 +208,19 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
-    let delay = state.lock().unwrap().delay;
+    let delay = {
+        let mut s = state.lock().unwrap();
+        match method.as_str() {
+            "PUT" => s.token_requests += 1,
+            "GET" => s.gets += 1,
+            _ => {}
+        }
+        s.delay
+    };
     std::thread::sleep(delay);
     let (status, body) = {
         let mut s = state.lock().unwrap();
         if method == "PUT" && path == "/latest/api/token" {
-            s.token_requests += 1;
             if let Some(status) = s.token_status {
                 (status, String::new())
             } else {
@@ -225,7 +235,6 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 }
             }
         } else if method == "GET" {
-            s.gets += 1;
             let valid = headers
                 .get("x-aws-ec2-metadata-token")
                 .and_then(|t| s.tokens.get(t))

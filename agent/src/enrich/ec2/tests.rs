@@ -151,12 +151,22 @@ fn flows_get_local_and_remote_fields_and_categories() {
     assert_eq!(cats, [Cat::IntraAz, Cat::InterAz, Cat::AmazonS3, Cat::InterVpc, Cat::Unclassified, Cat::Unclassified]);
     let l = &r.flows[0].enrichment;
     assert_eq!(l.local_instance_id.as_deref(), Some("i-0123456789abcdef0"));
-    assert_eq!(l.local_instance_arn.as_deref(), Some("arn:aws:ec2:us-east-1:111122223333:instance/i-0123456789abcdef0"));
-    assert_eq!(l.local_subnet_arn.as_deref(), Some("arn:aws:ec2:us-east-1:111122223333:subnet/subnet-0a1b2c3d4e5f6a7b8"));
+    assert_eq!(
+        l.local_instance_arn.as_deref(),
+        Some("arn:aws:ec2:us-east-1:111122223333:instance/i-0123456789abcdef0")
+    );
+    assert_eq!(
+        l.local_subnet_arn.as_deref(),
+        Some("arn:aws:ec2:us-east-1:111122223333:subnet/subnet-0a1b2c3d4e5f6a7b8")
+    );
     assert_eq!(l.local_vpc_arn.as_deref(), Some("arn:aws:ec2:us-east-1:111122223333:vpc/vpc-0a1b2c3d4e5f60718"));
     assert_eq!((l.local_az.as_deref(), l.local_region.as_deref()), (Some("us-east-1a"), Some("us-east-1")));
     assert_eq!(l.remote_subnet_id.as_deref(), Some("subnet-0a1b2c3d4e5f6a7b8"));
-    assert_eq!(r.flows[2].enrichment.local_subnet_id.as_deref(), Some("subnet-0a1b2c3d4e5f6a7b8"), "by the IPv6 address");
+    assert_eq!(
+        r.flows[2].enrichment.local_subnet_id.as_deref(),
+        Some("subnet-0a1b2c3d4e5f6a7b8"),
+        "by the IPv6 address"
+    );
     let natted = &r.flows[3].enrichment;
     assert_eq!((natted.dnat_ip.as_deref(), natted.snat_ip.as_deref()), (Some("10.78.0.5"), None));
     assert_eq!(natted.remote_vpc_id.as_deref(), Some("vpc-0f9e8d7c6b5a43210"));
@@ -212,7 +222,8 @@ fn bench_enrich_500_flows() {
     ))
     .unwrap();
     let nat = Table::default();
-    let t = |s: String, d: String, sp, dp| Tuple { src: s.parse().unwrap(), dst: d.parse().unwrap(), sport: sp, dport: dp };
+    let t =
+        |s: String, d: String, sp, dp| Tuple { src: s.parse().unwrap(), dst: d.parse().unwrap(), sport: sp, dport: dp };
     for i in 0..5000u32 {
         nat.insert_for_test(Conn {
             id: i,
@@ -243,7 +254,8 @@ fn bench_enrich_500_flows() {
         e.enrich(r);
     }
     let per = start.elapsed() / rounds as u32;
-    let classified = reports[0].flows.iter().filter(|f| f.enrichment.destination_category != Some(Cat::Unclassified)).count();
+    let classified =
+        reports[0].flows.iter().filter(|f| f.enrichment.destination_category != Some(Cat::Unclassified)).count();
     println!(
         "enrich: {per:?} per report window of 500 flows ({:.2} us per flow; {classified}/500 classified; 2000 subnets, 12000 prefixes, 5000 NAT entries)",
         per.as_secs_f64() * 1e6 / 500.0
