@@ -114,7 +114,7 @@ impl Client {
             .map_err(self.http_err())?;
         let status = resp.status().as_u16();
         if status != 200 {
-            if self.v1_fallback && matches!(status, 403 | 404 | 405) {
+            if self.v1_fallback && (403..=405).contains(&status) {
                 tracing::debug!(status, "IMDS refused a session token; falling back to IMDSv1");
                 return Ok(None);
             }

@@ -239,7 +239,8 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 .get("x-aws-ec2-metadata-token")
                 .and_then(|t| s.tokens.get(t))
                 .is_some_and(|exp| Instant::now() < *exp);
-            if !valid && !(s.allow_v1 && !headers.contains_key("x-aws-ec2-metadata-token")) {
+            let v1 = s.allow_v1 && !headers.contains_key("x-aws-ec2-metadata-token");
+            if !valid && !v1 {
                 s.unauthorized += 1;
                 (401, String::new())
             } else if let Some(status) = s.get_status {

@@ -78,7 +78,9 @@ fn report(flows: Vec<FlowRecord>) -> Report {
     }
 }
 
-fn files() -> (Arc<RwLock<Arc<SubnetMap>>>, Arc<RwLock<Arc<IpRanges>>>) {
+type Shared<T> = Arc<RwLock<Arc<T>>>;
+
+fn files() -> (Shared<SubnetMap>, Shared<IpRanges>) {
     (
         Arc::new(RwLock::new(Arc::new(SubnetMap::parse(fixtures::DESCRIBE_SUBNETS).unwrap()))),
         Arc::new(RwLock::new(Arc::new(IpRanges::parse(fixtures::IP_RANGES).unwrap()))),
