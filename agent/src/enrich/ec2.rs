@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use agent_common::report::{DestinationCategory, FlowRecord, Report};
+use agent_common::report::{DestinationCategory, Enrichment, FlowRecord, Report};
 
 use super::{
     Enricher,
@@ -99,7 +99,7 @@ impl Ec2Enricher {
         Ec2Enricher { metadata, subnets, ranges, nat, unclassified: Default::default() }
     }
 
-    fn enrich_flow(&self, f: &mut FlowRecord, snap: &Snapshot, subnets: Option<&SubnetMap>, ranges: Option<&IpRanges>) {
+    fn enrich_flow(&self, f: &mut FlowRecord, w: &WindowInputs) {
         let e = &mut f.enrichment;
         let nat = self.nat.as_ref().and_then(|t| t.lookup(f.role, f.local_ip, f.remote_ip, f.target_port));
         let remote = nat.map_or(f.remote_ip, |n| n.real_remote);
@@ -107,16 +107,19 @@ impl Ec2Enricher {
             e.snat_ip = n.snat_ip.map(|ip| ip.to_string());
             e.dnat_ip = n.dnat_ip.map(|ip| ip.to_string());
         }
-        let iface = snap.interface_of(f.local_ip);
-        if let (Some(inst), Some(iface)) = (&snap.instance, iface) {
-            e.local_instance_id = Some(inst.id.clone());
-            e.local_instance_arn = Some(inst.arn("instance", &inst.id));
-            e.local_subnet_id = iface.subnet_id.clone();
-            e.local_subnet_arn = iface.subnet_id.as_ref().map(|s| inst.arn("subnet", s));
-            e.local_vpc_id = iface.vpc_id.clone();
-            e.local_vpc_arn = iface.vpc_id.as_ref().map(|v| inst.arn("vpc", v));
-            e.local_az = Some(inst.az.clone());
-            e.local_region = Some(inst.region.clone());
+        let snap = &*w.snapshot;
+        let (subnets, ranges) = (w.subnets.as_deref(), w.ranges.as_deref());
+        let i = snap.interfaces.iter().position(|i| i.local_ips.contains(&f.local_ip));
+        let iface = i.map(|i| &snap.interfaces[i]);
+        if let Some(l) = i.and_then(|i| w.locals.get(i)).filter(|l| l.local_instance_id.is_some()) {
+            e.local_instance_id.clone_from(&l.local_instance_id);
+            e.local_instance_arn.clone_from(&l.local_instance_arn);
+            e.local_subnet_id.clone_from(&l.local_subnet_id);
+            e.local_subnet_arn.clone_from(&l.local_subnet_arn);
+            e.local_vpc_id.clone_from(&l.local_vpc_id);
+            e.local_vpc_arn.clone_from(&l.local_vpc_arn);
+            e.local_az.clone_from(&l.local_az);
+            e.local_region.clone_from(&l.local_region);
         }
         let local = iface.map(|iface| Local { snapshot: snap, iface });
         e.destination_category = Some(match classify::classify(local.as_ref(), remote, subnets, ranges, e) {
@@ -130,13 +133,38 @@ impl Ec2Enricher {
     }
 }
 
+/// What one `enrich` call reads, taken once for all flows.
+struct WindowInputs {
+    snapshot: Arc<Snapshot>,
+    locals: Vec<Enrichment>,
+    subnets: Option<Arc<SubnetMap>>,
+    ranges: Option<Arc<IpRanges>>,
+}
+
+fn local_fields(snap: &Snapshot, iface: &instance::Interface) -> Enrichment {
+    let Some(inst) = &snap.instance else { return Enrichment::default() };
+    Enrichment {
+        local_instance_id: Some(inst.id.clone()),
+        local_instance_arn: Some(inst.arn("instance", &inst.id)),
+        local_subnet_id: iface.subnet_id.clone(),
+        local_subnet_arn: iface.subnet_id.as_ref().map(|s| inst.arn("subnet", s)),
+        local_vpc_id: iface.vpc_id.clone(),
+        local_vpc_arn: iface.vpc_id.as_ref().map(|v| inst.arn("vpc", v)),
+        local_az: Some(inst.az.clone()),
+        local_region: Some(inst.region.clone()),
+        ..Default::default()
+    }
+}
+
 impl Enricher for Ec2Enricher {
     fn enrich(&self, report: &mut Report) {
         let started = Instant::now();
-        let snap = self.metadata.as_ref().map(|m| m.get()).unwrap_or_default();
-        let (subnets, ranges) = (read(&self.subnets), read(&self.ranges));
+        let snapshot = self.metadata.as_ref().map(|m| m.get()).unwrap_or_default();
+        // The local fields of each interface, ARNs included, built once per window.
+        let locals = snapshot.interfaces.iter().map(|i| local_fields(&snapshot, i)).collect();
+        let w = WindowInputs { locals, subnets: read(&self.subnets), ranges: read(&self.ranges), snapshot };
         for f in &mut report.flows {
-            self.enrich_flow(f, &snap, subnets.as_deref(), ranges.as_deref());
+            self.enrich_flow(f, &w);
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
             let reasons: Vec<String> = Unclassified::ALL

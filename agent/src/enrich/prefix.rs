@@ -1,9 +1,37 @@
 //! Longest-prefix match over IPv4 and IPv6 networks: one hash map per prefix length present, so a
 //! lookup costs at most one probe per distinct length (a few dozen), whatever the table size.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    hash::{BuildHasherDefault, Hasher},
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
+
+/// Keys are network addresses (not attacker-chosen in a way that matters: the tables come from
+/// configuration files), so a multiply-xorshift hash does instead of SipHash.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        let h = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h ^ (h >> 29)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.0 ^= u64::from(v);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 ^= (v as u64) ^ ((v >> 64) as u64).rotate_left(32);
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<AddrHasher>>;
 
 pub struct PrefixTable<T> {
     /// (prefix length, network address -> value), longest first.
@@ -29,11 +57,11 @@ fn slot<K, T>(levels: &mut Vec<(u8, HashMap<K, T>)>, len: u8) -> &mut HashMap<K,
     let i = match levels.iter().position(|(l, _)| *l <= len) {
         Some(i) if levels[i].0 == len => i,
         Some(i) => {
-            levels.insert(i, (len, HashMap::new()));
+            levels.insert(i, (len, HashMap::default()));
             i
         }
         None => {
-            levels.push((len, HashMap::new()));
+            levels.push((len, HashMap::default()));
             levels.len() - 1
         }
     };
