@@ -468,6 +468,29 @@ mod tests {
     }
 
     #[test]
+    fn enrichment_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "subnet_map = \"/etc/s.json\"\nip_ranges = \"/etc/r.json\"\nconntrack = false\n\
+             imds_v1_fallback = true\nmetadata_refresh_interval = \"5m\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), conntrack: Some(true), ..args() }).unwrap();
+        assert_eq!(
+            (c.subnet_map.as_deref(), c.ip_ranges.as_deref()),
+            (Some("/etc/s.json".as_ref()), Some("/etc/r.json".as_ref()))
+        );
+        assert!(c.conntrack && c.imds_v1_fallback, "the flag wins over the file");
+        assert_eq!(c.metadata_refresh_interval, Duration::from_secs(300));
+        let e = Config::resolve(&RunArgs { metadata_refresh_interval: Some(Duration::from_millis(10)), ..args() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metadata_refresh_interval") && e.contains("10ms"), "{e}");
+    }
+
+    #[test]
     fn bad_input_names_the_problem() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
