@@ -340,3 +340,28 @@ impl Drop for NetnsGuard {
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
+
+/// A classification file that is not in its format stops the agent at start, naming it.
+#[test]
+fn invalid_files_stop_the_agent_with_the_file_named() {
+    let Some(_g) = privileged("invalid_files_stop_the_agent_with_the_file_named") else { return };
+    let lab = Lab::new();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("subnets.json");
+    // ip-ranges.json given as the subnet map.
+    std::fs::copy(data("ip-ranges.json"), &bad).unwrap();
+    for (flag, file) in [("--subnet-map", bad.to_str().unwrap()), ("--ip-ranges", &data("describe-subnets.json"))] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_flow-agent"))
+            .args(["--dry-run", "--metrics-address", "127.0.0.1:0", "--cgroup"])
+            .arg(&lab.cgroup)
+            .arg("--control-socket")
+            .arg(dir.path().join("control.sock"))
+            .args([flag, file])
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: {err}");
+        assert!(err.contains(file) && err.contains("invalid"), "{flag}: {err}");
+    }
+}
