@@ -32,6 +32,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--signing-service` and `--signing-region` (SigV4).
 pub const DEFAULT_SIGNING_SERVICE: &str = "networkflowmonitor";
 pub const DEFAULT_SIGNING_REGION: &str = "us-east-1";
+/// Default `--metadata-refresh-interval`: how often EC2 instance metadata is read again.
+pub const DEFAULT_METADATA_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where flow-log records go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +141,23 @@ pub struct RunArgs {
     /// SigV4 signing Region of --endpoint requests [default: us-east-1].
     #[arg(long, value_name = "REGION")]
     pub signing_region: Option<String>,
+    /// How often EC2 instance metadata (interfaces, subnets, VPCs) is read again from IMDS
+    /// [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub metadata_refresh_interval: Option<Duration>,
+    /// Use IMDSv1 (no session token) when IMDS refuses a token [default: off].
+    #[arg(long)]
+    pub imds_v1_fallback: bool,
+    /// Subnet map for destination categories: the JSON `aws ec2 describe-subnets` prints
+    /// [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub subnet_map: Option<PathBuf>,
+    /// AWS's ip-ranges.json, for AMAZON_S3, AMAZON_DYNAMODB and INTER_REGION [default: none].
+    #[arg(long, value_name = "FILE")]
+    pub ip_ranges: Option<PathBuf>,
+    /// Follow conntrack to report SNAT/DNAT and classify by the real remote [default: true].
+    #[arg(long, value_name = "true|false")]
+    pub conntrack: Option<bool>,
 }
 
 /// A byte count: a plain number or one with a unit (B, KB, MB, GB, KiB, MiB, GiB).
@@ -202,6 +221,11 @@ struct FileConfig {
     proxy: Option<String>,
     signing_service: Option<String>,
     signing_region: Option<String>,
+    metadata_refresh_interval: Option<String>,
+    imds_v1_fallback: Option<bool>,
+    subnet_map: Option<PathBuf>,
+    ip_ranges: Option<PathBuf>,
+    conntrack: Option<bool>,
 }
 
 /// Resolved settings.
@@ -234,6 +258,11 @@ pub struct Config {
     pub proxy: Option<String>,
     pub signing_service: String,
     pub signing_region: String,
+    pub metadata_refresh_interval: Duration,
+    pub imds_v1_fallback: bool,
+    pub subnet_map: Option<PathBuf>,
+    pub ip_ranges: Option<PathBuf>,
+    pub conntrack: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -345,6 +374,14 @@ impl Config {
                 .clone()
                 .or(file.signing_region)
                 .unwrap_or_else(|| DEFAULT_SIGNING_REGION.into()),
+            metadata_refresh_interval: args
+                .metadata_refresh_interval
+                .or(file_duration("metadata_refresh_interval", &file.metadata_refresh_interval)?)
+                .unwrap_or(DEFAULT_METADATA_REFRESH_INTERVAL),
+            imds_v1_fallback: args.imds_v1_fallback || file.imds_v1_fallback.unwrap_or(false),
+            subnet_map: args.subnet_map.clone().or(file.subnet_map),
+            ip_ranges: args.ip_ranges.clone().or(file.ip_ranges),
+            conntrack: args.conntrack.or(file.conntrack).unwrap_or(true),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -434,6 +471,12 @@ impl Config {
         if self.max_flows == 0 {
             return Err(invalid("max_flows", "must be at least 1"));
         }
+        if self.metadata_refresh_interval < Duration::from_secs(1) {
+            return Err(invalid(
+                "metadata_refresh_interval",
+                format!("{:?} is below the 1s minimum", self.metadata_refresh_interval),
+            ));
+        }
         self.validate_flow_log()?;
         self.validate_control()?;
         self.validate_shipping()?;
@@ -510,6 +553,8 @@ mod tests {
         "control_http",
         "endpoint",
         "proxy",
+        "subnet_map",
+        "ip_ranges",
     ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
@@ -561,6 +606,29 @@ mod tests {
         std::fs::write(&path, "control_http = \"localhost:80\"\n").unwrap();
         let err = e(RunArgs { config: Some(path), ..args() });
         assert!(err.contains("control_http") && err.contains("localhost:80"), "{err}");
+    }
+
+    #[test]
+    fn enrichment_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "subnet_map = \"/etc/s.json\"\nip_ranges = \"/etc/r.json\"\nconntrack = false\n\
+             imds_v1_fallback = true\nmetadata_refresh_interval = \"5m\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), conntrack: Some(true), ..args() }).unwrap();
+        assert_eq!(
+            (c.subnet_map.as_deref(), c.ip_ranges.as_deref()),
+            (Some("/etc/s.json".as_ref()), Some("/etc/r.json".as_ref()))
+        );
+        assert!(c.conntrack && c.imds_v1_fallback, "the flag wins over the file");
+        assert_eq!(c.metadata_refresh_interval, Duration::from_secs(300));
+        let e = Config::resolve(&RunArgs { metadata_refresh_interval: Some(Duration::from_millis(10)), ..args() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metadata_refresh_interval") && e.contains("10ms"), "{e}");
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     let capture = Capture::start(&cfg).context("cannot start capture")?;
     // Bound before the capabilities go (the socket's group is set with CAP_CHOWN); starts no thread.
     let (_control, mut jobs) = control::Server::start_or_degrade(&cfg).await.context("cannot serve flow operations")?;
+    // Enrichers subscribe to conntrack with CAP_NET_ADMIN; no await between here and the drop, so
+    // their background tasks first run without capabilities.
+    let enricher = enrich::build(&cfg)?;
     // Attached: nothing later needs a capability (map fds are already open).
     capture::drop_privileges().context("after attaching")?;
     let ticks_to_evict = (EVICT_IDLE_AFTER.as_millis().max(cfg.report_interval.as_millis() * 2)
@@ -106,7 +109,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     let mut p = Pipeline {
         capture,
         aggregator: Aggregator::new(ticks_to_evict),
-        enricher: enrich::build(&cfg)?,
+        enricher,
         sinks,
         top_flows: cfg.top_flows,
         cpu_at_window_start: sys::process_usage().0,

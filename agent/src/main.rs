@@ -11,7 +11,6 @@ mod daemon;
 mod enrich;
 mod flowlog;
 mod health;
-#[allow(dead_code)] // used by enrichment and credentials (issues 4, 5); remove the allow once they land
 mod imds;
 mod metrics;
 mod notify;

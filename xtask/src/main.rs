@@ -26,6 +26,7 @@ commands:
                    the agent off/on under each workload (root), and the backend; default all but
                    the soak; --quick: one short off/on pair each; --soak: a 10-minute storm (RSS)
                    (60 s with --quick); see docs/performance.md
+  bench enrich     enrichment cost per report window of 500 flows (release-mode unit test)
   package [--smoke] .deb and .rpm in target/package/ (installs cargo-deb, cargo-generate-rpm);
                    --smoke: then install the .deb, run and verify it, remove and purge (root)";
 
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Some("build") => setup::toolchain().and_then(|_| build()),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("bench") if args.get(1).is_some_and(|a| a == "enrich") => bench_enrich(),
         Some("bench") => bench::main(&args[1..]),
         Some("__idle-server" | "__idle-client") => bench::idle_helper(&args),
         Some("package") => package::build().and_then(|p| match args.get(1).map(String::as_str) {
@@ -55,6 +57,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Enrichment cost per report window: an ignored release-mode unit test prints the figure.
+fn bench_enrich() -> Result<()> {
+    run_cmd(cargo().args([
+        "test",
+        "--release",
+        "-p",
+        "flow-agent",
+        "--bin",
+        "flow-agent",
+        "enrich::ec2::tests::bench_enrich_500_flows",
+        "--",
+        "--ignored",
+        "--exact",
+        "--nocapture",
+    ]))
 }
 
 /// The workspace root (xtask lives one level below it).

@@ -2,6 +2,13 @@
 //! that fills the fields it knows; `build` chains the ones the config enables. Enrichers read
 //! snapshots kept fresh by background tasks: `enrich` never waits on the network.
 
+mod aws_files;
+mod classify;
+mod conntrack;
+pub mod ec2;
+mod instance;
+mod prefix;
+
 use agent_common::report::Report;
 
 use crate::config::Config;
@@ -29,9 +36,11 @@ impl Enricher for Chain {
 }
 
 /// The enrichers the config enables (spawning their background refresh tasks on the current
-/// runtime). Must not block: metadata that is not there yet is simply absent.
-pub fn build(_cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
-    let chain: Vec<Box<dyn Enricher>> = Vec::new();
+/// runtime). Must not block: metadata that is not there yet is simply absent. Runs before the
+/// capabilities are dropped (conntrack subscribes with CAP_NET_ADMIN) and must start no thread.
+pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
+    let mut chain: Vec<Box<dyn Enricher>> = Vec::new();
+    chain.extend(ec2::build(cfg)?);
     if chain.is_empty() {
         return Ok(Box::new(NoMetadata));
     }

@@ -3,6 +3,8 @@
 //! `traffic.py`, and the kernel's own per-namespace counters as the oracle.
 #![allow(dead_code)]
 
+pub mod fake_imds;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
@@ -217,15 +219,33 @@ impl Agent {
 
     /// `mode`: "--dry-run", or nothing when `extra` configures another sink (flow logs).
     pub fn start_with(lab: &Lab, mode: &[&str], extra: &[&str]) -> Agent {
-        Agent::start_env(lab, mode, extra, &[])
+        Agent::start_full(lab, None, mode, extra, &[])
     }
 
     /// `start_with`, with these environment variables set for the agent.
     pub fn start_env(lab: &Lab, mode: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_full(lab, None, mode, extra, env)
+    }
+
+    /// As `start_with`, inside network namespace `netns` (if any) and with extra environment
+    /// variables (e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT for a fake IMDS).
+    pub fn start_full(lab: &Lab, netns: Option<&str>, mode: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let control_dir = tempfile::tempdir().expect("control socket directory");
         // Traversable, so that tests can try the socket as other users.
         std::fs::set_permissions(control_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flow-agent"))
+        let bin = env!("CARGO_BIN_EXE_flow-agent");
+        let mut cmd = match netns {
+            // nsenter switches only the network namespace: `ip netns exec` would also remount
+            // /sys, hiding the cgroup2 mount the lab's cgroup lives in.
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
+            .envs(env.iter().copied())
             .args(mode)
             .args(["--report-interval", "1s", "--aggregate-interval", "500ms"])
             .args(["--metrics-address", "127.0.0.1:0", "--cgroup"])
@@ -233,7 +253,6 @@ impl Agent {
             .arg("--control-socket")
             .arg(control_dir.path().join("control.sock"))
             .args(extra)
-            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
