@@ -179,7 +179,7 @@ pub struct Connections {
 
 /// Summary of latency samples in microseconds. Percentiles and min/max come from log-linear
 /// buckets (each at most 25% wide, see `hist`); `mean` is exact.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatencySummary {
     pub count: u64,
@@ -189,6 +189,20 @@ pub struct LatencySummary {
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
+    /// The non-empty histogram buckets the summary was computed from, by increasing bound (for
+    /// exporters that ship histograms: OTLP, Prometheus). Absent in reports of older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<LatencyBucket>,
+}
+
+/// One histogram bucket: `count` samples of at most `le` microseconds and above the previous
+/// bucket's bound (the kernel's log-linear buckets, see `hist`). `le` absent: no upper bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyBucket {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub le: Option<u64>,
+    pub count: u64,
 }
 
 /// The flows beyond `--top-flows`, summed.

@@ -1,8 +1,11 @@
 //! Sinks: where reports go. Every sink implements `Sink`; network destinations sit behind one
 //! `Remote` sink (see `remote`).
 
+mod exported;
 mod flow_log;
 mod flow_log_files;
+mod otlp;
+pub mod prometheus;
 pub mod remote;
 mod stdout;
 
@@ -36,8 +39,25 @@ pub trait Sink: Send {
 }
 
 /// The network destinations the config enables.
-fn destinations(_cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
-    let list: Vec<Arc<dyn Destination>> = Vec::new();
+fn destinations(cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
+    let mut list: Vec<Arc<dyn Destination>> = Vec::new();
+    // TODO(merge): the shared request timeout and proxy settings of the backend destination.
+    let http = remote::HttpOptions { timeout: Duration::from_secs(10), proxy: None };
+    if let Some(url) = &cfg.otlp_endpoint {
+        let gzip = cfg.otlp_compression == crate::config::OtlpCompression::Gzip;
+        list.push(Arc::new(otlp::Otlp::new(url, &cfg.otlp_header, gzip, &http)?));
+    }
+    if let Some(url) = &cfg.prometheus_remote_write_url {
+        let auth = match (&cfg.prometheus_remote_write_bearer_token_file, &cfg.prometheus_remote_write_username) {
+            (Some(f), _) => prometheus::Auth::BearerFile(f.clone()),
+            (None, Some(u)) => prometheus::Auth::Basic {
+                username: u.clone(),
+                password_file: cfg.prometheus_remote_write_password_file.clone().unwrap_or_default(),
+            },
+            (None, None) => prometheus::Auth::None,
+        };
+        list.push(Arc::new(prometheus::RemoteWrite::new(url, &auth, &cfg.prometheus_remote_write_label, &http)?));
+    }
     Ok(list)
 }
 
