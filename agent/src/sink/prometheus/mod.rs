@@ -285,3 +285,207 @@ mod tests {
         assert_eq!(rw.authorization.unwrap().to_str().unwrap(), format!("Basic {}", base64_encode(b"u:secret")));
     }
 }
+
+/// Delivery against a real Prometheus (the Debian package, as in agent/tests/export.rs) and a
+/// stand-in that answers what it is told.
+#[cfg(test)]
+mod delivery_tests {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        process::{Child, Command, Stdio},
+        time::{Duration, Instant},
+    };
+
+    use agent_common::report::{AgentInfo, AgentStats, FlowMetrics, FlowRecord, OtherFlows, Protocol, Role, Window};
+
+    use super::*;
+
+    struct Prometheus {
+        child: Child,
+        addr: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Prometheus {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn get(addr: &str, path: &str) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(addr) else { return (0, String::new()) };
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    impl Prometheus {
+        fn start() -> Prometheus {
+            let help = Command::new("prometheus").arg("--help").output().expect("prometheus (cargo xtask setup)");
+            let help = String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
+            let receiver = if help.contains("--web.enable-remote-write-receiver") {
+                "--web.enable-remote-write-receiver"
+            } else {
+                "--enable-feature=remote-write-receiver"
+            };
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("p.yml"), "scrape_configs: []\n").unwrap();
+            let addr = format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+            let child = Command::new("prometheus")
+                .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg(receiver)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let p = Prometheus { child, addr, _dir: dir };
+            let start = Instant::now();
+            while get(&p.addr, "/-/ready").0 != 200 {
+                assert!(start.elapsed() < Duration::from_secs(60), "prometheus not ready");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            p
+        }
+
+        fn value(&self, selector: &str) -> Option<String> {
+            let q: String =
+                selector
+                    .bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b == b'_' {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+            let (_, body) = get(&self.addr, &format!("/api/v1/query?query={q}"));
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+        }
+    }
+
+    fn report(id: &str, n: i64, bytes: u64) -> Report {
+        // Recent windows: within the 5 minutes an instant query looks back.
+        let base = chrono::Utc::now().timestamp() - 120;
+        let t = |s: i64| chrono::DateTime::from_timestamp(base + s, 0).unwrap();
+        Report {
+            report_id: id.into(),
+            schema_version: 1,
+            window: Window { start: t(n * 30), end: t(n * 30 + 30) },
+            agent: AgentInfo { version: "0.1.0".into(), hostname: "h".into() },
+            flows: vec![FlowRecord {
+                protocol: Protocol::Tcp,
+                local_ip: "10.0.0.1".parse().unwrap(),
+                remote_ip: "10.0.0.2".parse().unwrap(),
+                target_port: 443,
+                role: Role::Client,
+                enrichment: Default::default(),
+                metrics: FlowMetrics { bytes_sent: bytes, ..Default::default() },
+            }],
+            other: OtherFlows::default(),
+            agent_stats: AgentStats::default(),
+        }
+    }
+
+    fn http() -> HttpOptions {
+        HttpOptions { timeout: Duration::from_secs(10), proxy: None }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn retries_and_restarts_do_not_wedge_or_double_count() {
+        let prom = Prometheus::start();
+        let url = format!("http://{}/api/v1/write", prom.addr);
+        let rw = RemoteWrite::new(&url, &Auth::None, &["t=retry".into()], &http()).unwrap();
+        let sel = "flow_agent_bytes_sent_total{t=\"retry\",target_port=\"443\"}";
+        let (a, b) = (report("a", 0, 100), report("b", 1, 50));
+        rw.deliver(&a).await.unwrap();
+        // The same report again, as after a lost answer: Prometheus refuses the 0 sample at the
+        // window start (out of order); counted as delivered, and not added twice.
+        rw.deliver(&a).await.unwrap();
+        assert_eq!(prom.value(sel).as_deref(), Some("100"));
+        rw.deliver(&b).await.unwrap();
+        assert_eq!(prom.value(sel).as_deref(), Some("150"));
+        // After a restart (fresh totals) a report from the spool that Prometheus already has:
+        // refused as out of order / duplicate, and delivery goes on.
+        let restarted = RemoteWrite::new(&url, &Auth::None, &["t=retry".into()], &http()).unwrap();
+        restarted.deliver(&a).await.unwrap();
+        restarted.deliver(&report("c", 2, 7)).await.unwrap();
+        assert_eq!(prom.value(sel).as_deref(), Some("107"), "a counter reset");
+    }
+
+    /// A server that answers every request with `response` and reports what it received.
+    fn stand_in(response: &'static str) -> (String, std::sync::mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v1/write", l.local_addr().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().map_while(Result::ok) {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut got = Vec::new();
+                // Headers, then the body by Content-Length.
+                loop {
+                    let n = c.read(&mut buf).unwrap_or(0);
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if n == 0 || body.len() >= len {
+                            let _ = tx.send(head.to_string());
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = c.write_all(response.as_bytes());
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn headers_and_answers() {
+        let (url, rx) = stand_in(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbusy",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let rw = RemoteWrite::new(&url, &Auth::BearerFile(token), &[], &http()).unwrap();
+        match rw.deliver(&report("x", 0, 1)).await {
+            Err(DeliveryError::Retry { retry_after, .. }) => assert_eq!(retry_after, Some(Duration::from_secs(7))),
+            other => panic!("503 must be retried: {other:?}"),
+        }
+        let head = rx.recv().unwrap().to_ascii_lowercase();
+        for h in [
+            "content-encoding: snappy",
+            "content-type: application/x-protobuf",
+            "x-prometheus-remote-write-version: 0.1.0",
+            "authorization: bearer s3cret",
+        ] {
+            assert!(head.contains(h), "{h} missing in {head}");
+        }
+        let (url, _rx) = stand_in("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\nno");
+        let rw = RemoteWrite::new(&url, &Auth::None, &[], &http()).unwrap();
+        assert!(matches!(rw.deliver(&report("y", 0, 1)).await, Err(DeliveryError::Reject { .. })));
+        let (url, _rx) =
+            stand_in("HTTP/1.1 400 Bad Request\r\nContent-Length: 19\r\nConnection: close\r\n\r\nout of order sample");
+        let rw = RemoteWrite::new(&url, &Auth::None, &[], &http()).unwrap();
+        rw.deliver(&report("z", 0, 1)).await.expect("already stored counts as delivered");
+    }
+}
