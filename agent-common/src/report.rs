@@ -272,7 +272,15 @@ mod tests {
                     destination_category: Some(DestinationCategory::IntraAz),
                     ..Default::default()
                 },
-                metrics: FlowMetrics { bytes_sent: 10, ..Default::default() },
+                metrics: FlowMetrics {
+                    bytes_sent: 10,
+                    rtt_us: LatencySummary {
+                        count: 3,
+                        buckets: vec![LatencyBucket { le: Some(111), count: 1 }, LatencyBucket { le: None, count: 2 }],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
             }],
             other: OtherFlows::default(),
             agent_stats: AgentStats::default(),
@@ -280,8 +288,13 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"destination_category\":\"INTRA_AZ\""), "{s}");
         assert!(s.contains("\"role\":\"client\""), "{s}");
+        assert!(s.contains("\"buckets\":[{\"le\":111,\"count\":1},{\"count\":2}]"), "{s}");
         let back: Report = serde_json::from_str(&s).unwrap();
         assert_eq!(back, r);
+        // Reports without buckets (older agents) still parse.
+        let old = s.replace(",\"buckets\":[{\"le\":111,\"count\":1},{\"count\":2}]", "");
+        assert!(!old.contains("buckets"));
+        assert!(serde_json::from_str::<Report>(&old).unwrap().flows[0].metrics.rtt_us.buckets.is_empty());
         // A misspelt counter is a missing field (flattened structs) or an unknown one.
         let bad = s.replacen("\"bytes_sent\"", "\"bytes_snet\"", 1);
         let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();
