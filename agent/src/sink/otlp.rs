@@ -100,15 +100,19 @@ impl Otlp {
             h.learn(report);
             h.clone()
         };
-        let body = encode(report, &host).encode_to_vec();
+        // Encoding a window of many flows takes milliseconds: off the agent's runtime thread.
+        let (r, gz) = (report.clone(), self.gzip);
+        let body = tokio::task::spawn_blocking(move || {
+            let body = encode(&r, &host).encode_to_vec();
+            if gz { gzip(&body) } else { body }
+        })
+        .await
+        .map_err(|e| DeliveryError::Retry { reason: format!("encoding the report: {e}"), retry_after: None })?;
         let mut req = self.client.post(&self.endpoint).headers(self.headers.clone());
         req = req.header(CONTENT_TYPE, "application/x-protobuf");
-        let body = if self.gzip {
+        if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
-            gzip(&body)
-        } else {
-            body
-        };
+        }
         let resp = req
             .body(body)
             .send()

@@ -86,7 +86,7 @@ pub struct RemoteWrite {
     url: String,
     authorization: Option<HeaderValue>,
     labels: Vec<(String, String)>,
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl RemoteWrite {
@@ -117,38 +117,40 @@ impl RemoteWrite {
             url: url.to_string(),
             authorization,
             labels: parse_labels(labels)?,
-            inner: Mutex::new(Inner { state: State::new(MAX_FLOWS, STALE_AFTER_REPORTS), last: None }),
+            inner: Arc::new(Mutex::new(Inner { state: State::new(MAX_FLOWS, STALE_AFTER_REPORTS), last: None })),
         })
     }
 
-    /// The requests for a report: the same bytes again when it is a retry.
-    fn requests(&self, r: &Report) -> Arc<Vec<Vec<u8>>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((id, bodies)) = &inner.last
-            && *id == r.report_id
+    /// The requests for a report: the same bytes again when it is a retry. Built on a blocking
+    /// thread: a window of many flows takes tens of milliseconds, which the agent's one runtime
+    /// thread (capture) must not wait for.
+    async fn requests(&self, r: &Report) -> Result<Arc<Vec<Vec<u8>>>, DeliveryError> {
         {
-            return bodies.clone();
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((id, bodies)) = &inner.last
+                && *id == r.report_id
+            {
+                return Ok(bodies.clone());
+            }
         }
         // Every series carries job and instance (the host), unless extra labels say otherwise.
         let mut base =
             vec![("instance".to_string(), r.agent.hostname.clone()), ("job".to_string(), "flow-agent".into())];
         base.extend(self.labels.iter().cloned());
-        let batch = inner.state.apply(r, &base);
-        let mut metadata = Some(batch.metadata);
-        let bodies: Vec<Vec<u8>> = batch
-            .series
-            .chunks(SERIES_PER_REQUEST)
-            .map(|chunk| {
-                encode(&WriteRequest { timeseries: chunk.to_vec(), metadata: metadata.take().unwrap_or_default() })
-            })
-            .collect();
-        let bodies = Arc::new(bodies);
-        inner.last = Some((r.report_id.clone(), bodies.clone()));
-        bodies
+        let (inner, report) = (self.inner.clone(), r.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut inner = inner.lock().unwrap_or_else(|e| e.into_inner());
+            let batch = inner.state.apply(&report, &base);
+            let bodies = Arc::new(split(batch.series, batch.metadata));
+            inner.last = Some((report.report_id.clone(), bodies.clone()));
+            bodies
+        })
+        .await
+        .map_err(|e| DeliveryError::Retry { reason: format!("encoding the report: {e}"), retry_after: None })
     }
 
     async fn send(&self, report: &Report) -> Result<(), DeliveryError> {
-        let bodies = self.requests(report);
+        let bodies = self.requests(report).await?;
         for (i, body) in bodies.iter().enumerate() {
             let mut req = self
                 .client
@@ -186,6 +188,18 @@ impl RemoteWrite {
         }
         Ok(())
     }
+}
+
+/// Request bodies of at most `SERIES_PER_REQUEST` series each; the metadata goes in the first.
+fn split(mut series: Vec<wire::TimeSeries>, metadata: Vec<wire::MetricMetadata>) -> Vec<Vec<u8>> {
+    let mut bodies = Vec::with_capacity(series.len().div_ceil(SERIES_PER_REQUEST));
+    let mut metadata = Some(metadata);
+    while !series.is_empty() {
+        let rest = if series.len() > SERIES_PER_REQUEST { series.split_off(SERIES_PER_REQUEST) } else { Vec::new() };
+        bodies.push(encode(&WriteRequest { timeseries: series, metadata: metadata.take().unwrap_or_default() }));
+        series = rest;
+    }
+    bodies
 }
 
 /// Prometheus (and Mimir, Cortex, Thanos) refuse samples at or before the newest timestamp of

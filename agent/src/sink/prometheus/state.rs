@@ -163,13 +163,14 @@ impl State {
         let other: FlowKey = vec![(OTHER_LABEL.0, OTHER_LABEL.1.to_string())];
         out.flow(&other, &self.other, start, end, false);
         self.other.fresh = false;
+        let (other, none) = (out.common(&other), out.common(&[]));
         out.gauge(OTHER_FLOWS.1, &other, end, r.other.flows as f64);
         for (v, (_, name, _)) in self.agent.iter().zip(agent_counters(&r.agent_stats)) {
-            out.counter(name, &[], start, end, *v, seq == 1);
+            out.counter(name, &none, start, end, *v, seq == 1);
         }
-        out.counter("flow_agent_remote_write_folded_flows_total", &[], start, end, self.folded as f64, seq == 1);
+        out.counter("flow_agent_remote_write_folded_flows_total", &none, start, end, self.folded as f64, seq == 1);
         for (_, name, _, v) in agent_gauges(&r.agent_stats) {
-            out.gauge(name, &[], end, v);
+            out.gauge(name, &none, end, v);
         }
         Batch { series: out.series, metadata: metadata() }
     }
@@ -181,14 +182,27 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
-    fn labels(&self, name: &str, own: &[(&str, String)], extra: Option<(&str, String)>) -> Vec<Label> {
+    /// The labels every series of one flow shares: base labels, overridden by the flow's own,
+    /// sorted by name (byte order, as Prometheus wants).
+    fn common(&self, own: &[(&str, String)]) -> Vec<Label> {
         let mut m: BTreeMap<&str, &str> = self.base.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        for (k, v) in own.iter().chain(extra.as_ref()) {
+        for (k, v) in own {
             m.insert(k, v);
         }
-        m.insert("__name__", name);
-        // BTreeMap order is byte order of the names, which is what Prometheus wants.
         m.into_iter().map(|(k, v)| Label { name: k.to_string(), value: v.to_string() }).collect()
+    }
+
+    /// `common` plus the metric name and an extra label (`le`), each at its sorted place.
+    fn labels(common: &[Label], name: &str, extra: Option<(&str, String)>) -> Vec<Label> {
+        let mut l = Vec::with_capacity(common.len() + 2);
+        l.extend_from_slice(common);
+        for (k, v) in [("__name__", name.to_string())].into_iter().chain(extra) {
+            match l.binary_search_by(|x| x.name.as_str().cmp(k)) {
+                Ok(i) => l[i].value = v,
+                Err(i) => l.insert(i, Label { name: k.to_string(), value: v }),
+            }
+        }
+        l
     }
 
     fn push(&mut self, labels: Vec<Label>, samples: Vec<Sample>) {
@@ -196,7 +210,7 @@ impl Out<'_> {
     }
 
     /// A cumulative value; a series new in this window first gets a 0 at the window start.
-    fn counter(&mut self, name: &str, own: &[(&str, String)], start: i64, end: i64, v: f64, fresh: bool) {
+    fn counter(&mut self, name: &str, own: &[Label], start: i64, end: i64, v: f64, fresh: bool) {
         self.labelled(name, own, None, start, end, v, fresh);
     }
 
@@ -204,7 +218,7 @@ impl Out<'_> {
     fn labelled(
         &mut self,
         name: &str,
-        own: &[(&str, String)],
+        own: &[Label],
         extra: Option<(&str, String)>,
         start: i64,
         end: i64,
@@ -216,18 +230,18 @@ impl Out<'_> {
             samples.push(Sample { value: 0.0, timestamp: start });
         }
         samples.push(Sample { value: v, timestamp: end });
-        let labels = self.labels(name, own, extra);
-        self.push(labels, samples);
+        self.push(Self::labels(own, name, extra), samples);
     }
 
-    fn gauge(&mut self, name: &str, own: &[(&str, String)], end: i64, v: f64) {
-        let labels = self.labels(name, own, None);
+    fn gauge(&mut self, name: &str, own: &[Label], end: i64, v: f64) {
+        let labels = Self::labels(own, name, None);
         self.push(labels, vec![Sample { value: v, timestamp: end }]);
     }
 
     /// Every series of one flow; `stale`: a staleness marker instead of values.
     fn flow(&mut self, key: &[(&'static str, String)], t: &Totals, start: i64, end: i64, stale: bool) {
         let mark = |v: f64| if stale { f64::from_bits(STALE_NAN) } else { v };
+        let key = &self.common(key);
         let fresh = t.fresh && !stale;
         for (c, v) in FLOW_COUNTERS.iter().zip(t.counters) {
             self.counter(c.prom, key, start, end, mark(v as f64), fresh);
