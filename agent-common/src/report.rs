@@ -179,7 +179,7 @@ pub struct Connections {
 
 /// Summary of latency samples in microseconds. Percentiles and min/max come from log-linear
 /// buckets (each at most 25% wide, see `hist`); `mean` is exact.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LatencySummary {
     pub count: u64,
@@ -189,6 +189,20 @@ pub struct LatencySummary {
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
+    /// The non-empty histogram buckets the summary was computed from, by increasing bound (for
+    /// exporters that ship histograms: OTLP, Prometheus). Absent in reports of older agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<LatencyBucket>,
+}
+
+/// One histogram bucket: `count` samples of at most `le` microseconds and above the previous
+/// bucket's bound (the kernel's log-linear buckets, see `hist`). `le` absent: no upper bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyBucket {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub le: Option<u64>,
+    pub count: u64,
 }
 
 /// The flows beyond `--top-flows`, summed.
@@ -263,7 +277,15 @@ mod tests {
                     destination_category: Some(DestinationCategory::IntraAz),
                     ..Default::default()
                 },
-                metrics: FlowMetrics { bytes_sent: 10, ..Default::default() },
+                metrics: FlowMetrics {
+                    bytes_sent: 10,
+                    rtt_us: LatencySummary {
+                        count: 3,
+                        buckets: vec![LatencyBucket { le: Some(111), count: 1 }, LatencyBucket { le: None, count: 2 }],
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
             }],
             other: OtherFlows::default(),
             agent_stats: AgentStats::default(),
@@ -271,8 +293,13 @@ mod tests {
         let s = serde_json::to_string(&r).unwrap();
         assert!(s.contains("\"destination_category\":\"INTRA_AZ\""), "{s}");
         assert!(s.contains("\"role\":\"client\""), "{s}");
+        assert!(s.contains("\"buckets\":[{\"le\":111,\"count\":1},{\"count\":2}]"), "{s}");
         let back: Report = serde_json::from_str(&s).unwrap();
         assert_eq!(back, r);
+        // Reports without buckets (older agents) still parse.
+        let old = s.replace(",\"buckets\":[{\"le\":111,\"count\":1},{\"count\":2}]", "");
+        assert!(!old.contains("buckets"));
+        assert!(serde_json::from_str::<Report>(&old).unwrap().flows[0].metrics.rtt_us.buckets.is_empty());
         // A misspelt counter is a missing field (flattened structs) or an unknown one.
         let bad = s.replacen("\"bytes_sent\"", "\"bytes_snet\"", 1);
         let err = serde_json::from_str::<Report>(&bad).unwrap_err().to_string();

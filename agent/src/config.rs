@@ -52,6 +52,15 @@ pub enum Format {
     Table,
 }
 
+/// Compression of OTLP requests.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpCompression {
+    #[default]
+    Gzip,
+    None,
+}
+
 /// Flags of the agent itself (each has a TOML key of the same name with `_` for `-`).
 #[derive(Args, Debug, Default, Clone)]
 pub struct RunArgs {
@@ -158,6 +167,32 @@ pub struct RunArgs {
     /// Follow conntrack to report SNAT/DNAT and classify by the real remote [default: true].
     #[arg(long, value_name = "true|false")]
     pub conntrack: Option<bool>,
+    /// Send OpenTelemetry metrics over OTLP/HTTP protobuf to this URL, e.g.
+    /// http://collector:4318/v1/metrics [default: off].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Extra header NAME=VALUE on every OTLP request (repeatable), e.g. an API key.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub otlp_header: Vec<String>,
+    /// Compression of OTLP requests: gzip or none [default: gzip].
+    #[arg(long, value_enum, value_name = "gzip|none")]
+    pub otlp_compression: Option<OtlpCompression>,
+    /// Send Prometheus remote-write v1 samples to this URL, e.g. http://prometheus:9090/api/v1/write
+    /// [default: off].
+    #[arg(long, value_name = "URL")]
+    pub prometheus_remote_write_url: Option<String>,
+    /// Extra label NAME=VALUE on every remote-written series (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub prometheus_remote_write_label: Vec<String>,
+    /// File holding a bearer token for remote write.
+    #[arg(long, value_name = "FILE")]
+    pub prometheus_remote_write_bearer_token_file: Option<PathBuf>,
+    /// Basic-auth user for remote write (with --prometheus-remote-write-password-file).
+    #[arg(long, value_name = "USER")]
+    pub prometheus_remote_write_username: Option<String>,
+    /// File holding the basic-auth password for remote write.
+    #[arg(long, value_name = "FILE")]
+    pub prometheus_remote_write_password_file: Option<PathBuf>,
 }
 
 /// A byte count: a plain number or one with a unit (B, KB, MB, GB, KiB, MiB, GiB).
@@ -226,6 +261,14 @@ struct FileConfig {
     subnet_map: Option<PathBuf>,
     ip_ranges: Option<PathBuf>,
     conntrack: Option<bool>,
+    otlp_endpoint: Option<String>,
+    otlp_header: Option<Vec<String>>,
+    otlp_compression: Option<OtlpCompression>,
+    prometheus_remote_write_url: Option<String>,
+    prometheus_remote_write_label: Option<Vec<String>>,
+    prometheus_remote_write_bearer_token_file: Option<PathBuf>,
+    prometheus_remote_write_username: Option<String>,
+    prometheus_remote_write_password_file: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -263,6 +306,14 @@ pub struct Config {
     pub subnet_map: Option<PathBuf>,
     pub ip_ranges: Option<PathBuf>,
     pub conntrack: bool,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_header: Vec<String>,
+    pub otlp_compression: OtlpCompression,
+    pub prometheus_remote_write_url: Option<String>,
+    pub prometheus_remote_write_label: Vec<String>,
+    pub prometheus_remote_write_bearer_token_file: Option<PathBuf>,
+    pub prometheus_remote_write_username: Option<String>,
+    pub prometheus_remote_write_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,6 +433,31 @@ impl Config {
             subnet_map: args.subnet_map.clone().or(file.subnet_map),
             ip_ranges: args.ip_ranges.clone().or(file.ip_ranges),
             conntrack: args.conntrack.or(file.conntrack).unwrap_or(true),
+            otlp_endpoint: args.otlp_endpoint.clone().or(file.otlp_endpoint),
+            otlp_header: if args.otlp_header.is_empty() {
+                file.otlp_header.unwrap_or_default()
+            } else {
+                args.otlp_header.clone()
+            },
+            otlp_compression: args.otlp_compression.or(file.otlp_compression).unwrap_or_default(),
+            prometheus_remote_write_url: args.prometheus_remote_write_url.clone().or(file.prometheus_remote_write_url),
+            prometheus_remote_write_label: if args.prometheus_remote_write_label.is_empty() {
+                file.prometheus_remote_write_label.unwrap_or_default()
+            } else {
+                args.prometheus_remote_write_label.clone()
+            },
+            prometheus_remote_write_bearer_token_file: args
+                .prometheus_remote_write_bearer_token_file
+                .clone()
+                .or(file.prometheus_remote_write_bearer_token_file),
+            prometheus_remote_write_username: args
+                .prometheus_remote_write_username
+                .clone()
+                .or(file.prometheus_remote_write_username),
+            prometheus_remote_write_password_file: args
+                .prometheus_remote_write_password_file
+                .clone()
+                .or(file.prometheus_remote_write_password_file),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -480,6 +556,47 @@ impl Config {
         self.validate_flow_log()?;
         self.validate_control()?;
         self.validate_shipping()?;
+        self.validate_export()?;
+        Ok(())
+    }
+
+    fn validate_export(&self) -> Result<(), ConfigError> {
+        for (setting, url) in
+            [("otlp_endpoint", &self.otlp_endpoint), ("prometheus_remote_write_url", &self.prometheus_remote_write_url)]
+        {
+            if let Some(u) = url {
+                match reqwest::Url::parse(u) {
+                    Ok(p) if p.scheme() == "http" || p.scheme() == "https" => {}
+                    Ok(_) => return Err(invalid(setting, format!("{u:?} is not an http:// or https:// URL"))),
+                    Err(e) => return Err(invalid(setting, format!("{u:?}: {e}"))),
+                }
+            }
+        }
+        for h in &self.otlp_header {
+            let ok = h.split_once('=').is_some_and(|(k, v)| {
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).is_ok()
+                    && reqwest::header::HeaderValue::from_str(v.trim()).is_ok()
+            });
+            if !ok {
+                return Err(invalid("otlp_header", format!("{h:?} is not NAME=VALUE with a valid HTTP header name")));
+            }
+        }
+        if let Err(e) = crate::sink::prometheus::parse_labels(&self.prometheus_remote_write_label) {
+            return Err(invalid("prometheus_remote_write_label", e.to_string()));
+        }
+        let user = self.prometheus_remote_write_username.is_some();
+        if user != self.prometheus_remote_write_password_file.is_some() {
+            return Err(invalid(
+                "prometheus_remote_write_username",
+                "basic auth needs both prometheus_remote_write_username and prometheus_remote_write_password_file",
+            ));
+        }
+        if user && self.prometheus_remote_write_bearer_token_file.is_some() {
+            return Err(invalid(
+                "prometheus_remote_write_bearer_token_file",
+                "use either a bearer token or basic auth (prometheus_remote_write_username), not both",
+            ));
+        }
         Ok(())
     }
 
@@ -555,6 +672,13 @@ mod tests {
         "proxy",
         "subnet_map",
         "ip_ranges",
+        "otlp_endpoint",
+        "otlp_header",
+        "prometheus_remote_write_url",
+        "prometheus_remote_write_label",
+        "prometheus_remote_write_bearer_token_file",
+        "prometheus_remote_write_username",
+        "prometheus_remote_write_password_file",
     ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
@@ -629,6 +753,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("metadata_refresh_interval") && e.contains("10ms"), "{e}");
+    }
+
+    #[test]
+    fn export_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "otlp_endpoint = \"http://c:4318/v1/metrics\"\notlp_header = [\"api-key=x\"]\notlp_compression = \"none\"\n\
+             prometheus_remote_write_url = \"https://p/api/v1/write\"\nprometheus_remote_write_label = [\"env=prod\"]\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap();
+        assert_eq!(c.otlp_endpoint.as_deref(), Some("http://c:4318/v1/metrics"));
+        assert_eq!(c.otlp_header, vec!["api-key=x".to_string()]);
+        assert_eq!(c.otlp_compression, OtlpCompression::None);
+        assert_eq!(c.prometheus_remote_write_label, vec!["env=prod".to_string()]);
+        let e = |a: RunArgs| Config::resolve(&a).unwrap_err().to_string();
+        let err = e(RunArgs { otlp_endpoint: Some("collector:4318".into()), ..args() });
+        assert!(err.contains("otlp_endpoint") && err.contains("collector:4318"), "{err}");
+        let err = e(RunArgs { otlp_header: vec!["novalue".into()], ..args() });
+        assert!(err.contains("otlp_header") && err.contains("novalue"), "{err}");
+        let err = e(RunArgs { prometheus_remote_write_url: Some("ftp://x".into()), ..args() });
+        assert!(err.contains("prometheus_remote_write_url"), "{err}");
+        let err = e(RunArgs { prometheus_remote_write_label: vec!["bad-name=1".into()], ..args() });
+        assert!(err.contains("prometheus_remote_write_label") && err.contains("bad-name"), "{err}");
+        let err = e(RunArgs { prometheus_remote_write_username: Some("u".into()), ..args() });
+        assert!(err.contains("prometheus_remote_write_password_file"), "{err}");
     }
 
     #[test]

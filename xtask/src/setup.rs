@@ -17,6 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn all() -> Result<()> {
     toolchain()?;
     apt(AGENT_APT)?;
+    prometheus()?;
     crate::backend::setup()?;
     Ok(())
 }
@@ -55,6 +56,33 @@ pub fn apt(packages: &[&str]) -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+}
+
+/// Prometheus for the remote-write export test (agent/tests/export.rs), which starts its own
+/// server. Installing the package must not start the Debian service: while it installs, a
+/// policy-rc.d (if the machine has none) tells invoke-rc.d to start nothing.
+fn prometheus() -> Result<()> {
+    if Command::new("prometheus").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = is_root() && !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\n# flow-agent xtask setup: start no service while installing\nexit 101\n")
+            .context("writing /usr/sbin/policy-rc.d")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let res = apt(&["prometheus"]);
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    res?;
+    // Under systemd, package installs start services regardless of policy-rc.d on some setups:
+    // the test needs no system instance, so make sure none runs (and none starts at boot).
+    if Path::new("/run/systemd/system").exists() {
+        let _ = Command::new("systemctl").args(["disable", "--now", "prometheus"]).status();
+    }
+    Ok(())
 }
 
 fn sysroot() -> Result<PathBuf> {

@@ -1,8 +1,8 @@
 //! Latency summaries from bucket counts, through hdrhistogram.
 
 use agent_common::{
-    hist::{bucket_bounds, bucket_value},
-    report::LatencySummary,
+    hist::{HIST_BUCKETS, bucket_bounds, bucket_value},
+    report::{LatencyBucket, LatencySummary},
 };
 use hdrhistogram::Histogram;
 
@@ -19,7 +19,7 @@ pub fn summarize(h: &HistAcc) -> LatencySummary {
     let (Some((first, _)), Some((last, _))) = (nonzero().next(), nonzero().next_back()) else {
         // Counts without buckets cannot happen with kernel data; report the mean alone.
         let m = mean.round() as u64;
-        return LatencySummary { count: h.count, min: m, max: m, mean, p50: m, p90: m, p99: m };
+        return LatencySummary { count: h.count, min: m, max: m, mean, p50: m, p90: m, p99: m, buckets: Vec::new() };
     };
     let min = bucket_bounds(first).0.min(mean.floor() as u64);
     let max = (bucket_bounds(last).1 - 1).max(mean.ceil() as u64);
@@ -29,7 +29,13 @@ pub fn summarize(h: &HistAcc) -> LatencySummary {
         let _ = hist.record_n(bucket_value(i).max(1), *c);
     }
     let q = |x: f64| hist.value_at_quantile(x).clamp(min, max);
-    LatencySummary { count: h.count, min, max, mean, p50: q(0.5), p90: q(0.9), p99: q(0.99) }
+    let buckets = nonzero().map(|(i, c)| LatencyBucket { le: bucket_le(i), count: *c }).collect();
+    LatencySummary { count: h.count, min, max, mean, p50: q(0.5), p90: q(0.9), p99: q(0.99), buckets }
+}
+
+/// A bucket's inclusive upper bound in whole microseconds; none for the last (overflow) bucket.
+fn bucket_le(idx: usize) -> Option<u64> {
+    (idx + 1 < HIST_BUCKETS).then(|| bucket_bounds(idx).1 - 1)
 }
 
 #[cfg(test)]
@@ -66,5 +72,19 @@ mod tests {
         let s = summarize(&acc(&[77]));
         assert_eq!(s.count, 1);
         assert!(s.min <= 77 && 77 <= s.max && s.p50 >= s.min && s.p50 <= s.max, "{s:?}");
+    }
+
+    #[test]
+    fn buckets_carry_every_sample_under_its_bound() {
+        let values = [0, 3, 77, 77, 1000, 1 << 30];
+        let s = summarize(&acc(&values));
+        assert_eq!(s.buckets.iter().map(|b| b.count).sum::<u64>(), values.len() as u64);
+        assert!(s.buckets.windows(2).all(|w| w[0].le.unwrap_or(u64::MAX) < w[1].le.unwrap_or(u64::MAX)));
+        for v in values {
+            let first = s.buckets.iter().find(|b| b.le.is_none_or(|le| v <= le)).unwrap();
+            let i = bucket_index(v);
+            assert_eq!(first.le, bucket_le(i), "v={v}");
+        }
+        assert_eq!(s.buckets.last().unwrap().le, None, "2^30 us lands in the overflow bucket");
     }
 }

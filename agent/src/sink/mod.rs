@@ -3,8 +3,11 @@
 
 mod backend;
 mod credentials;
+mod exported;
 mod flow_log;
 mod flow_log_files;
+mod otlp;
+pub mod prometheus;
 pub mod remote;
 pub mod spool;
 mod stdout;
@@ -54,6 +57,22 @@ fn destinations(cfg: &Config) -> anyhow::Result<Vec<Arc<dyn Destination>>> {
         let b = backend::Backend::new(endpoint, &cfg.http_options(), creds, &cfg.signing_service, &cfg.signing_region)
             .map_err(|e| anyhow::anyhow!("endpoint: {e}"))?;
         list.push(Arc::new(b));
+    }
+    let http = cfg.http_options();
+    if let Some(url) = &cfg.otlp_endpoint {
+        let gzip = cfg.otlp_compression == crate::config::OtlpCompression::Gzip;
+        list.push(Arc::new(otlp::Otlp::new(url, &cfg.otlp_header, gzip, &http)?));
+    }
+    if let Some(url) = &cfg.prometheus_remote_write_url {
+        let auth = match (&cfg.prometheus_remote_write_bearer_token_file, &cfg.prometheus_remote_write_username) {
+            (Some(f), _) => prometheus::Auth::BearerFile(f.clone()),
+            (None, Some(u)) => prometheus::Auth::Basic {
+                username: u.clone(),
+                password_file: cfg.prometheus_remote_write_password_file.clone().unwrap_or_default(),
+            },
+            (None, None) => prometheus::Auth::None,
+        };
+        list.push(Arc::new(prometheus::RemoteWrite::new(url, &auth, &cfg.prometheus_remote_write_label, &http)?));
     }
     Ok(list)
 }
