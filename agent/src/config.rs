@@ -102,6 +102,19 @@ pub struct RunArgs {
     /// Also serve the flow-operations API over HTTP on this loopback address [default: off].
     #[arg(long, value_name = "ADDR")]
     pub control_http: Option<SocketAddr>,
+    /// Name the pods and Services at both ends of each flow from the Kubernetes API;
+    /// "--kubernetes=false" keeps it off [default: on when running in a pod (KUBERNETES_SERVICE_HOST
+    /// set and a service-account token mounted) or when --kubeconfig is set, off otherwise].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub kubernetes: Option<bool>,
+    /// kubeconfig file for reaching the Kubernetes API from outside the cluster [default: the
+    /// in-cluster service account, or KUBECONFIG / ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: only pods scheduled on it can be the local end of a flow [default: the
+    /// NODE_NAME environment variable; unset, any pod].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -130,6 +143,9 @@ struct FileConfig {
     control_socket: Option<PathBuf>,
     control_group: Option<String>,
     control_http: Option<String>,
+    kubernetes: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    node_name: Option<String>,
 }
 
 /// Resolved settings.
@@ -154,6 +170,10 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub control_group: Option<String>,
     pub control_http: Option<SocketAddr>,
+    /// `None`: on when running in a pod or with `kubeconfig` (see `enrich::kubernetes::enabled`).
+    pub kubernetes: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,6 +259,13 @@ impl Config {
                 (None, Some(s)) => Some(s.parse().map_err(|e| invalid("control_http", format!("{s:?}: {e}")))?),
                 (None, None) => None,
             },
+            kubernetes: args.kubernetes.or(file.kubernetes),
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            node_name: args
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -304,6 +331,18 @@ impl Config {
         Ok(())
     }
 
+    fn validate_kubernetes(&self) -> Result<(), ConfigError> {
+        if self.kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("kubeconfig", "is empty"));
+        }
+        if let Some(n) = &self.node_name
+            && (n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid("node_name", format!("{n:?} is not a Kubernetes node name")));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let agg = self.aggregate_interval.as_millis();
         let rep = self.report_interval.as_millis();
@@ -330,6 +369,7 @@ impl Config {
         }
         self.validate_flow_log()?;
         self.validate_control()?;
+        self.validate_kubernetes()?;
         Ok(())
     }
 }
@@ -363,8 +403,16 @@ mod tests {
     }
 
     /// Settings without a default, documented with an example value.
-    const OPTIONAL_EXAMPLES: &[&str] =
-        &["flow_log_destination", "flow_log_account_id", "flow_log_region", "control_group", "control_http"];
+    const OPTIONAL_EXAMPLES: &[&str] = &[
+        "flow_log_destination",
+        "flow_log_account_id",
+        "flow_log_region",
+        "control_group",
+        "control_http",
+        "kubernetes",
+        "kubeconfig",
+        "node_name",
+    ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
     /// and give exactly the built-in defaults.
@@ -415,6 +463,32 @@ mod tests {
         std::fs::write(&path, "control_http = \"localhost:80\"\n").unwrap();
         let err = e(RunArgs { config: Some(path), ..args() });
         assert!(err.contains("control_http") && err.contains("localhost:80"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_settings() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let parse = |argv: &[&str]| Cli::try_parse_from([&["flow-agent"], argv].concat()).map(|c| c.run);
+        assert_eq!(parse(&[]).unwrap().kubernetes, None, "unset: auto");
+        assert_eq!(parse(&["--kubernetes"]).unwrap().kubernetes, Some(true));
+        assert_eq!(parse(&["--kubernetes=false"]).unwrap().kubernetes, Some(false));
+        assert!(parse(&["--kubernetes=maybe"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "kubernetes = false\nkubeconfig = \"/etc/kc\"\nnode_name = \"ip-10-0-0-1\"\n").unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap();
+        assert_eq!(c.kubernetes, Some(false));
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/kc")));
+        assert_eq!(c.node_name.as_deref(), Some("ip-10-0-0-1"));
+        let c = Config::resolve(&RunArgs { config: Some(path), kubernetes: Some(true), ..args() }).unwrap();
+        assert_eq!(c.kubernetes, Some(true), "the flag wins over the file");
+        let e = Config::resolve(&RunArgs { node_name: Some("a b".into()), ..args() }).unwrap_err().to_string();
+        assert!(e.contains("node_name") && e.contains("a b"), "{e}");
     }
 
     #[test]

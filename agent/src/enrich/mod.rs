@@ -6,6 +6,8 @@ use agent_common::report::Report;
 
 use crate::config::Config;
 
+pub mod kubernetes;
+
 pub trait Enricher: Send {
     fn enrich(&self, report: &mut Report);
 }
@@ -30,8 +32,10 @@ impl Enricher for Chain {
 
 /// The enrichers the config enables (spawning their background refresh tasks on the current
 /// runtime). Must not block: metadata that is not there yet is simply absent.
-pub fn build(_cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
-    let chain: Vec<Box<dyn Enricher>> = Vec::new();
+pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
+    let mut chain: Vec<Box<dyn Enricher>> = Vec::new();
+    // Last: it reads the DNAT address earlier enrichers may have filled.
+    chain.extend(kubernetes::Kubernetes::start(cfg)?.map(|k| Box::new(k) as Box<dyn Enricher>));
     if chain.is_empty() {
         return Ok(Box::new(NoMetadata));
     }
