@@ -179,3 +179,6 @@ fn describe(flow: &FlowRecord, pods: &Pods, slices: &Slices, services: &Services
         remote_service_name: remote_service.map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests;
