@@ -59,8 +59,15 @@ impl Kind {
 
 #[derive(Clone, Debug)]
 enum Msg {
-    Event { rv: u64, kind: Kind, kind_type: &'static str, object: Value },
-    Bookmark { rv: u64 },
+    Event {
+        rv: u64,
+        kind: Kind,
+        kind_type: &'static str,
+        object: Value,
+    },
+    Bookmark {
+        rv: u64,
+    },
     /// etcd compacted: open watches end with 410.
     Expire,
     /// Server stopping: open watches end.
@@ -305,7 +312,10 @@ async fn handle(
         return json_response(StatusCode::UNAUTHORIZED, &status(401, "Unauthorized", "Unauthorized"));
     }
     let Some(kind) = Kind::of_path(uri.path()) else {
-        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", "the server could not find the resource"));
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(404, "NotFound", "the server could not find the resource"),
+        );
     };
     if q.get("watch").map(String::as_str) != Some("true") {
         let (api_version, list_kind) = kind.list_kind();
@@ -374,7 +384,8 @@ async fn handle(
         });
     }
     drop(st);
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let body =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
 }
 

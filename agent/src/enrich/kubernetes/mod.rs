@@ -160,9 +160,8 @@ fn describe(flow: &FlowRecord, pods: &Pods, slices: &Slices, services: &Services
     let dnat: Option<IpAddr> = flow.enrichment.dnat_ip.as_deref().and_then(|s| s.parse().ok());
     let local = pods.get(&flow.local_ip, true);
     let remote = pods.get(&flow.remote_ip, false).or_else(|| dnat.and_then(|ip| pods.get(&ip, false)));
-    let serving = |ip: IpAddr| {
-        services.by_cluster_ip(&ip).or_else(|| slices.by_target(ip, port)).or_else(|| slices.by_ip(&ip))
-    };
+    let serving =
+        |ip: IpAddr| services.by_cluster_ip(&ip).or_else(|| slices.by_target(ip, port)).or_else(|| slices.by_ip(&ip));
     let (local_service, remote_service) = match flow.role {
         Role::Server => (serving(flow.local_ip), slices.by_ip(&flow.remote_ip)),
         Role::Client => (
