@@ -287,3 +287,30 @@ fn names_500_flows_in_a_large_cluster() {
     }
     eprintln!("kubernetes enrichment of 500 flows (20,000 pods, 5,000 Services): {per_window:?} per window");
 }
+
+#[test]
+fn settings_decide_and_bad_kubeconfigs_stop_the_start() {
+    use super::enabled;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |kubernetes: Option<bool>, kubeconfig: Option<std::path::PathBuf>| {
+        Config::resolve(&crate::config::RunArgs { kubernetes, kubeconfig, ..Default::default() }).unwrap()
+    };
+    let kc = dir.path().join("kc");
+    // Not in a pod here (no service-account token): off unless asked for or given a kubeconfig.
+    assert!(!super::in_pod());
+    assert!(!enabled(&cfg(None, None)));
+    assert!(enabled(&cfg(None, Some(kc.clone()))));
+    assert!(!enabled(&cfg(Some(false), Some(kc.clone()))), "false wins over a kubeconfig");
+    assert!(enabled(&cfg(Some(true), None)));
+    assert!(Kubernetes::start(&cfg(Some(false), Some(kc.clone()))).unwrap().is_none());
+
+    let err = Kubernetes::start(&cfg(Some(true), Some(kc.clone()))).err().unwrap().to_string();
+    assert!(err.contains("kubeconfig") && err.contains(kc.to_str().unwrap()), "{err}");
+    std::fs::write(&kc, "clusters: [not: [valid").unwrap();
+    let err = Kubernetes::start(&cfg(None, Some(kc.clone()))).err().unwrap().to_string();
+    assert!(err.contains(kc.to_str().unwrap()), "{err}");
+    // Parses, but names no cluster to talk to.
+    std::fs::write(&kc, "apiVersion: v1\nkind: Config\ncurrent-context: nowhere\n").unwrap();
+    let err = Kubernetes::start(&cfg(None, Some(kc))).err().unwrap().to_string();
+    assert!(err.contains("Kubernetes client") && err.contains("nowhere"), "{err}");
+}
