@@ -193,6 +193,19 @@ pub struct RunArgs {
     /// File holding the basic-auth password for remote write.
     #[arg(long, value_name = "FILE")]
     pub prometheus_remote_write_password_file: Option<PathBuf>,
+    /// Name the pods and Services at both ends of each flow from the Kubernetes API;
+    /// "--kubernetes=false" keeps it off [default: on when running in a pod (KUBERNETES_SERVICE_HOST
+    /// set and a service-account token mounted) or when --kubeconfig is set, off otherwise].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub kubernetes: Option<bool>,
+    /// kubeconfig file for reaching the Kubernetes API from outside the cluster [default: the
+    /// in-cluster service account, or KUBECONFIG / ~/.kube/config].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This node's name: only pods scheduled on it can be the local end of a flow [default: the
+    /// NODE_NAME environment variable; unset, any pod].
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 }
 
 /// A byte count: a plain number or one with a unit (B, KB, MB, GB, KiB, MiB, GiB).
@@ -269,6 +282,9 @@ struct FileConfig {
     prometheus_remote_write_bearer_token_file: Option<PathBuf>,
     prometheus_remote_write_username: Option<String>,
     prometheus_remote_write_password_file: Option<PathBuf>,
+    kubernetes: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    node_name: Option<String>,
 }
 
 /// Resolved settings.
@@ -314,6 +330,10 @@ pub struct Config {
     pub prometheus_remote_write_bearer_token_file: Option<PathBuf>,
     pub prometheus_remote_write_username: Option<String>,
     pub prometheus_remote_write_password_file: Option<PathBuf>,
+    /// `None`: on when running in a pod or with `kubeconfig` (see `enrich::kubernetes::enabled`).
+    pub kubernetes: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -458,6 +478,13 @@ impl Config {
                 .prometheus_remote_write_password_file
                 .clone()
                 .or(file.prometheus_remote_write_password_file),
+            kubernetes: args.kubernetes.or(file.kubernetes),
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            node_name: args
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -523,6 +550,18 @@ impl Config {
         Ok(())
     }
 
+    fn validate_kubernetes(&self) -> Result<(), ConfigError> {
+        if self.kubeconfig.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(invalid("kubeconfig", "is empty"));
+        }
+        if let Some(n) = &self.node_name
+            && (n.is_empty() || n.len() > 253 || n.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid("node_name", format!("{n:?} is not a Kubernetes node name")));
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let agg = self.aggregate_interval.as_millis();
         let rep = self.report_interval.as_millis();
@@ -557,6 +596,7 @@ impl Config {
         self.validate_control()?;
         self.validate_shipping()?;
         self.validate_export()?;
+        self.validate_kubernetes()?;
         Ok(())
     }
 
@@ -679,6 +719,9 @@ mod tests {
         "prometheus_remote_write_bearer_token_file",
         "prometheus_remote_write_username",
         "prometheus_remote_write_password_file",
+        "kubernetes",
+        "kubeconfig",
+        "node_name",
     ];
 
     /// packaging/config.toml documents every setting with its default: uncommented, it must parse
@@ -781,6 +824,32 @@ mod tests {
         assert!(err.contains("prometheus_remote_write_label") && err.contains("bad-name"), "{err}");
         let err = e(RunArgs { prometheus_remote_write_username: Some("u".into()), ..args() });
         assert!(err.contains("prometheus_remote_write_password_file"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_settings() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let parse = |argv: &[&str]| Cli::try_parse_from([&["flow-agent"], argv].concat()).map(|c| c.run);
+        assert_eq!(parse(&[]).unwrap().kubernetes, None, "unset: auto");
+        assert_eq!(parse(&["--kubernetes"]).unwrap().kubernetes, Some(true));
+        assert_eq!(parse(&["--kubernetes=false"]).unwrap().kubernetes, Some(false));
+        assert!(parse(&["--kubernetes=maybe"]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "kubernetes = false\nkubeconfig = \"/etc/kc\"\nnode_name = \"ip-10-0-0-1\"\n").unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap();
+        assert_eq!(c.kubernetes, Some(false));
+        assert_eq!(c.kubeconfig, Some(PathBuf::from("/etc/kc")));
+        assert_eq!(c.node_name.as_deref(), Some("ip-10-0-0-1"));
+        let c = Config::resolve(&RunArgs { config: Some(path), kubernetes: Some(true), ..args() }).unwrap();
+        assert_eq!(c.kubernetes, Some(true), "the flag wins over the file");
+        let e = Config::resolve(&RunArgs { node_name: Some("a b".into()), ..args() }).unwrap_err().to_string();
+        assert!(e.contains("node_name") && e.contains("a b"), "{e}");
     }
 
     #[test]

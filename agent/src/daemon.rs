@@ -101,9 +101,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let (_control, mut jobs) = control::Server::start_or_degrade(&cfg).await.context("cannot serve flow operations")?;
     // Enrichers subscribe to conntrack with CAP_NET_ADMIN; no await between here and the drop, so
     // their background tasks first run without capabilities.
-    let enricher = enrich::build(&cfg)?;
+    let privileged_enrichers = enrich::build_privileged(&cfg)?;
     // Attached: nothing later needs a capability (map fds are already open).
     capture::drop_privileges().context("after attaching")?;
+    // Enrichers that start threads (Kubernetes watchers) come after the drop.
+    let enricher = enrich::build(&cfg, privileged_enrichers)?;
     let ticks_to_evict = (EVICT_IDLE_AFTER.as_millis().max(cfg.report_interval.as_millis() * 2)
         / cfg.aggregate_interval.as_millis()) as u32;
     let mut p = Pipeline {

@@ -235,12 +235,15 @@ fn the_daemonset_is_what_the_agent_needs() {
     assert!(host("/sys/fs/cgroup") && host("/sys/kernel/btf") && host("/sys/kernel/tracing"));
     assert!(config.contains("cgroup = \"/host/sys/fs/cgroup\""));
 
-    // RBAC: list and watch pods and endpointslices, nothing else.
+    // RBAC: list and watch pods, services and endpointslices, nothing else.
     let role: ClusterRole = serde_json::from_value(m["ClusterRole/flow-agent"].clone()).unwrap();
     let rules: Vec<(Vec<String>, Vec<String>)> =
         role.rules.unwrap().into_iter().map(|r| (r.resources.unwrap_or_default(), r.verbs)).collect();
     let lw = vec!["list".to_string(), "watch".to_string()];
-    assert_eq!(rules, vec![(vec!["pods".to_string()], lw.clone()), (vec!["endpointslices".to_string()], lw)]);
+    assert_eq!(
+        rules,
+        vec![(vec!["pods".to_string(), "services".to_string()], lw.clone()), (vec!["endpointslices".to_string()], lw)]
+    );
 }
 
 #[test]

@@ -13,6 +13,8 @@ use agent_common::report::Report;
 
 use crate::config::Config;
 
+pub mod kubernetes;
+
 pub trait Enricher: Send {
     fn enrich(&self, report: &mut Report);
 }
@@ -35,12 +37,22 @@ impl Enricher for Chain {
     }
 }
 
-/// The enrichers the config enables (spawning their background refresh tasks on the current
-/// runtime). Must not block: metadata that is not there yet is simply absent. Runs before the
-/// capabilities are dropped (conntrack subscribes with CAP_NET_ADMIN) and must start no thread.
-pub fn build(cfg: &Config) -> anyhow::Result<Box<dyn Enricher>> {
+/// The enrichers that must start while the capabilities are still held (conntrack subscribes
+/// with CAP_NET_ADMIN). They spawn tasks on the current runtime and must start no thread: the
+/// capability drop that follows requires a single-threaded process.
+pub fn build_privileged(cfg: &Config) -> anyhow::Result<Vec<Box<dyn Enricher>>> {
     let mut chain: Vec<Box<dyn Enricher>> = Vec::new();
     chain.extend(ec2::build(cfg)?);
+    Ok(chain)
+}
+
+/// The whole chain the config enables: `privileged` (from `build_privileged`) then the enrichers
+/// started after the capability drop (the Kubernetes watchers run on a thread of their own).
+/// Must not block: metadata that is not there yet is simply absent.
+pub fn build(cfg: &Config, privileged: Vec<Box<dyn Enricher>>) -> anyhow::Result<Box<dyn Enricher>> {
+    let mut chain = privileged;
+    // Last: it reads the DNAT address earlier enrichers may have filled.
+    chain.extend(kubernetes::Kubernetes::start(cfg)?.map(|k| Box::new(k) as Box<dyn Enricher>));
     if chain.is_empty() {
         return Ok(Box::new(NoMetadata));
     }
