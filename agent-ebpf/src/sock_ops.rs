@@ -237,6 +237,13 @@ fn on_state(ctx: &SockOpsContext) {
         }
         return;
     }
+    // Only these transitions need the socket's state.
+    if !matches!(
+        new,
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::CLOSING | tcp_state::CLOSE
+    ) {
+        return;
+    }
     let Some(st) = state(ctx) else { return };
     match new {
         tcp_state::FIN_WAIT1 => {
@@ -274,9 +281,12 @@ fn on_parse_hdr(ctx: &SockOpsContext) {
     }
 }
 
+/// `HDR_OPT_LEN_CB`: every outgoing segment, and every MSS computation (`tcp_current_mss`, 1-2
+/// per data segment, arg 1 = `BPF_WRITE_HDR_TCP_CURRENT_MSS`, no segment), which is skipped.
 fn on_send(ctx: &SockOpsContext) {
+    const BPF_WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
     let interval = fold_interval_ns();
-    if interval == 0 {
+    if interval == 0 || ctx.arg(0) == BPF_WRITE_HDR_TCP_CURRENT_MSS {
         return;
     }
     let Some(st) = sockets::get(ctx) else {
