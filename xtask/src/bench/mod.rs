@@ -143,7 +143,12 @@ fn agent_bench(o: &Options) -> Result<String> {
                     let agent_bin = if on { Some(bin.as_path()) } else { baseline.as_deref() };
                     let mut r = run_once(&mut env, agent_bin, secs)?;
                     let conns = (r.opens.0 + r.opens.1).max(1) as f64;
-                    let requests = (r.load.throughput * r.secs).max(1.0);
+                    let per_request = |cnt: u64| match kind {
+                        Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
+                            format!(", {:.2}/req", cnt as f64 / (r.load.throughput * r.secs).max(1.0))
+                        }
+                        _ => String::new(),
+                    };
                     eprintln!(
                         "bench:   {} {} #{}: {:.1}{}",
                         kind.id(),
@@ -159,12 +164,12 @@ fn agent_bench(o: &Options) -> Result<String> {
                                     .filter(|p| p.name == "sock_ops")
                                     .fold((0, 0), |(c, t), p| (c + p.run_cnt, t + p.run_time_ns));
                                 format!(
-                                    ", agent {:.1}% CPU, sock_ops {:.0} ns x {} ({:.2}/conn, {:.2}/req)",
+                                    ", agent {:.1}% CPU, sock_ops {:.0} ns x {} ({:.2}/conn{})",
                                     a.cpu_pct,
                                     ns as f64 / cnt.max(1) as f64,
                                     cnt,
                                     cnt as f64 / conns,
-                                    cnt as f64 / requests
+                                    per_request(cnt)
                                 )
                             })
                             .unwrap_or_default()
