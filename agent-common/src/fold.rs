@@ -1,7 +1,13 @@
 //! Kernel-side decisions as plain functions: what a socket adds to its flow since the last fold,
 //! and how a connection ended. The eBPF programs call these; unit tests run them in userspace.
 
-use crate::maps::{SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters};
+use crate::{
+    hist::bucket_index,
+    maps::{
+        RTT_PENDING, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED,
+        SockCounters,
+    },
+};
 
 /// TCP states (include/net/tcp_states.h).
 pub mod tcp_state {
@@ -56,6 +62,31 @@ pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, So
         _pad: 0,
     };
     (delta, next)
+}
+
+/// Whether a socket may be tracked, given how many are tracked before it (`--max-sockets`).
+#[inline(always)]
+pub fn admit(live_before: u64, max_sockets: u64) -> bool {
+    live_before < max_sockets
+}
+
+/// Whether a socket's counters are due to be folded: `interval` since the last fold (0: always).
+#[inline(always)]
+pub fn fold_due(now: u64, last_fold: u64, interval: u64) -> bool {
+    now.wrapping_sub(last_fold) >= interval
+}
+
+/// Keep one RTT sample (microseconds) in the socket until its next fold. Returns true when the
+/// socket now holds `RTT_PENDING` samples and must be folded before it can take another.
+#[inline(always)]
+pub fn rtt_push(p: &mut RttPending, us: u64) -> bool {
+    let n = p.count as usize;
+    if let Some(slot) = p.buckets.get_mut(n) {
+        *slot = bucket_index(us) as u8;
+        p.sum += us;
+        p.count += 1;
+    }
+    p.count as usize >= RTT_PENDING
 }
 
 /// How a tracked connection ended, as counter increments on its flow.
@@ -147,6 +178,38 @@ mod tests {
         // A connect that never completed has nothing to subtract from.
         let p = payload(&SockCounters::default(), SOCK_CLIENT, 0, 1);
         assert_eq!(p.bytes_acked, 0);
+    }
+
+    #[test]
+    fn rtt_samples_wait_for_the_fold_and_none_is_lost() {
+        let mut p = RttPending::default();
+        for i in 0..RTT_PENDING as u64 - 1 {
+            assert!(!rtt_push(&mut p, 100 + i), "sample {i}");
+        }
+        assert!(rtt_push(&mut p, 70_000), "the last slot asks for a fold");
+        assert_eq!(p.count as usize, RTT_PENDING);
+        assert_eq!(p.sum, (100..100 + RTT_PENDING as u64 - 1).sum::<u64>() + 70_000);
+        assert_eq!(p.buckets[0] as usize, bucket_index(100));
+        assert_eq!(p.buckets[RTT_PENDING - 1] as usize, bucket_index(70_000));
+        // A full buffer takes nothing more (the caller folds first) and keeps asking.
+        let before = p;
+        assert!(rtt_push(&mut p, 5));
+        assert_eq!(p, before);
+        // Bucket indices fit a byte, also for the largest values.
+        let mut q = RttPending::default();
+        rtt_push(&mut q, u64::MAX);
+        assert_eq!(q.buckets[0] as usize, crate::hist::HIST_BUCKETS - 1);
+    }
+
+    #[test]
+    fn admission_and_due_folds() {
+        assert!(admit(0, 1));
+        assert!(admit(3, 4));
+        assert!(!admit(4, 4));
+        assert!(!admit(5, 4), "over the bound while another CPU backs out");
+        assert!(fold_due(100, 0, 100));
+        assert!(!fold_due(99, 0, 100));
+        assert!(fold_due(5, 5, 0), "interval 0: every callback folds");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use crate::hist::HIST_BUCKETS;
 
-/// Map names, as the eBPF object defines them.
+/// Map names, as the eBPF object defines them. SOCKETS is socket-local storage: it has no size;
+/// `--max-sockets` is enforced by the program against the LIVE_SOCKETS count (global MAX_SOCKETS).
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
@@ -101,17 +102,38 @@ pub struct FlowAgg {
     pub handshake_us: Hist,
 }
 
-/// Per-socket state, keyed by socket cookie. Holds the socket's flow key and the counter values
-/// last folded into its flow, so each fold adds only what is new.
+/// RTT samples a socket holds between two folds (see `fold::rtt_push`).
+pub const RTT_PENDING: usize = 8;
+
+/// Per-socket state, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, freed with the socket).
+/// Holds the socket's flow key, the counter values last folded into its flow, so each fold adds
+/// only what is new, and the RTT samples taken since the last fold.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct SockState {
     pub key: FlowKey,
+    /// `bpf_ktime_get_ns` at connect (client handshake time).
     pub start_ns: u64,
+    /// `bpf_ktime_get_coarse_ns` at the last fold.
     pub last_fold_ns: u64,
     pub folded: SockCounters,
     pub flags: u32,
     pub _pad: u32,
+    pub rtt: RttPending,
+}
+
+// Bucket indices are kept in a byte.
+const _: () = assert!(HIST_BUCKETS <= 256);
+
+/// RTT samples not yet added to the flow's histogram: their sum and bucket indices.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct RttPending {
+    pub sum: u64,
+    pub count: u32,
+    pub _pad: u32,
+    /// Bucket index of each sample (`hist::bucket_index`, < 256), the first `count` valid.
+    pub buckets: [u8; RTT_PENDING],
 }
 
 pub const SOCK_ESTABLISHED: u32 = 1;
@@ -189,7 +211,8 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<SockCounters>(), 32);
-        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 32 + 8);
+        assert_eq!(core::mem::size_of::<RttPending>(), 16 + RTT_PENDING);
+        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 32 + 8 + 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
     }
 

@@ -2,8 +2,7 @@
 
 use agent_common::maps::{Addr, SockCounters, v4_mapped};
 use aya_ebpf::{
-    EbpfContext,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     programs::SockOpsContext,
 };
 
@@ -16,10 +15,19 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The monotonic clock at tick resolution: no clock source read, for fold intervals.
 #[inline(always)]
-pub fn cookie(ctx: &SockOpsContext) -> u64 {
-    // SAFETY: the context pointer is the program's own `bpf_sock_ops`, which the helper accepts.
-    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+pub fn now_coarse_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The socket (`bpf_sock_ops.sk`), null unless it is a full socket.
+#[inline(always)]
+pub fn sk(ctx: &SockOpsContext) -> *mut core::ffi::c_void {
+    // SAFETY: plain read of a `bpf_sock_ops` field, rewritten by the verifier (null for request
+    // and time-wait sockets).
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk).cast() }
 }
 
 /// Local and remote address, IPv4 in v4-mapped form. `None` for other families.

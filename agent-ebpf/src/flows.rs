@@ -4,7 +4,7 @@
 use agent_common::{
     fold::End,
     hist::bucket_index,
-    maps::{FlowAgg, FlowKey, Hist, SOCK_FLOW_LOST, SockCounters, SockState, stat},
+    maps::{FlowAgg, FlowKey, Hist, RTT_PENDING, RttPending, SOCK_FLOW_LOST, SockCounters, SockState, stat},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -62,6 +62,25 @@ pub fn record(h: *mut Hist, v: u64) {
     }
 }
 
+/// Add a socket's pending RTT samples to a histogram.
+#[inline(always)]
+pub fn add_rtt(h: *mut Hist, p: &RttPending) {
+    // SAFETY: as in `add`; `get_mut` bounds-checks every index.
+    unsafe {
+        add(&raw mut (*h).count, p.count as u64);
+        add(&raw mut (*h).sum, p.sum);
+        for i in 0..RTT_PENDING {
+            if i as u32 >= p.count {
+                break;
+            }
+            let b = core::hint::black_box(p.buckets[i] as usize);
+            if let Some(slot) = (*h).buckets.get_mut(b) {
+                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(slot, 1);
+            }
+        }
+    }
+}
+
 /// Add a socket's counter delta to its flow.
 #[inline(always)]
 pub fn add_counters(agg: *mut FlowAgg, d: &SockCounters) {
@@ -88,8 +107,11 @@ pub fn add_end(agg: *mut FlowAgg, e: &End) {
 }
 
 /// Atomic add on a 32-bit field; returns the previous value.
+///
+/// SeqCst, not Relaxed: LLVM's BPF backend lowers a relaxed fetch-add to the plain `lock add`,
+/// which returns nothing, and then uses the addend register as if it held the previous value.
 #[inline(always)]
 pub fn add32(field: *mut u32, v: u32) -> u32 {
     // SAFETY: `field` points into a map value that stays mapped while the program runs.
-    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(field, v) }
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(field, v) }
 }

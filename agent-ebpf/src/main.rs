@@ -2,7 +2,7 @@
 //! folds what each socket does into per-flow aggregates, and a tracepoint for SYN-ACK
 //! retransmissions (they happen before a full socket exists).
 //!
-//! Data path: socket callbacks -> `SOCKETS` (per-socket state, freed on close) -> `FLOWS`
+//! Data path: socket callbacks -> `SOCKETS` (per-socket state in socket-local storage) -> `FLOWS`
 //! (per-flow-key cumulative counters) <- read by the daemon every tick. Work in userspace grows with
 //! flows, not with connections. Every failed insert is counted in `STATS`.
 #![no_std]
@@ -16,6 +16,7 @@ mod ctx;
 mod flows;
 mod maps;
 mod sock_ops;
+mod sockets;
 mod synack;
 
 #[cfg(not(test))]

@@ -1,9 +1,9 @@
 //! The sock_ops program: one entry point, one small handler per callback.
 
 use agent_common::{
-    fold::{classify_end, fold_step, payload, tcp_state},
+    fold::{classify_end, fold_due, fold_step, payload, rtt_push, tcp_state},
     maps::{
-        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
+        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
         SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters, SockState, flow_key, stat,
     },
 };
@@ -21,12 +21,14 @@ use aya_ebpf::{
 
 use crate::{
     ctx,
-    flows::{add, add_counters, add_end, add32, record, socket_flow},
-    maps::{LISTENERS, SOCKETS, count},
+    flows::{add, add_counters, add_end, add_rtt, add32, record, socket_flow},
+    maps::{LISTENERS, count},
+    sockets,
 };
 
-/// Minimum time between two folds of a socket's byte counters from the send path
-/// (`HDR_OPT_LEN_CB`, every outgoing segment). 0 disables send-path folding. Set by the daemon.
+/// Minimum time between two folds of a socket's counters and RTT samples from the per-segment
+/// callbacks (`HDR_OPT_LEN_CB` on every outgoing segment, `RTT_CB` on every RTT sample). 0
+/// disables send-path folding and folds at every RTT sample. Set by the daemon.
 #[unsafe(no_mangle)]
 static FOLD_INTERVAL_NS: u64 = 100_000_000;
 
@@ -38,10 +40,15 @@ fn fold_interval_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&FOLD_INTERVAL_NS) }
 }
 
+/// Callbacks of a connecting socket: the send-path fold is armed once it is established (it has
+/// nothing to fold before, and the SYN would only run it for nothing).
+const CONNECTING_CALLBACKS: u32 =
+    BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
+
+/// Callbacks of an established socket.
 #[inline(always)]
 fn callbacks() -> i32 {
-    let mut f =
-        BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
+    let mut f = CONNECTING_CALLBACKS;
     if fold_interval_ns() != 0 {
         f |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
     }
@@ -72,43 +79,55 @@ fn key_of(ctx: &SockOpsContext, role: u8) -> Option<FlowKey> {
     Some(flow_key(local, remote, ctx::local_port(ctx), ctx::remote_port(ctx), role))
 }
 
-/// Start tracking a socket. `None` when SOCKETS is full (counted).
+/// Start tracking a socket with the given callbacks. `None` when `--max-sockets` sockets are
+/// tracked already (counted).
 #[inline(always)]
-fn track(ctx: &SockOpsContext, key: FlowKey, now: u64, flags: u32) -> Option<*mut SockState> {
-    let cookie = ctx::cookie(ctx);
-    let st = SockState { key, start_ns: now, last_fold_ns: now, folded: SockCounters::default(), flags, _pad: 0 };
-    if SOCKETS.insert(cookie, st, BPF_ANY).is_err() {
-        count(stat::SOCKETS_FULL);
-        return None;
-    }
-    count(stat::SOCKETS_INSERTED);
-    let _ = ctx.set_cb_flags(callbacks());
-    SOCKETS.get_ptr_mut(cookie)
+fn track(ctx: &SockOpsContext, key: FlowKey, start_ns: u64, flags: u32, cb: i32) -> Option<&'static mut SockState> {
+    let init = SockState {
+        key,
+        start_ns,
+        last_fold_ns: ctx::now_coarse_ns(),
+        folded: SockCounters::default(),
+        flags,
+        _pad: 0,
+        rtt: RttPending::default(),
+    };
+    let st = sockets::track(ctx, &init)?;
+    let _ = ctx.set_cb_flags(cb);
+    Some(st)
 }
 
 #[inline(always)]
 fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    match SOCKETS.get_ptr_mut(ctx::cookie(ctx)) {
-        // SAFETY: this socket's own SOCKETS value; callbacks of one socket run under its lock,
-        // and the program does not keep the reference past this invocation.
-        Some(p) => Some(unsafe { &mut *p }),
-        None => {
-            count(stat::UNTRACKED_EVENTS);
-            None
-        }
+    let st = sockets::get(ctx);
+    if st.is_none() {
+        count(stat::UNTRACKED_EVENTS);
     }
+    st
 }
 
-/// Fold the socket's new payload bytes and segments into its flow; returns the flow.
+/// Fold the socket's new payload bytes and segments, and its pending RTT samples, into its flow;
+/// returns the flow.
 #[inline(always)]
-fn fold(ctx: &SockOpsContext, st: &mut SockState, now: u64) -> Option<*mut FlowAgg> {
+fn fold(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
+    fold_at(ctx, st, ctx::now_coarse_ns())
+}
+
+/// `fold` with the coarse clock already read.
+#[inline(always)]
+fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64) -> Option<*mut FlowAgg> {
+    st.last_fold_ns = now_coarse;
+    let pending = core::mem::take(&mut st.rtt);
     let agg = socket_flow(st)?;
     let (una, nxt) = ctx::snd_una_nxt(ctx);
     let cur = payload(&ctx::raw_counters(ctx), st.flags, una, nxt);
     let (delta, next) = fold_step(&st.folded, &cur);
     add_counters(agg, &delta);
     st.folded = next;
-    st.last_fold_ns = now;
+    if pending.count != 0 {
+        // SAFETY: FLOWS value pointer.
+        add_rtt(unsafe { &raw mut (*agg).rtt_us }, &pending);
+    }
     Some(agg)
 }
 
@@ -117,11 +136,10 @@ fn on_connect(ctx: &SockOpsContext) {
     let Some(key) = key_of(ctx, ROLE_CLIENT) else {
         return;
     };
-    let Some(st) = track(ctx, key, ctx::now_ns(), SOCK_CLIENT) else {
+    let Some(st) = track(ctx, key, ctx::now_ns(), SOCK_CLIENT, CONNECTING_CALLBACKS as i32) else {
         return;
     };
-    // SAFETY: the entry just inserted for this socket.
-    if let Some(agg) = socket_flow(unsafe { &mut *st }) {
+    if let Some(agg) = socket_flow(st) {
         // SAFETY: FLOWS value pointer.
         add(unsafe { &raw mut (*agg).attempted }, 1);
     }
@@ -132,8 +150,9 @@ fn on_active_established(ctx: &SockOpsContext) {
     let Some(st) = state(ctx) else { return };
     let now = ctx::now_ns();
     st.flags |= SOCK_ESTABLISHED;
+    let _ = ctx.set_cb_flags(callbacks());
     let start = st.start_ns;
-    let Some(agg) = fold(ctx, st, now) else {
+    let Some(agg) = fold(ctx, st) else {
         return;
     };
     // SAFETY: FLOWS value pointer.
@@ -149,18 +168,15 @@ fn on_passive_established(ctx: &SockOpsContext) {
     let Some(key) = key_of(ctx, ROLE_SERVER) else {
         return;
     };
-    let now = ctx::now_ns();
-    let Some(st) = track(ctx, key, now, SOCK_ESTABLISHED) else {
+    let Some(st) = track(ctx, key, 0, SOCK_ESTABLISHED, callbacks()) else {
         return;
     };
-    // SAFETY: the entry just inserted for this socket.
-    let st = unsafe { &mut *st };
     // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
     // listener is one of ours, the tracepoint has counted them already: start from there.
     if LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() {
         st.folded.total_retrans = ctx::raw_counters(ctx).total_retrans;
     }
-    let Some(agg) = fold(ctx, st, now) else {
+    let Some(agg) = fold(ctx, st) else {
         return;
     };
     // The accepting side's handshake time is its SYN-ACK -> ACK round trip, which the kernel has
@@ -177,15 +193,17 @@ fn on_passive_established(ctx: &SockOpsContext) {
     }
 }
 
+/// One RTT sample per acknowledgment that measured one: kept in the socket, folded with its
+/// counters once the fold interval has passed or the socket holds `RTT_PENDING` samples.
 fn on_rtt(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     let Some(st) = state(ctx) else { return };
-    let Some(agg) = fold(ctx, st, ctx::now_ns()) else {
-        return;
-    };
     // Arg 1: the measured RTT of this sample (mrtt), microseconds.
-    // SAFETY: FLOWS value pointer.
-    unsafe { record(&raw mut (*agg).rtt_us, ctx.arg(0) as u64) };
+    let full = rtt_push(&mut st.rtt, ctx.arg(0) as u64);
+    let now = ctx::now_coarse_ns();
+    if full || fold_due(now, st.last_fold_ns, fold_interval_ns()) {
+        let _ = fold_at(ctx, st, now);
+    }
 }
 
 fn on_retrans(ctx: &SockOpsContext) {
@@ -193,7 +211,7 @@ fn on_retrans(ctx: &SockOpsContext) {
     // The count itself comes from the socket's total_retrans (folded like bytes), which the kernel
     // bumps where it bumps TcpRetransSegs; this callback only makes the fold timely.
     let Some(st) = state(ctx) else { return };
-    let _ = fold(ctx, st, ctx::now_ns());
+    let _ = fold(ctx, st);
 }
 
 fn on_rto(ctx: &SockOpsContext) {
@@ -203,7 +221,7 @@ fn on_rto(ctx: &SockOpsContext) {
     if ctx.arg(2) != 0 {
         st.flags |= SOCK_RTO_EXPIRED;
     }
-    let Some(agg) = fold(ctx, st, ctx::now_ns()) else {
+    let Some(agg) = fold(ctx, st) else {
         return;
     };
     // SAFETY: FLOWS value pointer.
@@ -217,6 +235,13 @@ fn on_state(ctx: &SockOpsContext) {
         if new == tcp_state::CLOSE {
             forget_listener(ctx);
         }
+        return;
+    }
+    // Only these transitions need the socket's state.
+    if !matches!(
+        new,
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::CLOSING | tcp_state::CLOSE
+    ) {
         return;
     }
     let Some(st) = state(ctx) else { return };
@@ -236,16 +261,14 @@ fn on_state(ctx: &SockOpsContext) {
 
 fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
     let flags = st.flags;
-    if let Some(agg) = fold(ctx, st, ctx::now_ns()) {
+    if let Some(agg) = fold(ctx, st) {
         add_end(agg, &classify_end(old, flags));
         if flags & SOCK_ESTABLISHED != 0 {
             // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
             add(unsafe { &raw mut (*agg).open }, u64::MAX);
         }
     }
-    if SOCKETS.remove(ctx::cookie(ctx)).is_ok() {
-        count(stat::SOCKETS_REMOVED);
-    }
+    sockets::forget(ctx);
 }
 
 fn on_parse_hdr(ctx: &SockOpsContext) {
@@ -253,29 +276,30 @@ fn on_parse_hdr(ctx: &SockOpsContext) {
     if ctx::skb_tcp_flags(ctx) & TCP_FIN == 0 {
         return;
     }
-    if let Some(st) = SOCKETS.get_ptr_mut(ctx::cookie(ctx)) {
-        // SAFETY: this socket's own state.
-        unsafe { (*st).flags |= SOCK_FIN_RCVD };
+    if let Some(st) = sockets::get(ctx) {
+        st.flags |= SOCK_FIN_RCVD;
     }
 }
 
+/// `HDR_OPT_LEN_CB`: every outgoing segment, and every MSS computation (`tcp_current_mss`, 1-2
+/// per data segment, arg 1 = `BPF_WRITE_HDR_TCP_CURRENT_MSS`, no segment), which is skipped.
 fn on_send(ctx: &SockOpsContext) {
+    const BPF_WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
     let interval = fold_interval_ns();
-    if interval == 0 {
+    if interval == 0 || ctx.arg(0) == BPF_WRITE_HDR_TCP_CURRENT_MSS {
         return;
     }
-    let Some(st) = SOCKETS.get_ptr_mut(ctx::cookie(ctx)) else {
+    let Some(st) = sockets::get(ctx) else {
         return;
     };
-    // SAFETY: this socket's own state.
-    let st = unsafe { &mut *st };
-    let now = ctx::now_ns();
-    if now.wrapping_sub(st.last_fold_ns) < interval {
+    let now = ctx::now_coarse_ns();
+    if !fold_due(now, st.last_fold_ns, interval) {
         return;
     }
     count(stat::EVENTS);
-    let _ = fold(ctx, st, now);
+    let _ = fold_at(ctx, st, now);
 }
+
 fn on_listen(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     let Some((local, _)) = ctx::addrs(ctx) else {

@@ -37,17 +37,27 @@ fn htab_bytes(entries: u32, key: usize, value: usize) -> u64 {
     entries as u64 * (48 + round(key) + round(value)) as u64
 }
 
+/// Kernel memory of socket-local storage when `sockets` sockets are tracked, approximately: per
+/// socket one storage element (a cache-line header, then the value) and the socket's storage
+/// header (16 cached element pointers, list, lock), each a kmalloc size class. Allocated as
+/// sockets are tracked and freed with them, not at start.
+fn sk_storage_bytes(sockets: u32, value: usize) -> u64 {
+    let class = |n: usize| [64, 96, 128, 192, 256].into_iter().find(|&c| c >= n).unwrap_or(n.next_power_of_two());
+    sockets as u64 * (class(64 + 8 + value) + class(176)) as u64
+}
+
 impl Capture {
     pub fn start(cfg: &Config) -> Result<Capture, CaptureError> {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
         let offsets = tracefs::synack_offsets()?;
         let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
+        let max_sockets = cfg.max_sockets as u64;
 
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
             .map_max_entries(FLOWS_MAP, cfg.max_flows)
+            .override_global("MAX_SOCKETS", &max_sockets, true)
             .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
             .override_global("SYNACK_OFF_SPORT", &offsets.sport, true)
             .override_global("SYNACK_OFF_DPORT", &offsets.dport, true)
@@ -58,7 +68,8 @@ impl Capture {
             .override_global("SYNACK_OFF_DADDR_V6", &offsets.daddr_v6, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(CaptureError::Load)?;
 
-        let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
+        // SOCKETS (socket-local storage) has no size of its own: this is its memory at the bound.
+        let sockets_mem = sk_storage_bytes(cfg.max_sockets, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
         let listeners_mem = htab_bytes(MAX_LISTENERS, 4, size_of::<Listener>());
         tracing::info!(
@@ -92,7 +103,7 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
-        let _ = LISTENERS_MAP;
+        let _ = (LISTENERS_MAP, SOCKETS_MAP);
         Ok(Capture { _ebpf: ebpf, flows, stats })
     }
 

@@ -125,6 +125,8 @@ fn agent_bench(o: &Options) -> Result<String> {
     crate::setup::apt(BENCH_APT)?;
     crate::run_cmd(crate::cargo().args(["build", "--release", "-p", "flow-agent"]))?;
     let bin = crate::root().join("target/release/flow-agent");
+    // Another build of the agent to run on the "off" side instead of no agent (A/B of two builds).
+    let baseline = std::env::var_os("FLOW_BENCH_BASELINE_BIN").map(std::path::PathBuf::from);
     sandbox::remove_leftovers();
     let dir = std::env::temp_dir().join(format!("flow-agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -138,15 +140,44 @@ fn agent_bench(o: &Options) -> Result<String> {
             let mut runs = Vec::new();
             for i in 0..pairs {
                 for on in [false, true] {
-                    let r = run_once(&mut env, &bin, on, secs)?;
+                    let agent_bin = if on { Some(bin.as_path()) } else { baseline.as_deref() };
+                    let mut r = run_once(&mut env, agent_bin, secs)?;
+                    let conns = (r.opens.0 + r.opens.1).max(1) as f64;
+                    let per_request = |cnt: u64| match kind {
+                        Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
+                            format!(", {:.2}/req", cnt as f64 / (r.load.throughput * r.secs).max(1.0))
+                        }
+                        _ => String::new(),
+                    };
                     eprintln!(
                         "bench:   {} {} #{}: {:.1}{}",
                         kind.id(),
                         if on { "on " } else { "off" },
                         i + 1,
                         r.load.throughput,
-                        r.agent.as_ref().map(|a| format!(", agent {:.1}% CPU", a.cpu_pct)).unwrap_or_default()
+                        r.agent
+                            .as_ref()
+                            .map(|a| {
+                                let (cnt, ns) = a
+                                    .progs
+                                    .iter()
+                                    .filter(|p| p.name == "sock_ops")
+                                    .fold((0, 0), |(c, t), p| (c + p.run_cnt, t + p.run_time_ns));
+                                format!(
+                                    ", agent {:.1}% CPU, sock_ops {:.0} ns x {} ({:.2}/conn{})",
+                                    a.cpu_pct,
+                                    ns as f64 / cnt.max(1) as f64,
+                                    cnt,
+                                    cnt as f64 / conns,
+                                    per_request(cnt)
+                                )
+                            })
+                            .unwrap_or_default()
                     );
+                    if !on {
+                        // A baseline agent's run is the "off" side of the comparison.
+                        r.agent = None;
+                    }
                     runs.push(r);
                 }
             }
@@ -165,8 +196,11 @@ fn agent_bench(o: &Options) -> Result<String> {
     result
 }
 
-fn run_once(env: &mut Env, bin: &Path, on: bool, secs: u64) -> Result<Run> {
-    let agent = if on { Some(Agent::start(bin, &env.cgroup, env.kind.max_sockets(), env.dir())?) } else { None };
+fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
+    let agent = match agent_bin {
+        Some(bin) => Some(Agent::start(bin, &env.cgroup, env.kind.max_sockets(), env.dir())?),
+        None => None,
+    };
     let cpu0 = agent.as_ref().map(Agent::cpu_seconds).transpose()?;
     let opens0 = env.opens()?;
     let t = Instant::now();

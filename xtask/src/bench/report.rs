@@ -28,6 +28,8 @@ pub struct Summary {
     pub drops: u64,
     pub coverage: f64,
     pub connections: u64,
+    /// Requests wrk completed in the agent-on runs (storm and keep-alive; 0 otherwise).
+    pub requests: f64,
     pub sockets_tracked_max: u64,
 }
 
@@ -86,11 +88,22 @@ pub fn summarize(kind: Kind, runs: &[Run]) -> Summary {
         drops: on_runs.iter().map(|(_, a)| a.reports.map_full + a.reports.untracked + a.reports.ringbuf_drops).sum(),
         coverage: attempted as f64 / connections.max(1) as f64,
         connections,
+        requests: match kind {
+            Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
+                on_runs.iter().map(|(r, _)| r.load.throughput * r.secs).sum()
+            }
+            _ => 0.0,
+        },
         sockets_tracked_max: on_runs.iter().map(|(_, a)| a.reports.sockets_tracked_max).max().unwrap_or(0),
     }
 }
 
 impl Summary {
+    /// Invocations of a program per request (wrk workloads), if any requests were made.
+    fn per_request(&self, invocations: u64) -> Option<f64> {
+        (self.requests >= 1.0).then(|| invocations as f64 / self.requests)
+    }
+
     /// Throughput lost with the agent on, percent (negative: faster with it on).
     pub fn cost_pct(&self) -> f64 {
         100.0 * (1.0 - self.on.throughput / self.off.throughput.max(1e-9))
@@ -176,9 +189,14 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
         "{pairs} x (agent off, agent on) alternating runs of {secs} s per workload; {} cores; means over runs. \
          Coverage: connections in the agent's reports (attempted, client + server side) / TcpActiveOpens + \
          TcpPassiveOpens of the workload's namespaces. eBPF ns: run_time_ns / run_cnt (kernel.bpf_stats_enabled), \
-         per invocation, with invocations per connection. Drops: map_full + untracked_events + ringbuf_drops.\n\n",
+         per invocation, with invocations per connection (and per request for wrk workloads). Drops: map_full + untracked_events + ringbuf_drops.\n\n",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     ));
+    if let Ok(base) = std::env::var("FLOW_BENCH_BASELINE_BIN") {
+        md.push_str(&format!(
+            "**A/B of two builds**: the \"off\" side runs the agent `{base}` (FLOW_BENCH_BASELINE_BIN), not no agent.\n\n"
+        ));
+    }
     if let Ok(extra) = std::env::var("FLOW_BENCH_AGENT_ARGS") {
         md.push_str(&format!("Extra agent flags (FLOW_BENCH_AGENT_ARGS): `{extra}`.\n\n"));
     }
@@ -189,7 +207,7 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
     for s in sums {
         let (so, sy) = (&s.progs[0], &s.progs[1]);
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} | {:.2}% | {:.1} MiB | {:.0} ({:.1}) | {} | {:.1} MiB | {:.0} | {} | {:.2}% ({}) |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} | {:.2}% | {:.1} MiB | {:.0} ({:.1}{}) | {} | {:.1} MiB | {:.0} | {} | {:.2}% ({}) |\n",
             s.kind.name(),
             s.unit(),
             s.off.throughput,
@@ -205,6 +223,7 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
             s.rss_peak as f64 / MIB,
             so.1,
             so.2,
+            s.per_request(so.3).map(|r| format!("; {r:.2}/req")).unwrap_or_default(),
             if sy.3 == 0 { "- (0)".to_string() } else { format!("{:.0} ({})", sy.1, sy.3) },
             s.map_bytes as f64 / MIB,
             s.events_per_s,
@@ -277,7 +296,7 @@ pub fn json(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>) -> Value {
                 "throughput_cost_pct": s.cost_pct(),
                 "agent_cpu_pct": s.cpu_pct,
                 "peak_rss_bytes": s.rss_peak,
-                "ebpf": s.progs.iter().map(|(n, ns, per, cnt)| json!({"program": n, "mean_ns": ns, "invocations": cnt, "invocations_per_connection": per})).collect::<Vec<_>>(),
+                "ebpf": s.progs.iter().map(|(n, ns, per, cnt)| json!({"program": n, "mean_ns": ns, "invocations": cnt, "invocations_per_connection": per, "invocations_per_request": s.per_request(*cnt)})).collect::<Vec<_>>(),
                 "kernel_map_bytes": s.map_bytes,
                 "logged_map_mib": s.logged_map_mib,
                 "events_per_s": s.events_per_s,
