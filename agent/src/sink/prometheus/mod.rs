@@ -300,90 +300,23 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+#[path = "../../../tests/support/prometheus.rs"]
+mod test_server;
+
 /// Delivery against a real Prometheus (the Debian package, as in agent/tests/export.rs) and a
 /// stand-in that answers what it is told.
 #[cfg(test)]
 mod delivery_tests {
     use std::{
         io::{Read, Write},
-        net::{TcpListener, TcpStream},
-        process::{Child, Command, Stdio},
-        time::{Duration, Instant},
+        net::TcpListener,
+        time::Duration,
     };
 
     use agent_common::report::{AgentInfo, AgentStats, FlowMetrics, FlowRecord, OtherFlows, Protocol, Role, Window};
 
-    use super::*;
-
-    struct Prometheus {
-        child: Child,
-        addr: String,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for Prometheus {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn get(addr: &str, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(addr) else { return (0, String::new()) };
-        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
-    }
-
-    impl Prometheus {
-        fn start() -> Prometheus {
-            let help = Command::new("prometheus").arg("--help").output().expect("prometheus (cargo xtask setup)");
-            let help = String::from_utf8_lossy(&help.stdout).into_owned() + &String::from_utf8_lossy(&help.stderr);
-            let receiver = if help.contains("--web.enable-remote-write-receiver") {
-                "--web.enable-remote-write-receiver"
-            } else {
-                "--enable-feature=remote-write-receiver"
-            };
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::write(dir.path().join("p.yml"), "scrape_configs: []\n").unwrap();
-            let addr = format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-            let child = Command::new("prometheus")
-                .arg(format!("--config.file={}", dir.path().join("p.yml").display()))
-                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-                .arg(format!("--web.listen-address={addr}"))
-                .arg(receiver)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let p = Prometheus { child, addr, _dir: dir };
-            let start = Instant::now();
-            while get(&p.addr, "/-/ready").0 != 200 {
-                assert!(start.elapsed() < Duration::from_secs(60), "prometheus not ready");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            p
-        }
-
-        fn value(&self, selector: &str) -> Option<String> {
-            let q: String =
-                selector
-                    .bytes()
-                    .map(|b| {
-                        if b.is_ascii_alphanumeric() || b == b'_' {
-                            (b as char).to_string()
-                        } else {
-                            format!("%{b:02X}")
-                        }
-                    })
-                    .collect();
-            let (_, body) = get(&self.addr, &format!("/api/v1/query?query={q}"));
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            v["data"]["result"][0]["value"][1].as_str().map(str::to_string)
-        }
-    }
+    use super::{test_server::Prometheus, *};
 
     fn report(id: &str, n: i64, bytes: u64) -> Report {
         // Recent windows: within the 5 minutes an instant query looks back.
@@ -423,15 +356,15 @@ mod delivery_tests {
         // The same report again, as after a lost answer: Prometheus refuses the 0 sample at the
         // window start (out of order); counted as delivered, and not added twice.
         rw.deliver(&a).await.unwrap();
-        assert_eq!(prom.value(sel).as_deref(), Some("100"));
+        assert_eq!(prom.value(sel), Some(100.0));
         rw.deliver(&b).await.unwrap();
-        assert_eq!(prom.value(sel).as_deref(), Some("150"));
+        assert_eq!(prom.value(sel), Some(150.0));
         // After a restart (fresh totals) a report from the spool that Prometheus already has:
         // refused as out of order / duplicate, and delivery goes on.
         let restarted = RemoteWrite::new(&url, &Auth::None, &["t=retry".into()], &http()).unwrap();
         restarted.deliver(&a).await.unwrap();
         restarted.deliver(&report("c", 2, 7)).await.unwrap();
-        assert_eq!(prom.value(sel).as_deref(), Some("107"), "a counter reset");
+        assert_eq!(prom.value(sel), Some(107.0), "a counter reset");
     }
 
     /// A server that answers every request with `response` and reports what it received.
