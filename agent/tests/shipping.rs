@@ -136,7 +136,8 @@ fn agent(lab: &Lab, endpoint: &str, spool: &Path, extra: &[&str], env: &[(&str, 
     Agent::start_env(lab, &["--dry-run"], &args, &env)
 }
 
-/// Ongoing TCP between the lab's namespaces, so that reports carry flows. (Client first: it is
+/// Ongoing TCP between the lab's namespaces, so that reports carry flows. Start it after the
+/// agent: a connection opened before the programs attached is never seen. (Client first: it is
 /// dropped, and killed, before the server.)
 fn traffic(lab: &Lab, port: &str) -> (support::Traffic, support::Traffic) {
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", port, "--conns", "1", "--echo"]);
@@ -148,12 +149,12 @@ fn traffic(lab: &Lab, port: &str) -> (support::Traffic, support::Traffic) {
 fn backend_outage_loses_nothing_and_metrics_count_deliveries() {
     let Some(_g) = support::privileged("backend_outage_loses_nothing_and_metrics_count_deliveries") else { return };
     let lab = Lab::new();
-    let _t = traffic(&lab, "5401");
     let dir = tempfile::tempdir().unwrap();
     let (db, spool) = (dir.path().join("backend.db"), dir.path().join("spool"));
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}/publish");
     let a = agent(&lab, &endpoint, &spool, &[], &[]);
+    let _t = traffic(&lab, "5401");
     // Down for several windows: every attempt fails, reports pile up in the spool.
     wait_for("3 failed deliveries and 3 spooled reports", LONG, || {
         let m = a.metrics();
@@ -199,12 +200,12 @@ fn backend_outage_loses_nothing_and_metrics_count_deliveries() {
 fn kill_9_with_the_backend_down_loses_nothing() {
     let Some(_g) = support::privileged("kill_9_with_the_backend_down_loses_nothing") else { return };
     let lab = Lab::new();
-    let _t = traffic(&lab, "5402");
     let dir = tempfile::tempdir().unwrap();
     let (db, spool) = (dir.path().join("backend.db"), dir.path().join("spool"));
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}/publish");
     let a = agent(&lab, &endpoint, &spool, &[], &[]);
+    let _t = traffic(&lab, "5402");
     wait_for("4 spooled reports", LONG, || a.metric(SPOOL_REPORTS) >= 4.0 && a.metric(FAILURES) >= 2.0);
     let first = ids(&a.kill9());
     let files = std::fs::read_dir(&spool)
@@ -228,12 +229,12 @@ fn kill_9_with_the_backend_down_loses_nothing() {
 fn beyond_the_spool_bound_the_oldest_are_dropped_and_counted() {
     let Some(_g) = support::privileged("beyond_the_spool_bound_the_oldest_are_dropped_and_counted") else { return };
     let lab = Lab::new();
-    let _t = traffic(&lab, "5403");
     let dir = tempfile::tempdir().unwrap();
     let (db, spool) = (dir.path().join("backend.db"), dir.path().join("spool"));
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}/publish");
     let a = agent(&lab, &endpoint, &spool, &["--spool-max-bytes", "4096"], &[]);
+    let _t = traffic(&lab, "5403");
     wait_for("3 reports dropped from the spool", LONG, || a.metric(SPOOL_DROPPED) >= 3.0);
     let _backend = Backend::start(port, &db, &[]);
     wait_for("the spool to drain", LONG, || a.metric(SPOOL_REPORTS) == 0.0 && a.metric(DELIVERIES) >= 2.0);
@@ -349,7 +350,6 @@ fn sigv4_signed_reports_are_accepted_by_a_backend_requiring_signatures() {
         return;
     };
     let lab = Lab::new();
-    let _t = traffic(&lab, "5405");
     let dir = tempfile::tempdir().unwrap();
     let (db, spool) = (dir.path().join("backend.db"), dir.path().join("spool"));
     let keys = dir.path().join("backend-credentials");
@@ -360,6 +360,7 @@ fn sigv4_signed_reports_are_accepted_by_a_backend_requiring_signatures() {
     // A wrong secret (from the environment): refused, kept and retried, nothing stored.
     let bad = [("AWS_ACCESS_KEY_ID", "AKIAFLOWAGENTS"), ("AWS_SECRET_ACCESS_KEY", "wrong")];
     let a = agent(&lab, &endpoint, &spool, &["--shutdown-timeout", "1s"], &bad);
+    let _t = traffic(&lab, "5405");
     wait_for("2 refused deliveries", LONG, || a.metric(FAILURES) >= 2.0);
     assert_eq!(a.metric(DELIVERIES), 0.0);
     let (first, log) = a.stop_with_log();

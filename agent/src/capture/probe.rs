@@ -53,19 +53,21 @@ pub fn cgroup2(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-/// The SYN-ACK tracepoint's format is readable and has the fields the program reads.
+/// The SYN-ACK tracepoint's format is readable and has the fields the program reads. tracefs is
+/// mounted first if it is not, as the agent does at start (that needs CAP_SYS_ADMIN).
 pub fn tracepoint() -> Result<String, Failure> {
-    let path = Path::new(tracefs::TRACEFS).join(tracefs::FORMAT);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        failure(
-            format!("cannot read {}: {e}", path.display()),
-            "mount tracefs (`mount -t tracefs nodev /sys/kernel/tracing`; in a container, a hostPath volume) and run as root or with CAP_DAC_READ_SEARCH",
-        )
+    let mounted_before = Path::new(tracefs::TRACEFS).join("events").exists();
+    let fix = "mount tracefs (`mount -t tracefs nodev /sys/kernel/tracing`; in a container, a hostPath volume) \
+               and run as root or with CAP_DAC_READ_SEARCH";
+    let o = tracefs::synack_offsets().map_err(|e| match e {
+        super::CaptureError::TracepointFormat(m) if m.starts_with("cannot read") => failure(m, fix),
+        super::CaptureError::TracepointFormat(m) => {
+            failure(format!("tcp:tcp_retransmit_synack: {m}"), "this kernel's tracepoint layout is not supported")
+        }
+        other => failure(other.to_string(), fix),
     })?;
-    let o = tracefs::SynackOffsets::parse(&text).map_err(|e| {
-        failure(format!("tcp:tcp_retransmit_synack: {e}"), "this kernel's tracepoint layout is not supported")
-    })?;
-    Ok(format!("tcp:tcp_retransmit_synack fields found (sport at offset {})", o.sport))
+    let mounted = if mounted_before { "" } else { "; tracefs was not mounted: mounted it, as the agent does at start" };
+    Ok(format!("tcp:tcp_retransmit_synack fields found (sport at offset {}){mounted}", o.sport))
 }
 
 /// Load the programs and attach them for a moment (detached again when this returns).
