@@ -42,15 +42,16 @@ pub fn payload(raw: &SockCounters, flags: u32, snd_una: u32, snd_nxt: u32) -> So
 /// What a socket adds to its flow since its counters were last folded, and the new folded
 /// values. Folding is monotonic: a reading below the folded value (the FIN correction in
 /// `payload` applied a moment before the FIN itself is counted) adds nothing and is remembered
-/// as the old value, so nothing is counted twice.
+/// as the old value, so nothing is counted twice. The eBPF programs apply `claim` to each field
+/// atomically, which is this function when one caller folds at a time.
 #[inline(always)]
 pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, SockCounters) {
     let delta = SockCounters {
-        bytes_acked: now.bytes_acked.saturating_sub(folded.bytes_acked),
-        bytes_received: now.bytes_received.saturating_sub(folded.bytes_received),
-        segs_out: now.segs_out.saturating_sub(folded.segs_out),
-        segs_in: now.segs_in.saturating_sub(folded.segs_in),
-        total_retrans: now.total_retrans.saturating_sub(folded.total_retrans),
+        bytes_acked: claim(folded.bytes_acked, now.bytes_acked),
+        bytes_received: claim(folded.bytes_received, now.bytes_received),
+        segs_out: claim(folded.segs_out as u64, now.segs_out as u64) as u32,
+        segs_in: claim(folded.segs_in as u64, now.segs_in as u64) as u32,
+        total_retrans: claim(folded.total_retrans as u64, now.total_retrans as u64) as u32,
         _pad: 0,
     };
     let next = SockCounters {
@@ -62,6 +63,13 @@ pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, So
         _pad: 0,
     };
     (delta, next)
+}
+
+/// What moving a folded counter from `folded` to `now` adds: nothing unless `now` is higher.
+/// Whoever moves the mark (atomically, in the kernel) adds the difference to the flow.
+#[inline(always)]
+pub fn claim(folded: u64, now: u64) -> u64 {
+    now.saturating_sub(folded)
 }
 
 /// Whether a socket may be tracked, given how many are tracked before it (`--max-sockets`).
@@ -178,6 +186,13 @@ mod tests {
         // A connect that never completed has nothing to subtract from.
         let p = payload(&SockCounters::default(), SOCK_CLIENT, 0, 1);
         assert_eq!(p.bytes_acked, 0);
+    }
+
+    #[test]
+    fn claims_move_the_mark_up_only() {
+        assert_eq!(claim(10, 7), 0);
+        assert_eq!(claim(7, 10), 3);
+        assert_eq!(claim(7, 7), 0);
     }
 
     #[test]

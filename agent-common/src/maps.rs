@@ -9,6 +9,10 @@ pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const STATS_MAP: &str = "STATS";
+pub const WALKED_NETNS_MAP: &str = "WALKED_NETNS";
+
+/// Network namespaces the daemon walks (own one plus `--walk-netns`), at most.
+pub const MAX_WALKED_NETNS: u32 = 256;
 
 /// Default map sizes (`--max-sockets`, `--max-flows`).
 pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
@@ -146,6 +150,9 @@ pub const SOCK_FIN_SENT: u32 = 8;
 pub const SOCK_FIN_RCVD: u32 = 16;
 /// The socket's flow could not be inserted (FLOWS full); counted once per socket.
 pub const SOCK_FLOW_LOST: u32 = 32;
+/// The socket's network namespace is walked (`WALKED_NETNS`): it has no per-segment callbacks,
+/// the walk folds it while open, and its RTT samples are its smoothed RTT at each fold.
+pub const SOCK_WALKED: u32 = 64;
 
 /// The cumulative per-socket counters the kernel exposes in `bpf_sock_ops`.
 #[repr(C)]

@@ -2,7 +2,8 @@
 
 use agent_common::maps::{Addr, SockCounters, v4_mapped};
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    EbpfContext,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_get_netns_cookie},
     programs::SockOpsContext,
 };
 
@@ -20,6 +21,13 @@ pub fn now_ns() -> u64 {
 pub fn now_coarse_ns() -> u64 {
     // SAFETY: helper without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Cookie of the socket's network namespace.
+#[inline(always)]
+pub fn netns_cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper taking the program's own context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
 /// The socket (`bpf_sock_ops.sk`), null unless it is a full socket.

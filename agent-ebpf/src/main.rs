@@ -18,6 +18,7 @@ mod maps;
 mod sock_ops;
 mod sockets;
 mod synack;
+mod walk;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,6 +1,6 @@
 //! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
 
-use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, SockState, stat};
+use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, MAX_WALKED_NETNS, SockState, stat};
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
@@ -24,6 +24,11 @@ pub static FLOWS: HashMap<FlowKey, FlowAgg> = HashMap::with_max_entries(1024, 0)
 #[map(name = "LISTENERS")]
 pub static LISTENERS: HashMap<u32, Listener> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
+/// Network namespaces (by cookie) whose sockets the daemon walks (`walk.rs`): sockets there get
+/// no per-segment callbacks.
+#[map(name = "WALKED_NETNS")]
+pub static WALKED_NETNS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_WALKED_NETNS, 0);
+
 /// Per-CPU counters of the programs' own health (see `agent_common::maps::stat`).
 #[map(name = "STATS")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
@@ -36,7 +41,8 @@ pub static ZERO_AGG: PerCpuArray<FlowAgg> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(p) = STATS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; eBPF programs run with migration disabled, so no other writer.
-        unsafe { *p += 1 };
+        // SAFETY: per-CPU slot. Atomic all the same: a program in softirq (a segment's callback)
+        // can interrupt one in process context (a connect, the walk) on the same CPU.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
     }
 }

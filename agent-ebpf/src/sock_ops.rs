@@ -1,10 +1,10 @@
 //! The sock_ops program: one entry point, one small handler per callback.
 
 use agent_common::{
-    fold::{classify_end, fold_due, fold_step, payload, rtt_push, tcp_state},
+    fold::{classify_end, fold_due, payload, rtt_push, tcp_state},
     maps::{
         FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
-        SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SockCounters, SockState, flow_key, stat,
+        SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
 };
 use aya_ebpf::{
@@ -21,14 +21,17 @@ use aya_ebpf::{
 
 use crate::{
     ctx,
-    flows::{add, add_counters, add_end, add_rtt, add32, record, socket_flow},
-    maps::{LISTENERS, count},
+    flows::{add, add_end, add_rtt, add32, fold_counters, record, socket_flow},
+    maps::{LISTENERS, WALKED_NETNS, count},
     sockets,
 };
 
-/// Minimum time between two folds of a socket's counters and RTT samples from the per-segment
-/// callbacks (`HDR_OPT_LEN_CB` on every outgoing segment, `RTT_CB` on every RTT sample). 0
-/// disables send-path folding and folds at every RTT sample. Set by the daemon.
+/// Sockets of a network namespace the daemon walks (`WALKED_NETNS`, see `walk.rs`) get no
+/// per-segment callback: the walk folds them while they are open, and each fold that saw new
+/// incoming segments takes one RTT sample, the socket's smoothed RTT. Other sockets fold from
+/// their per-segment callbacks (`RTT_CB` on every RTT measurement, each one a sample, and
+/// `HDR_OPT_LEN_CB` on outgoing segments), at most once per `FOLD_INTERVAL_NS`: set by the
+/// daemon; 0 disables send-path folding and folds at every RTT sample.
 #[unsafe(no_mangle)]
 static FOLD_INTERVAL_NS: u64 = 100_000_000;
 
@@ -40,15 +43,32 @@ fn fold_interval_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&FOLD_INTERVAL_NS) }
 }
 
-/// Callbacks of a connecting socket: the send-path fold is armed once it is established (it has
-/// nothing to fold before, and the SYN would only run it for nothing).
-const CONNECTING_CALLBACKS: u32 =
-    BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
-
-/// Callbacks of an established socket.
+/// Whether the socket's network namespace is walked.
 #[inline(always)]
-fn callbacks() -> i32 {
-    let mut f = CONNECTING_CALLBACKS;
+fn walked(ctx: &SockOpsContext) -> u32 {
+    let cookie = ctx::netns_cookie(ctx);
+    // SAFETY: lookup in a map of plain integers.
+    if unsafe { WALKED_NETNS.get(&cookie) }.is_some() { SOCK_WALKED } else { 0 }
+}
+
+/// Callbacks of every tracked socket: state changes, retransmissions, RTOs.
+const BASE_CALLBACKS: u32 = BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
+
+/// Callbacks of a connecting socket with these flags. Unwalked, RTT samples too; the send-path
+/// fold is armed once it is established (it has nothing to fold before, and the SYN would only
+/// run it for nothing).
+#[inline(always)]
+fn connecting_callbacks(flags: u32) -> i32 {
+    if flags & SOCK_WALKED != 0 { BASE_CALLBACKS as i32 } else { (BASE_CALLBACKS | BPF_SOCK_OPS_RTT_CB_FLAG) as i32 }
+}
+
+/// Callbacks of an established socket with these flags.
+#[inline(always)]
+fn callbacks(flags: u32) -> i32 {
+    if flags & SOCK_WALKED != 0 {
+        return BASE_CALLBACKS as i32;
+    }
+    let mut f = BASE_CALLBACKS | BPF_SOCK_OPS_RTT_CB_FLAG;
     if fold_interval_ns() != 0 {
         f |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
     }
@@ -79,15 +99,22 @@ fn key_of(ctx: &SockOpsContext, role: u8) -> Option<FlowKey> {
     Some(flow_key(local, remote, ctx::local_port(ctx), ctx::remote_port(ctx), role))
 }
 
-/// Start tracking a socket with the given callbacks. `None` when `--max-sockets` sockets are
-/// tracked already (counted).
+/// Start tracking a socket with the given callbacks, its retransmissions counted from
+/// `retrans_base`. `None` when `--max-sockets` sockets are tracked already (counted).
 #[inline(always)]
-fn track(ctx: &SockOpsContext, key: FlowKey, start_ns: u64, flags: u32, cb: i32) -> Option<&'static mut SockState> {
+fn track(
+    ctx: &SockOpsContext,
+    key: FlowKey,
+    start_ns: u64,
+    flags: u32,
+    retrans_base: u32,
+    cb: i32,
+) -> Option<&'static mut SockState> {
     let init = SockState {
         key,
         start_ns,
         last_fold_ns: ctx::now_coarse_ns(),
-        folded: SockCounters::default(),
+        folded: SockCounters { total_retrans: retrans_base, ..SockCounters::default() },
         flags,
         _pad: 0,
         rtt: RttPending::default(),
@@ -106,8 +133,8 @@ fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
     st
 }
 
-/// Fold the socket's new payload bytes and segments, and its pending RTT samples, into its flow;
-/// returns the flow.
+/// Fold the socket's new payload bytes and segments, and its RTT samples, into its flow; returns
+/// the flow. Exact: callbacks run under the socket's lock.
 #[inline(always)]
 fn fold(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
     fold_at(ctx, st, ctx::now_coarse_ns())
@@ -117,16 +144,22 @@ fn fold(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
 #[inline(always)]
 fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64) -> Option<*mut FlowAgg> {
     st.last_fold_ns = now_coarse;
-    let pending = core::mem::take(&mut st.rtt);
     let agg = socket_flow(st)?;
     let (una, nxt) = ctx::snd_una_nxt(ctx);
     let cur = payload(&ctx::raw_counters(ctx), st.flags, una, nxt);
-    let (delta, next) = fold_step(&st.folded, &cur);
-    add_counters(agg, &delta);
-    st.folded = next;
-    if pending.count != 0 {
-        // SAFETY: FLOWS value pointer.
-        add_rtt(unsafe { &raw mut (*agg).rtt_us }, &pending);
+    let delta = fold_counters(agg, &raw mut st.folded, &cur);
+    if st.flags & SOCK_WALKED != 0 {
+        let srtt = ctx::srtt_us(ctx);
+        if delta.segs_in != 0 && srtt != 0 {
+            // SAFETY: FLOWS value pointer.
+            record(unsafe { &raw mut (*agg).rtt_us }, srtt as u64);
+        }
+    } else {
+        let pending = core::mem::take(&mut st.rtt);
+        if pending.count != 0 {
+            // SAFETY: FLOWS value pointer.
+            add_rtt(unsafe { &raw mut (*agg).rtt_us }, &pending);
+        }
     }
     Some(agg)
 }
@@ -136,7 +169,8 @@ fn on_connect(ctx: &SockOpsContext) {
     let Some(key) = key_of(ctx, ROLE_CLIENT) else {
         return;
     };
-    let Some(st) = track(ctx, key, ctx::now_ns(), SOCK_CLIENT, CONNECTING_CALLBACKS as i32) else {
+    let flags = SOCK_CLIENT | walked(ctx);
+    let Some(st) = track(ctx, key, ctx::now_ns(), flags, 0, connecting_callbacks(flags)) else {
         return;
     };
     if let Some(agg) = socket_flow(st) {
@@ -150,7 +184,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     let Some(st) = state(ctx) else { return };
     let now = ctx::now_ns();
     st.flags |= SOCK_ESTABLISHED;
-    let _ = ctx.set_cb_flags(callbacks());
+    let _ = ctx.set_cb_flags(callbacks(st.flags));
     let start = st.start_ns;
     let Some(agg) = fold(ctx, st) else {
         return;
@@ -168,14 +202,15 @@ fn on_passive_established(ctx: &SockOpsContext) {
     let Some(key) = key_of(ctx, ROLE_SERVER) else {
         return;
     };
-    let Some(st) = track(ctx, key, 0, SOCK_ESTABLISHED, callbacks()) else {
+    // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
+    // listener is one of ours, the tracepoint has counted them already: start from there (in the
+    // state it is created with, which the walk may read at once).
+    let base =
+        if LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() { ctx::raw_counters(ctx).total_retrans } else { 0 };
+    let flags = SOCK_ESTABLISHED | walked(ctx);
+    let Some(st) = track(ctx, key, 0, flags, base, callbacks(flags)) else {
         return;
     };
-    // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
-    // listener is one of ours, the tracepoint has counted them already: start from there.
-    if LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() {
-        st.folded.total_retrans = ctx::raw_counters(ctx).total_retrans;
-    }
     let Some(agg) = fold(ctx, st) else {
         return;
     };
@@ -250,7 +285,7 @@ fn on_state(ctx: &SockOpsContext) {
             st.flags |= SOCK_FIN_SENT;
             // From here the peer's FIN may close the socket straight from FIN_WAIT2; parsing the
             // incoming segments' flags is how we know it arrived (it is one byte of bytes_received).
-            let _ = ctx.set_cb_flags(callbacks() | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG as i32);
+            let _ = ctx.set_cb_flags(callbacks(st.flags) | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG as i32);
         }
         tcp_state::LAST_ACK => st.flags |= SOCK_FIN_SENT,
         tcp_state::CLOSE_WAIT | tcp_state::CLOSING => st.flags |= SOCK_FIN_RCVD,

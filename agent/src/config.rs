@@ -52,6 +52,20 @@ pub enum Format {
     Table,
 }
 
+/// How open sockets' counters reach their flows.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FoldMode {
+    /// A BPF iterator walks the open sockets of this network namespace (and of `walk_netns`) at
+    /// every window end: no program runs per packet of their established connections. Sockets
+    /// of other namespaces fold from callbacks.
+    #[default]
+    Walk,
+    /// Per-segment callbacks (each RTT measurement, each sent segment) fold every socket as it
+    /// goes.
+    Callbacks,
+}
+
 /// Compression of OTLP requests.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,8 +105,18 @@ pub struct RunArgs {
     /// Flows reported whole per window; the rest are summed into `other` [default: 500].
     #[arg(long, value_name = "N")]
     pub top_flows: Option<usize>,
-    /// Longest an open socket's bytes wait before they reach its flow; "0s" folds them only on
-    /// RTT/retransmit/close events [default: 100ms].
+    /// How open sockets' counters reach their flows: "walk" (a BPF iterator over the sockets of
+    /// this network namespace and --walk-netns ones at every window end, no per-packet program;
+    /// other namespaces, or a kernel that refuses the iterator, fold from callbacks) or
+    /// "callbacks" (per-segment callbacks everywhere, an RTT sample per measurement) [default: walk].
+    #[arg(long, value_enum)]
+    pub fold_mode: Option<FoldMode>,
+    /// Walk mode: another network namespace to walk (a file such as /run/netns/NAME or
+    /// /proc/PID/ns/net; entered at start, which needs CAP_SYS_ADMIN). Repeatable [default: none].
+    #[arg(long, value_name = "PATH")]
+    pub walk_netns: Vec<PathBuf>,
+    /// Callback mode: longest an open socket's bytes wait before they reach its flow; "0s" folds
+    /// them only on RTT/retransmit/close events [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub fold_interval: Option<Duration>,
     /// Address of the HTTP endpoint serving /healthz (200 once capturing) [default: 127.0.0.1:9464].
@@ -251,6 +275,8 @@ struct FileConfig {
     aggregate_interval: Option<String>,
     report_interval: Option<String>,
     top_flows: Option<usize>,
+    fold_mode: Option<FoldMode>,
+    walk_netns: Option<Vec<PathBuf>>,
     fold_interval: Option<String>,
     metrics_address: Option<String>,
     flow_log_destination: Option<String>,
@@ -298,6 +324,8 @@ pub struct Config {
     pub aggregate_interval: Duration,
     pub report_interval: Duration,
     pub top_flows: usize,
+    pub fold_mode: FoldMode,
+    pub walk_netns: Vec<PathBuf>,
     pub fold_interval: Duration,
     pub metrics_address: SocketAddr,
     pub flow_log_destination: Option<FlowLogDestination>,
@@ -381,6 +409,12 @@ impl Config {
                 .or(file_duration("report_interval", &file.report_interval)?)
                 .unwrap_or(default_report),
             top_flows: args.top_flows.or(file.top_flows).unwrap_or(DEFAULT_TOP_FLOWS),
+            fold_mode: args.fold_mode.or(file.fold_mode).unwrap_or_default(),
+            walk_netns: if args.walk_netns.is_empty() {
+                file.walk_netns.unwrap_or_default()
+            } else {
+                args.walk_netns.clone()
+            },
             fold_interval: args
                 .fold_interval
                 .or(file_duration("fold_interval", &file.fold_interval)?)

@@ -45,6 +45,13 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    /// Bring open sockets' counters into their flows (walk mode), before a window closes.
+    fn walk(&mut self) {
+        if let Err(e) = self.capture.walk() {
+            tracing::error!("{e}");
+        }
+    }
+
     fn drain(&mut self) {
         let snap = match self.capture.read() {
             Ok(s) => s,
@@ -149,6 +156,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 continue;
             }
         }
+        if tick >= window_end {
+            p.walk();
+        }
         p.drain();
         if tick >= window_end {
             p.emit(window_start, window_end);
@@ -159,6 +169,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     notifier.stopping();
     tracing::info!("shutting down: flushing the partial window");
+    p.walk();
     p.drain();
     p.emit(window_start, Utc::now());
     // Sinks that deliver in the background (the spool's destinations) get until the timeout;

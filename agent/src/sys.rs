@@ -1,6 +1,14 @@
 //! Raw system calls and /proc reads, kept in one place.
 
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -104,4 +112,92 @@ pub fn capset(keep: u64) -> io::Result<()> {
     // SAFETY: version 3 takes a header and two data structs, both valid for the call.
     let r = unsafe { libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) };
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ITER_CREATE: libc::c_long = 33;
+const BPF_TRACE_ITER: u32 = 28;
+
+/// `union bpf_attr` as BPF_LINK_CREATE reads it for an iterator.
+#[repr(C)]
+struct LinkCreateIter {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    iter_info: u64,
+    iter_info_len: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` as BPF_ITER_CREATE reads it.
+#[repr(C)]
+struct IterCreate {
+    link_fd: u32,
+    flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid, fully initialised `union bpf_attr` prefix of the given size; the
+    // kernel zero-fills the rest. A non-negative result is a new file descriptor we own.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as libc::c_uint) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// BPF_LINK_CREATE for a loaded iterator program (`iter/tcp`, say). aya's `Iter::attach` makes
+/// the link too, but hands it out only as a file for one pass; the link fd makes a pass each time.
+pub fn bpf_iter_link(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let attr = LinkCreateIter {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_ITER,
+        flags: 0,
+        iter_info: 0,
+        iter_info_len: 0,
+        _pad: 0,
+    };
+    bpf(BPF_LINK_CREATE, &attr)
+}
+
+/// BPF_ITER_CREATE: a new pass of an iterator link; reading the file runs the program over
+/// every element. Per-namespace iterators (`iter/tcp`) walk the calling thread's namespace.
+pub fn bpf_iter_create(link: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    bpf(BPF_ITER_CREATE, &IterCreate { link_fd: link.as_raw_fd() as u32, flags: 0 })
+}
+
+/// setns(2) into the network namespace `ns` (an open /proc/PID/ns/net or /run/netns/NAME); only
+/// the calling thread moves. Needs CAP_SYS_ADMIN.
+pub fn setns_net(ns: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: setns with a valid fd and a namespace type.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14+), the
+/// value `bpf_get_netns_cookie` gives the programs.
+pub fn netns_cookie() -> io::Result<u64> {
+    // SAFETY: a plain socket call; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new socket we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for the call and sized as the option needs.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 { Ok(cookie) } else { Err(io::Error::last_os_error()) }
 }

@@ -9,10 +9,13 @@ use std::time::Duration;
 use agent_common::report::Role;
 use support::{Agent, Lab, delta, flow, local, privileged, totals};
 
-fn bytes_and_opens(v6: bool) {
+/// The agent's flags for callback mode (per-segment callbacks instead of the walk).
+const CALLBACKS: &[&str] = &["--fold-mode", "callbacks"];
+
+fn bytes_and_opens(v6: bool, mode: &[&str]) {
     let lab = Lab::new();
     let (ca, sb) = if v6 { (lab.a6, lab.b6) } else { (lab.a4, lab.b4) };
-    let agent = Agent::start(&lab, &[]);
+    let agent = Agent::start(&lab, mode);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
     let server = lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", "5001", "--conns", "20", "--reply", "50000"]);
     let client =
@@ -76,13 +79,91 @@ fn v4_mapped_ipv6_sockets_are_reported_as_ipv4() {
 #[test]
 fn bytes_and_opens_match_the_traffic_ipv4() {
     let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv4") else { return };
-    bytes_and_opens(false);
+    bytes_and_opens(false, &[]);
 }
 
 #[test]
 fn bytes_and_opens_match_the_traffic_ipv6() {
     let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv6") else { return };
-    bytes_and_opens(true);
+    bytes_and_opens(true, &[]);
+}
+
+#[test]
+fn bytes_and_opens_match_the_traffic_in_callback_mode() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_in_callback_mode") else { return };
+    bytes_and_opens(false, CALLBACKS);
+}
+
+/// Long-lived connections under 5% loss, both ways, while the walk folds them every window: each
+/// window while they are open carries their traffic (no program runs per packet, so that is the
+/// walk's doing), and the totals equal the bytes moved and the kernel's retransmission and
+/// timeout counters exactly, although the walk and the sockets' own retransmission callbacks
+/// fold the same sockets concurrently.
+#[test]
+fn open_connections_are_folded_every_window_and_exactly() {
+    let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly") else { return };
+    let lab = Lab::new();
+    let drop = "meta l4proto tcp meta length > 200 numgen random mod 100 < 5 drop";
+    lab.nft_input_rule(&lab.a, "loss", drop);
+    lab.nft_input_rule(&lab.b, "loss", drop);
+    let agent = Agent::start(&lab, &[]);
+    let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5031", "--conns", "6", "--echo"]);
+    let clients: Vec<_> = (0..6)
+        .map(|_| {
+            let args = [
+                "pingpong",
+                "--addr",
+                lab.b4,
+                "--port",
+                "5031",
+                "--secs",
+                "4",
+                "--size",
+                "30000",
+                "--interval-ms",
+                "5",
+            ];
+            lab.traffic(&lab.a, &args)
+        })
+        .collect();
+    let clients: Vec<_> = clients.into_iter().map(|c| c.result()).collect();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(30));
+    let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let reports = agent.stop();
+
+    let sum = |k: &str| clients.iter().map(|c| c[k].as_u64().unwrap()).sum::<u64>();
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5031, Role::Client));
+    let s = totals(&reports, flow(lab.b4, lab.a4, 5031, Role::Server));
+    eprintln!("client {c:?}\nserver {s:?}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (sum("sent"), sum("received")));
+    assert_eq!(
+        (s.bytes_received, s.bytes_sent),
+        (server["received"].as_u64().unwrap(), server["sent"].as_u64().unwrap())
+    );
+    assert!(c.retransmissions + s.retransmissions > 0, "5% loss must cause retransmissions");
+    assert_eq!(c.retransmissions, delta(&na0, &na1, "TcpRetransSegs"));
+    assert_eq!(s.retransmissions, delta(&nb0, &nb1, "TcpRetransSegs"));
+    assert_eq!(c.timeouts, delta(&na0, &na1, "TcpExtTCPTimeouts"));
+    assert_eq!(s.timeouts, delta(&nb0, &nb1, "TcpExtTCPTimeouts"));
+    assert_eq!((c.established, c.closed, s.established, s.closed), (6, 6, 6, 6));
+    // Windows in which the connections were open and none closed: traffic on both sides.
+    let open_windows: Vec<_> = reports
+        .iter()
+        .filter(|r| {
+            let w = |pred: &dyn Fn(&agent_common::report::FlowRecord) -> bool| {
+                r.flows.iter().filter(|f| pred(f)).map(|f| f.metrics.clone()).collect::<Vec<_>>()
+            };
+            let cw = w(&flow(lab.a4, lab.b4, 5031, Role::Client));
+            let sw = w(&flow(lab.b4, lab.a4, 5031, Role::Server));
+            !cw.is_empty()
+                && cw.iter().all(|m| m.connections.closed == 0 && m.connections.active == 6 && m.bytes_sent > 0)
+                && sw.iter().all(|m| m.connections.closed == 0 && m.bytes_received > 0 && m.bytes_sent > 0)
+        })
+        .collect();
+    assert!(open_windows.len() >= 2, "{} windows with the connections open and traffic", open_windows.len());
+    assert!(open_windows.iter().all(|r| r.agent_stats.events > 0));
 }
 
 /// With random loss of data segments in both directions, retransmissions and timeouts summed over
@@ -210,12 +291,11 @@ fn refused_and_syn_timeouts_are_failed_connections() {
 
 /// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as
 /// `ss -ti` shows it: within 50% or 150 us, whichever is larger (veth RTTs are tens of
-/// microseconds, where scheduling noise dominates).
-#[test]
-fn rtt_agrees_with_ss() {
-    let Some(_g) = privileged("rtt_agrees_with_ss") else { return };
+/// microseconds, where scheduling noise dominates). Walk mode takes the socket's smoothed RTT at
+/// every window with traffic; callback mode every RTT measurement.
+fn rtt_agrees_with_ss(mode: &[&str]) {
     let lab = Lab::new();
-    let agent = Agent::start(&lab, &[]);
+    let agent = Agent::start(&lab, mode);
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5004", "--conns", "1", "--echo"]);
     let client =
         lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5004", "--secs", "4", "--interval-ms", "10"]);
@@ -241,7 +321,19 @@ fn rtt_agrees_with_ss() {
         ss,
         rounds
     );
-    assert!(c.rtt_count >= rounds / 2, "one RTT sample per acknowledged request: {} of {rounds}", c.rtt_count);
+    // Program invocations that did work, over the whole run (both ends, every callback).
+    let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!("{events} program invocations did work");
+    if mode == CALLBACKS {
+        assert!(c.rtt_count >= rounds / 2, "one RTT sample per acknowledged request: {} of {rounds}", c.rtt_count);
+        assert!(events >= rounds, "an RTT callback per request at least: {events} for {rounds} rounds");
+    } else {
+        // Four seconds of traffic in 1-second windows: one sample per window with traffic.
+        assert!((3..=8).contains(&c.rtt_count), "one RTT sample per window with traffic: {}", c.rtt_count);
+        // Walked sockets run no program per segment: connect, establishment, state changes and
+        // a walk per window, however many requests.
+        assert!(events < 60, "{events} program invocations for {rounds} requests: walked sockets ran callbacks");
+    }
     let tolerance = (ss * 0.5).max(150.0);
     assert!(
         (c.rtt_mean() - ss).abs() <= tolerance,
@@ -249,6 +341,18 @@ fn rtt_agrees_with_ss() {
         c.rtt_mean()
     );
     assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+}
+
+#[test]
+fn rtt_agrees_with_ss_in_walk_mode() {
+    let Some(_g) = privileged("rtt_agrees_with_ss_in_walk_mode") else { return };
+    rtt_agrees_with_ss(&[]);
+}
+
+#[test]
+fn rtt_agrees_with_ss_in_callback_mode() {
+    let Some(_g) = privileged("rtt_agrees_with_ss_in_callback_mode") else { return };
+    rtt_agrees_with_ss(CALLBACKS);
 }
 
 /// With a socket map of 4 entries, 10 concurrent connections (20 sockets) overflow it by exactly

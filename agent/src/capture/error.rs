@@ -25,6 +25,8 @@ pub enum CaptureError {
     Program { what: String, source: aya::programs::ProgramError, hint: &'static str },
     #[error("eBPF map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("the walk of open sockets: {0}")]
+    Walk(String),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
 }

@@ -1,18 +1,24 @@
 //! Load the embedded eBPF object with the configured map sizes, attach it, and read its maps.
 
-use std::fs::File;
+use std::{fs::File, os::fd::AsFd, time::Instant};
 
 use agent_common::maps::{
-    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState, stat,
+    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, STATS_MAP, SockState, WALKED_NETNS_MAP, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, SockOps, TracePoint},
+    programs::{CgroupAttachMode, Iter, SockOps, TracePoint},
 };
 
-use super::{CaptureError, cgroup, privileges, tracefs};
-use crate::config::Config;
+use super::{
+    CaptureError,
+    btf::{Btf, TcpOffsets},
+    cgroup, privileges,
+    tracefs::{self, SynackOffsets},
+    walk::Walk,
+};
+use crate::config::{Config, FoldMode};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
 
@@ -29,6 +35,8 @@ pub struct Capture {
     _ebpf: Ebpf,
     flows: HashMap<MapData, FlowKey, FlowAgg>,
     stats: PerCpuArray<MapData, u64>,
+    /// The walk of open sockets in the walked namespaces; `None` in callback mode.
+    walk: Option<Walk>,
 }
 
 /// Kernel memory of a preallocated hash map, approximately (element header + key + value).
@@ -51,22 +59,29 @@ impl Capture {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
         let offsets = tracefs::synack_offsets()?;
-        let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
-        let max_sockets = cfg.max_sockets as u64;
-
-        let mut loader = EbpfLoader::new();
-        loader
-            .map_max_entries(FLOWS_MAP, cfg.max_flows)
-            .override_global("MAX_SOCKETS", &max_sockets, true)
-            .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
-            .override_global("SYNACK_OFF_SPORT", &offsets.sport, true)
-            .override_global("SYNACK_OFF_DPORT", &offsets.dport, true)
-            .override_global("SYNACK_OFF_FAMILY", &offsets.family, true)
-            .override_global("SYNACK_OFF_SADDR", &offsets.saddr, true)
-            .override_global("SYNACK_OFF_DADDR", &offsets.daddr, true)
-            .override_global("SYNACK_OFF_SADDR_V6", &offsets.saddr_v6, true)
-            .override_global("SYNACK_OFF_DADDR_V6", &offsets.daddr_v6, true);
-        let mut ebpf = loader.load(EBPF_OBJECT).map_err(CaptureError::Load)?;
+        let tcp = match cfg.fold_mode {
+            FoldMode::Walk => match Btf::from_sys().and_then(|b| TcpOffsets::from_btf(&b)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    unavailable(&e.to_string());
+                    None
+                }
+            },
+            FoldMode::Callbacks => None,
+        };
+        let mut ebpf = load(cfg, &offsets, tcp.as_ref())?;
+        // Before the sock_ops program attaches, so that sockets of walked namespaces get no
+        // per-segment callbacks from the start.
+        let walk = match tcp {
+            Some(_) => match start_walk(&mut ebpf, cfg) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    unavailable(&e);
+                    None
+                }
+            },
+            None => None,
+        };
 
         // SOCKETS (socket-local storage) has no size of its own: this is its memory at the bound.
         let sockets_mem = sk_storage_bytes(cfg.max_sockets, size_of::<SockState>());
@@ -97,14 +112,29 @@ impl Capture {
         tp.attach("tcp", "tcp_retransmit_synack").map_err(|e| {
             prog_err("attaching tcp:tcp_retransmit_synack", e, " (is tracefs mounted at /sys/kernel/tracing?)")
         })?;
-        tracing::info!(cgroup = %cgroup.display(), "sock_ops and tcp:tcp_retransmit_synack attached");
+        tracing::info!(
+            cgroup = %cgroup.display(),
+            walked_namespaces = walk.as_ref().map_or(0, Walk::namespaces),
+            "sock_ops and tcp:tcp_retransmit_synack attached"
+        );
 
         let flows = HashMap::try_from(ebpf.take_map(FLOWS_MAP).ok_or(CaptureError::MissingMap(FLOWS_MAP))?)
             .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
-        let _ = (LISTENERS_MAP, SOCKETS_MAP);
-        Ok(Capture { _ebpf: ebpf, flows, stats })
+        let _ = LISTENERS_MAP;
+        Ok(Capture { _ebpf: ebpf, flows, stats, walk })
+    }
+
+    /// Run the walk of open sockets: every established socket of a walked namespace has its new
+    /// bytes, segments and retransmissions (and an RTT sample) in its flow now. No-op in
+    /// callback mode.
+    pub fn walk(&self) -> Result<(), CaptureError> {
+        let Some(walk) = &self.walk else { return Ok(()) };
+        let started = Instant::now();
+        walk.run().map_err(CaptureError::Walk)?;
+        tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");
+        Ok(())
     }
 
     /// Read every flow and the program counters.
@@ -142,6 +172,72 @@ impl Capture {
             Err(source) => Err(CaptureError::Map { name: FLOWS_MAP, source }),
         }
     }
+}
+
+/// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: the walk's; without
+/// them the walk is not started).
+fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Result<Ebpf, CaptureError> {
+    let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
+    let max_sockets = cfg.max_sockets as u64;
+    let t = tcp.copied().unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries(FLOWS_MAP, cfg.max_flows)
+        .override_global("MAX_SOCKETS", &max_sockets, true)
+        .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
+        .override_global("TCP_OFF_BYTES_ACKED", &t.bytes_acked, true)
+        .override_global("TCP_OFF_BYTES_RECEIVED", &t.bytes_received, true)
+        .override_global("TCP_OFF_SEGS_OUT", &t.segs_out, true)
+        .override_global("TCP_OFF_SEGS_IN", &t.segs_in, true)
+        .override_global("TCP_OFF_TOTAL_RETRANS", &t.total_retrans, true)
+        .override_global("TCP_OFF_SND_UNA", &t.snd_una, true)
+        .override_global("TCP_OFF_SND_NXT", &t.snd_nxt, true)
+        .override_global("TCP_OFF_SRTT_US", &t.srtt_us, true)
+        .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
+        .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
+        .override_global("SYNACK_OFF_FAMILY", &synack.family, true)
+        .override_global("SYNACK_OFF_SADDR", &synack.saddr, true)
+        .override_global("SYNACK_OFF_DADDR", &synack.daddr, true)
+        .override_global("SYNACK_OFF_SADDR_V6", &synack.saddr_v6, true)
+        .override_global("SYNACK_OFF_DADDR_V6", &synack.daddr_v6, true);
+    loader.load(EBPF_OBJECT).map_err(CaptureError::Load)
+}
+
+fn unavailable(reason: &str) {
+    tracing::warn!(
+        "the walk of open sockets is not available ({reason}): every socket folds from per-segment callbacks, \
+         which costs more per packet"
+    );
+}
+
+/// Load the walk program, link it, enter the walked namespaces and tell the sock_ops program
+/// which they are. The error says why the walk is unavailable.
+fn start_walk(ebpf: &mut Ebpf, cfg: &Config) -> Result<Walk, String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let prog: &mut Iter = program(ebpf, "flow_walk").map_err(|e| e.to_string())?;
+    prog.load("tcp", &btf).map_err(|e| format!("loading the walk program: {}", error_chain(&e)))?;
+    let prog_fd = prog.fd().map_err(|e| e.to_string())?;
+    let (walk, cookies) = Walk::start(prog_fd.as_fd(), &cfg.walk_netns)?;
+    let mut walked: HashMap<&mut MapData, u64, u8> = HashMap::try_from(
+        ebpf.map_mut(WALKED_NETNS_MAP).ok_or_else(|| format!("map {WALKED_NETNS_MAP} is missing from the object"))?,
+    )
+    .map_err(|e| format!("map {WALKED_NETNS_MAP}: {e}"))?;
+    for c in cookies {
+        walked.insert(c, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))?;
+    }
+    Ok(walk)
+}
+
+/// An error and its sources, for the kernel verifier's log, which aya keeps in a source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>

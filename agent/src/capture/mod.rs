@@ -1,12 +1,14 @@
 //! Kernel side, seen from userspace: find the cgroup and tracefs, load and attach the eBPF
 //! programs, and read their maps. Produces `Snapshot`s for `aggregate`.
 
+mod btf;
 mod cgroup;
 mod error;
 mod loader;
 mod privileges;
 pub mod probe;
 mod tracefs;
+mod walk;
 
 pub use error::CaptureError;
 pub use loader::{Capture, Snapshot};

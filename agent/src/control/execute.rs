@@ -43,6 +43,10 @@ pub fn execute(job: Job, capture: &mut Capture, aggregator: &mut Aggregator) {
 }
 
 fn run(job: &Job, capture: &mut Capture, aggregator: &mut Aggregator) -> Outcome {
+    // Open sockets' counters up to now (walk mode).
+    if let Err(e) = capture.walk() {
+        return Outcome::failed(format!("bringing open sockets' counters into the flow table: {e}"));
+    }
     let snap = match capture.read() {
         Ok(s) => s,
         Err(e) => return Outcome::failed(format!("reading the kernel flow table: {e}")),

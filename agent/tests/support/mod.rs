@@ -249,6 +249,12 @@ impl Agent {
             .envs(env.iter().copied())
             .args(mode)
             .args(["--report-interval", "1s", "--aggregate-interval", "500ms"])
+            // The lab's namespaces are walked (the default fold mode's fast path); other sockets
+            // fold from callbacks.
+            .arg("--walk-netns")
+            .arg(format!("/run/netns/{}", lab.a))
+            .arg("--walk-netns")
+            .arg(format!("/run/netns/{}", lab.b))
             .args(["--metrics-address", "127.0.0.1:0", "--cgroup"])
             .arg(&lab.cgroup)
             .arg("--control-socket")

@@ -44,9 +44,17 @@ pub struct Reports {
 }
 
 impl Agent {
-    pub fn start(bin: &Path, cgroup: &Cgroup, max_sockets: u32, dir: &Path) -> Result<Agent> {
+    /// Start `bin` on `cgroup`, walking the namespaces `netns` (by name, /run/netns/NAME) when
+    /// the binary knows `--walk-netns` (a baseline build may not).
+    pub fn start(bin: &Path, cgroup: &Cgroup, netns: &[String], max_sockets: u32, dir: &Path) -> Result<Agent> {
         let log = unique(dir);
         let mut cmd = Command::new(bin);
+        let help = Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        if help.is_ok_and(|h| h.contains("--walk-netns")) {
+            for n in netns {
+                cmd.arg("--walk-netns").arg(format!("/run/netns/{n}"));
+            }
+        }
         cmd.args(["--dry-run", "--report-interval", "10s", "--metrics-address", "127.0.0.1:0", "--top-flows", "10000"])
             .arg("--control-socket")
             .arg(dir.join("control.sock"))
@@ -129,6 +137,7 @@ impl Agent {
                 let name = match field(&info, "prog_type") {
                     Some(13) => "sock_ops",
                     Some(5) => "tcp_retransmit_synack",
+                    Some(26) => "walk",
                     _ => "other",
                 };
                 let p = ProgStat {

@@ -27,7 +27,7 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--soak]";
+pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--soak]";
 
 /// Debian packages the agent workloads use (installed by `bench`, not by `setup`).
 const BENCH_APT: &[&str] = &["nginx-light", "wrk", "iperf3", "iproute2", "procps"];
@@ -65,16 +65,26 @@ struct Options {
     kinds: Vec<Kind>,
     backend: bool,
     quick: bool,
+    /// Off/on pairs per workload (default 3; 1 with --quick).
+    pairs: Option<usize>,
     soak: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, soak: false };
+    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, soak: false };
     let mut any = false;
     for a in args {
         match a.as_str() {
             "--quick" => o.quick = true,
             "--soak" => o.soak = true,
+            p if p.starts_with("--pairs=") => {
+                let n: usize = p["--pairs=".len()..]
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| anyhow::anyhow!("{p:?}: --pairs takes a positive number, e.g. --pairs=5"))?;
+                o.pairs = Some(n);
+            }
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
             "keepalive" => o.kinds.push(Kind::KeepAlive),
             "bulk" => o.kinds.extend([Kind::Bulk(1), Kind::Bulk(16)]),
@@ -133,6 +143,7 @@ fn agent_bench(o: &Options) -> Result<String> {
     let result = (|| {
         let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
         let (pairs, secs) = if o.quick { (1, 5) } else { (3, 10) };
+        let pairs = o.pairs.unwrap_or(pairs);
         let mut results = Vec::new();
         for &kind in &o.kinds {
             eprintln!("bench: {} ({pairs} x off/on, {secs} s each)", kind.name());
@@ -198,7 +209,7 @@ fn agent_bench(o: &Options) -> Result<String> {
 
 fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
     let agent = match agent_bin {
-        Some(bin) => Some(Agent::start(bin, &env.cgroup, env.kind.max_sockets(), env.dir())?),
+        Some(bin) => Some(Agent::start(bin, &env.cgroup, &env.netns(), env.kind.max_sockets(), env.dir())?),
         None => None,
     };
     let cpu0 = agent.as_ref().map(Agent::cpu_seconds).transpose()?;
@@ -226,7 +237,7 @@ fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
 fn soak(bin: &Path, dir: &Path, secs: u64) -> Result<Soak> {
     eprintln!("bench: soak, connection storm for {secs} s with the agent on");
     let mut env = Env::new(Kind::Storm, dir)?;
-    let agent = Agent::start(bin, &env.cgroup, Kind::Storm.max_sockets(), dir)?;
+    let agent = Agent::start(bin, &env.cgroup, &env.netns(), Kind::Storm.max_sockets(), dir)?;
     let pid = agent.pid();
     let cpu0 = agent.cpu_seconds()?;
     let opens0 = env.opens()?;

@@ -65,7 +65,7 @@ pub fn summarize(kind: Kind, runs: &[Run]) -> Summary {
     let connections: u64 =
         on_runs.iter().map(|(r, _)| if kind.client_monitored() { r.opens.0 + r.opens.1 } else { r.opens.1 }).sum();
     let mut progs: Vec<(&'static str, f64, f64, u64)> = Vec::new();
-    for name in ["sock_ops", "tcp_retransmit_synack"] {
+    for name in ["sock_ops", "tcp_retransmit_synack", "walk"] {
         let (cnt, ns) = on_runs
             .iter()
             .flat_map(|(_, a)| a.progs.iter().filter(|p| p.name == name))
@@ -201,13 +201,13 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
         md.push_str(&format!("Extra agent flags (FLOW_BENCH_AGENT_ARGS): `{extra}`.\n\n"));
     }
     md.push_str(
-        "| workload | unit | off | on | on/off | p50 off | p50 on | p50 ratio | p99 off | p99 on | p99 ratio | agent CPU | peak RSS | sock_ops ns (calls/conn) | synack ns (calls) | kernel maps | events/s | drops | coverage |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| workload | unit | off | on | on/off | p50 off | p50 on | p50 ratio | p99 off | p99 on | p99 ratio | agent CPU | peak RSS | sock_ops ns (calls/conn) | synack ns (calls) | walk ns (sockets visited) | kernel maps | events/s | drops | coverage |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for s in sums {
-        let (so, sy) = (&s.progs[0], &s.progs[1]);
+        let (so, sy, wa) = (&s.progs[0], &s.progs[1], &s.progs[2]);
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} | {:.2}% | {:.1} MiB | {:.0} ({:.1}{}) | {} | {:.1} MiB | {:.0} | {} | {:.2}% ({}) |\n",
+            "| {} | {} | {:.2} | {:.2} | {:.3} | {} | {} | {} | {} | {} | {} | {:.2}% | {:.1} MiB | {:.0} ({:.1}{}) | {} | {} | {:.1} MiB | {:.0} | {} | {:.2}% ({}) |\n",
             s.kind.name(),
             s.unit(),
             s.off.throughput,
@@ -225,6 +225,7 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
             so.2,
             s.per_request(so.3).map(|r| format!("; {r:.2}/req")).unwrap_or_default(),
             if sy.3 == 0 { "- (0)".to_string() } else { format!("{:.0} ({})", sy.1, sy.3) },
+            if wa.3 == 0 { "- (0)".to_string() } else { format!("{:.0} ({})", wa.1, wa.3) },
             s.map_bytes as f64 / MIB,
             s.events_per_s,
             s.drops,

@@ -126,6 +126,11 @@ impl Env {
         Ok(env)
     }
 
+    /// Names of the workload's network namespaces.
+    pub fn netns(&self) -> Vec<String> {
+        self.ns.iter().map(|n| n.name.clone()).collect()
+    }
+
     fn wait_port(&self, ns: &Netns, port: u16) -> Result<()> {
         wait_for(&format!("a listener on port {port}"), Duration::from_secs(10), || {
             ns.exec(&["ss", "-Htln", &format!("sport = :{port}")]).is_ok_and(|o| !o.trim().is_empty())

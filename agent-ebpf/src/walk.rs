@@ -1,0 +1,113 @@
+//! The walk of open sockets: a BPF iterator over the TCP sockets of a network namespace
+//! (`iter/tcp`), which the daemon runs in each walked namespace at every window end. It folds
+//! what each tracked, established socket did since its last fold into its flow, so that sockets
+//! of walked namespaces need no per-segment callback: traffic on their established connections
+//! runs no program at all.
+//!
+//! The kernel runs the program with the socket locked (`lock_sock`), as the socket's own
+//! callbacks run, so the counters read here are consistent and the fold is exact (`payload`).
+//! The folded marks move by compare-and-swap all the same (see `flows::claim64`).
+
+use agent_common::{
+    fold::payload,
+    maps::{SOCK_ESTABLISHED, SOCK_WALKED, SockCounters, SockState, stat},
+};
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get};
+use core::ffi::c_void;
+
+use crate::{
+    flows::{flow, fold_counters, record},
+    maps::{SOCKETS, count},
+};
+
+// Offsets of `struct tcp_sock` fields, which the daemon reads from the kernel's BTF
+// (/sys/kernel/btf/vmlinux) and rewrites at load time: eBPF written in Rust has no CO-RE.
+#[unsafe(no_mangle)]
+static TCP_OFF_BYTES_ACKED: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_BYTES_RECEIVED: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_SEGS_OUT: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_SEGS_IN: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_TOTAL_RETRANS: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_SND_UNA: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_SND_NXT: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_SRTT_US: u32 = 0;
+
+/// The iterator's context (`struct bpf_iter__tcp`): one socket of the namespace (listening,
+/// established, time-wait or request socket) and its owner's uid.
+#[repr(C)]
+pub struct TcpIterCtx {
+    meta: *mut c_void,
+    sk_common: *mut u8,
+    uid: u32,
+}
+
+#[inline(always)]
+fn off(v: &'static u32) -> usize {
+    // SAFETY: read of a load-time global; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(v) as usize }
+}
+
+/// A field of the socket at a BTF offset.
+#[inline(always)]
+fn field<T>(sk: *mut u8, offset: usize) -> Option<T> {
+    // SAFETY: a bounded read through the kernel's fault-tolerant copy; `sk` is the iterator's
+    // socket, held (and locked) for the duration of this invocation.
+    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset).cast::<T>()).ok() }
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn flow_walk(ctx: *mut TcpIterCtx) -> i32 {
+    // SAFETY: a context field at its fixed offset; the verifier types it from the iterator's BTF
+    // prototype (null at the end of the walk).
+    let sk = unsafe { (*ctx).sk_common };
+    if !sk.is_null() {
+        let _ = visit(sk);
+    }
+    0
+}
+
+#[inline(always)]
+fn visit(sk: *mut u8) -> Option<()> {
+    let map = core::ptr::from_ref(&SOCKETS).cast_mut().cast::<c_void>();
+    // SAFETY: the iterator's socket and the program's own SK_STORAGE map; the helper returns
+    // null for sockets that are not full sockets or not tracked.
+    let st = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockState>();
+    // SAFETY: this socket's storage; the socket is locked while the program runs.
+    let st = unsafe { st.as_mut() }?;
+    // Established sockets tracked as walked (a socket tracked before its namespace was
+    // registered keeps its per-segment callbacks, and folds from them).
+    if st.flags & (SOCK_ESTABLISHED | SOCK_WALKED) != SOCK_ESTABLISHED | SOCK_WALKED {
+        return None;
+    }
+    let raw = SockCounters {
+        bytes_acked: field(sk, off(&TCP_OFF_BYTES_ACKED))?,
+        bytes_received: field(sk, off(&TCP_OFF_BYTES_RECEIVED))?,
+        segs_out: field(sk, off(&TCP_OFF_SEGS_OUT))?,
+        segs_in: field(sk, off(&TCP_OFF_SEGS_IN))?,
+        total_retrans: field(sk, off(&TCP_OFF_TOTAL_RETRANS))?,
+        _pad: 0,
+    };
+    let (una, nxt): (u32, u32) = (field(sk, off(&TCP_OFF_SND_UNA))?, field(sk, off(&TCP_OFF_SND_NXT))?);
+    let now = payload(&raw, st.flags, una, nxt);
+    let agg = flow(&st.key)?;
+    let d = fold_counters(agg, &raw mut st.folded, &now);
+    if d.segs_in != 0 {
+        let srtt: u32 = field(sk, off(&TCP_OFF_SRTT_US))?;
+        if srtt >> 3 != 0 {
+            // SAFETY: FLOWS value pointer.
+            record(unsafe { &raw mut (*agg).rtt_us }, (srtt >> 3) as u64);
+        }
+    }
+    if d != SockCounters::default() {
+        count(stat::EVENTS);
+    }
+    Some(())
+}
