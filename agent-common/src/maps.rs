@@ -3,8 +3,8 @@
 
 use crate::hist::HIST_BUCKETS;
 
-/// Map names, as the eBPF object defines them. SOCKETS is socket-local storage: it has no size;
-/// `--max-sockets` is enforced by the program against the LIVE_SOCKETS count (global MAX_SOCKETS).
+/// Map names, as the eBPF object defines them. SOCKETS (`--max-sockets` entries) and FLOWS
+/// (`--max-flows`) are sized by the daemon.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const FLOWS_MAP: &str = "FLOWS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
@@ -109,7 +109,7 @@ pub struct FlowAgg {
 /// RTT samples a socket holds between two folds (see `fold::rtt_push`).
 pub const RTT_PENDING: usize = 8;
 
-/// Per-socket state, in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`, freed with the socket).
+/// Per-socket state, in SOCKETS by socket cookie (removed when the socket closes).
 /// Holds the socket's flow key, the counter values last folded into its flow, so each fold adds
 /// only what is new, and the RTT samples taken since the last fold.
 #[repr(C)]

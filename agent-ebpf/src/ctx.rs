@@ -3,7 +3,10 @@
 use agent_common::maps::{Addr, SockCounters, v4_mapped};
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, generated::bpf_get_netns_cookie},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
     programs::SockOpsContext,
 };
 
@@ -23,19 +26,18 @@ pub fn now_coarse_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The socket's cookie (unique while the host runs): the key of its state.
+#[inline(always)]
+pub fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: helper taking the program's own context.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
 /// Cookie of the socket's network namespace.
 #[inline(always)]
 pub fn netns_cookie(ctx: &SockOpsContext) -> u64 {
     // SAFETY: helper taking the program's own context.
     unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
-}
-
-/// The socket (`bpf_sock_ops.sk`), null unless it is a full socket.
-#[inline(always)]
-pub fn sk(ctx: &SockOpsContext) -> *mut core::ffi::c_void {
-    // SAFETY: plain read of a `bpf_sock_ops` field, rewritten by the verifier (null for request
-    // and time-wait sockets).
-    unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk).cast() }
 }
 
 /// Local and remote address, IPv4 in v4-mapped form. `None` for other families.

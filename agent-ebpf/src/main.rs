@@ -2,13 +2,14 @@
 //! folds what each socket does into per-flow aggregates, and a tracepoint for SYN-ACK
 //! retransmissions (they happen before a full socket exists).
 //!
-//! Data path: socket callbacks -> `SOCKETS` (per-socket state in socket-local storage) -> `FLOWS`
+//! Data path: socket callbacks -> `SOCKETS` (per-socket state by socket cookie) -> `FLOWS`
 //! (per-flow-key cumulative counters) <- read by the daemon every tick. Work in userspace grows with
 //! flows, not with connections. Every failed insert is counted in `STATS`.
 #![no_std]
 #![no_main]
-// Atomic adds: the bpfel target has no compare-and-swap, so `AtomicU64::fetch_add` is not
-// exposed, but the kernel's atomic add instruction is what the intrinsic lowers to.
+// Atomics: the bpfel target exposes no `core::sync::atomic` read-modify-write operations, but
+// the kernel's atomic add and compare-and-swap instructions (-C target-cpu=v3) are what the
+// intrinsics lower to.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 

@@ -2,19 +2,13 @@
 
 use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, MAX_WALKED_NETNS, SockState, stat};
 use aya_ebpf::{
-    btf_maps::SkStorage,
-    macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray},
+    macros::map,
+    maps::{HashMap, PerCpuArray},
 };
 
-/// Per-socket state of the tracked sockets, in the sockets themselves (socket-local storage:
-/// found without a key, freed with the socket). See `sockets`.
-#[btf_map(name = "SOCKETS")]
-pub static SOCKETS: SkStorage<SockState> = SkStorage::new();
-
-/// Number of tracked sockets (one slot; atomic adds), bounded by `MAX_SOCKETS`.
-#[map(name = "LIVE_SOCKETS")]
-pub static LIVE_SOCKETS: Array<u64> = Array::with_max_entries(1, 0);
+/// Per-socket state of the tracked sockets, by socket cookie (preallocated; see `sockets`).
+#[map(name = "SOCKETS")]
+pub static SOCKETS: HashMap<u64, SockState> = HashMap::with_max_entries(1024, 0);
 
 /// Cumulative counters per flow key.
 #[map(name = "FLOWS")]

@@ -164,6 +164,13 @@ fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64) -> Option<
     Some(agg)
 }
 
+/// At establishment: a walked socket's handshake segments can wait for the walk or the close
+/// (one fold fewer per connection); others fold now. Returns the flow either way.
+#[inline(always)]
+fn fold_unless_walked(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
+    if st.flags & SOCK_WALKED != 0 { socket_flow(st) } else { fold(ctx, st) }
+}
+
 fn on_connect(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     let Some(key) = key_of(ctx, ROLE_CLIENT) else {
@@ -186,7 +193,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     st.flags |= SOCK_ESTABLISHED;
     let _ = ctx.set_cb_flags(callbacks(st.flags));
     let start = st.start_ns;
-    let Some(agg) = fold(ctx, st) else {
+    let Some(agg) = fold_unless_walked(ctx, st) else {
         return;
     };
     // SAFETY: FLOWS value pointer.
@@ -211,7 +218,7 @@ fn on_passive_established(ctx: &SockOpsContext) {
     let Some(st) = track(ctx, key, 0, flags, base, callbacks(flags)) else {
         return;
     };
-    let Some(agg) = fold(ctx, st) else {
+    let Some(agg) = fold_unless_walked(ctx, st) else {
         return;
     };
     // The accepting side's handshake time is its SYN-ACK -> ACK round trip, which the kernel has

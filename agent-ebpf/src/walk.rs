@@ -10,9 +10,12 @@
 
 use agent_common::{
     fold::payload,
-    maps::{SOCK_ESTABLISHED, SOCK_WALKED, SockCounters, SockState, stat},
+    maps::{SOCK_ESTABLISHED, SOCK_WALKED, SockCounters, stat},
 };
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_sk_storage_get};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
+};
 use core::ffi::c_void;
 
 use crate::{
@@ -76,12 +79,16 @@ pub fn flow_walk(ctx: *mut TcpIterCtx) -> i32 {
 
 #[inline(always)]
 fn visit(sk: *mut u8) -> Option<()> {
-    let map = core::ptr::from_ref(&SOCKETS).cast_mut().cast::<c_void>();
-    // SAFETY: the iterator's socket and the program's own SK_STORAGE map; the helper returns
-    // null for sockets that are not full sockets or not tracked.
-    let st = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockState>();
-    // SAFETY: this socket's storage; the socket is locked while the program runs.
-    let st = unsafe { st.as_mut() }?;
+    // SAFETY: the iterator's socket; the helper returns null unless it is a full TCP socket
+    // (listening, time-wait and request sockets are skipped here, before any cookie is made).
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
+    if tp.is_null() {
+        return None;
+    }
+    // SAFETY: a full socket, as the helper checked.
+    let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
+    // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
+    let st = unsafe { SOCKETS.get_ptr_mut(&cookie)?.as_mut() }?;
     // Established sockets tracked as walked (a socket tracked before its namespace was
     // registered keeps its per-segment callbacks, and folds from them).
     if st.flags & (SOCK_ESTABLISHED | SOCK_WALKED) != SOCK_ESTABLISHED | SOCK_WALKED {

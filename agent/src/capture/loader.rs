@@ -3,7 +3,8 @@
 use std::{fs::File, os::fd::AsFd, time::Instant};
 
 use agent_common::maps::{
-    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, STATS_MAP, SockState, WALKED_NETNS_MAP, stat,
+    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
+    WALKED_NETNS_MAP, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -45,15 +46,6 @@ fn htab_bytes(entries: u32, key: usize, value: usize) -> u64 {
     entries as u64 * (48 + round(key) + round(value)) as u64
 }
 
-/// Kernel memory of socket-local storage when `sockets` sockets are tracked, approximately: per
-/// socket one storage element (a cache-line header, then the value) and the socket's storage
-/// header (16 cached element pointers, list, lock), each a kmalloc size class. Allocated as
-/// sockets are tracked and freed with them, not at start.
-fn sk_storage_bytes(sockets: u32, value: usize) -> u64 {
-    let class = |n: usize| [64, 96, 128, 192, 256].into_iter().find(|&c| c >= n).unwrap_or(n.next_power_of_two());
-    sockets as u64 * (class(64 + 8 + value) + class(176)) as u64
-}
-
 impl Capture {
     pub fn start(cfg: &Config) -> Result<Capture, CaptureError> {
         privileges::check()?;
@@ -83,8 +75,7 @@ impl Capture {
             None => None,
         };
 
-        // SOCKETS (socket-local storage) has no size of its own: this is its memory at the bound.
-        let sockets_mem = sk_storage_bytes(cfg.max_sockets, size_of::<SockState>());
+        let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
         let listeners_mem = htab_bytes(MAX_LISTENERS, 4, size_of::<Listener>());
         tracing::info!(
@@ -178,12 +169,11 @@ impl Capture {
 /// them the walk is not started).
 fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
-    let max_sockets = cfg.max_sockets as u64;
     let t = tcp.copied().unwrap_or_default();
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
-        .override_global("MAX_SOCKETS", &max_sockets, true)
+        .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
         .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
         .override_global("TCP_OFF_BYTES_ACKED", &t.bytes_acked, true)
         .override_global("TCP_OFF_BYTES_RECEIVED", &t.bytes_received, true)
