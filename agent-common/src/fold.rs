@@ -24,6 +24,21 @@ pub mod tcp_state {
     pub const CLOSING: u32 = 11;
 }
 
+/// What a socket's TCP state says of its FINs: `SOCK_FIN_SENT` once this side has sent its FIN
+/// (FIN_WAIT1 and later, LAST_ACK, CLOSING), `SOCK_FIN_RCVD` once the peer's has arrived
+/// (CLOSE_WAIT, LAST_ACK, CLOSING). A FIN that arrives in FIN_WAIT2 closes the socket without a
+/// state of its own: that one is seen by parsing incoming segments (`SOCK_FIN_RCVD` in the
+/// socket's flags). Deriving the rest from the state spares a callback a lookup per transition.
+#[inline(always)]
+pub fn fin_flags(state: u32) -> u32 {
+    match state {
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::TIME_WAIT => SOCK_FIN_SENT,
+        tcp_state::CLOSE_WAIT => SOCK_FIN_RCVD,
+        tcp_state::LAST_ACK | tcp_state::CLOSING => SOCK_FIN_SENT | SOCK_FIN_RCVD,
+        _ => 0,
+    }
+}
+
 /// Payload bytes from the kernel's sequence-space counters. `bytes_acked` counts the client's SYN
 /// and an acknowledged FIN, `bytes_received` counts the peer's FIN; each takes one sequence
 /// number but carries no data. `snd_una == snd_nxt` after our FIN was sent means it was acked.
@@ -42,16 +57,16 @@ pub fn payload(raw: &SockCounters, flags: u32, snd_una: u32, snd_nxt: u32) -> So
 /// What a socket adds to its flow since its counters were last folded, and the new folded
 /// values. Folding is monotonic: a reading below the folded value (the FIN correction in
 /// `payload` applied a moment before the FIN itself is counted) adds nothing and is remembered
-/// as the old value, so nothing is counted twice. The eBPF programs apply `claim` to each field
-/// atomically, which is this function when one caller folds at a time.
+/// as the old value, so nothing is counted twice. One fold of a socket runs at a time: its
+/// callbacks and the walk (`iter/tcp`) all run with the socket locked.
 #[inline(always)]
 pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, SockCounters) {
     let delta = SockCounters {
-        bytes_acked: claim(folded.bytes_acked, now.bytes_acked),
-        bytes_received: claim(folded.bytes_received, now.bytes_received),
-        segs_out: claim(folded.segs_out as u64, now.segs_out as u64) as u32,
-        segs_in: claim(folded.segs_in as u64, now.segs_in as u64) as u32,
-        total_retrans: claim(folded.total_retrans as u64, now.total_retrans as u64) as u32,
+        bytes_acked: now.bytes_acked.saturating_sub(folded.bytes_acked),
+        bytes_received: now.bytes_received.saturating_sub(folded.bytes_received),
+        segs_out: now.segs_out.saturating_sub(folded.segs_out),
+        segs_in: now.segs_in.saturating_sub(folded.segs_in),
+        total_retrans: now.total_retrans.saturating_sub(folded.total_retrans),
         _pad: 0,
     };
     let next = SockCounters {
@@ -63,13 +78,6 @@ pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, So
         _pad: 0,
     };
     (delta, next)
-}
-
-/// What moving a folded counter from `folded` to `now` adds: nothing unless `now` is higher.
-/// Whoever moves the mark (atomically, in the kernel) adds the difference to the flow.
-#[inline(always)]
-pub fn claim(folded: u64, now: u64) -> u64 {
-    now.saturating_sub(folded)
 }
 
 /// Whether a socket's counters are due to be folded: `interval` since the last fold (0: always).
@@ -183,10 +191,26 @@ mod tests {
     }
 
     #[test]
-    fn claims_move_the_mark_up_only() {
-        assert_eq!(claim(10, 7), 0);
-        assert_eq!(claim(7, 10), 3);
-        assert_eq!(claim(7, 7), 0);
+    fn fins_follow_from_the_state() {
+        use crate::maps::{SOCK_FIN_RCVD, SOCK_FIN_SENT};
+        for (state, flags) in [
+            (ESTABLISHED, 0),
+            (SYN_SENT, 0),
+            (SYN_RECV, 0),
+            (FIN_WAIT1, SOCK_FIN_SENT),
+            (FIN_WAIT2, SOCK_FIN_SENT),
+            (CLOSE_WAIT, SOCK_FIN_RCVD),
+            (LAST_ACK, SOCK_FIN_SENT | SOCK_FIN_RCVD),
+            (CLOSING, SOCK_FIN_SENT | SOCK_FIN_RCVD),
+            (CLOSE, 0),
+            (LISTEN, 0),
+        ] {
+            assert_eq!(fin_flags(state), flags, "state {state}");
+        }
+        // The client of the payload test, closed from LAST_ACK: both FINs off.
+        let raw = SockCounters { bytes_acked: 12347, bytes_received: 5001, ..Default::default() };
+        let p = payload(&raw, SOCK_CLIENT | SOCK_ESTABLISHED | fin_flags(LAST_ACK), 7, 7);
+        assert_eq!((p.bytes_acked, p.bytes_received), (12345, 5000));
     }
 
     #[test]

@@ -33,6 +33,13 @@ pub fn cookie(ctx: &SockOpsContext) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
+/// The socket's TCP state (`tcp_state`); in a state-change callback, the state it is leaving.
+#[inline(always)]
+pub fn state(ctx: &SockOpsContext) -> u32 {
+    // SAFETY: plain read of a `bpf_sock_ops` field, rewritten by the verifier into a safe load.
+    unsafe { (*ctx.ops).state }
+}
+
 /// Cookie of the socket's network namespace.
 #[inline(always)]
 pub fn netns_cookie(ctx: &SockOpsContext) -> u64 {

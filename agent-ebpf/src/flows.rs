@@ -2,11 +2,11 @@
 //! fold sockets of the same key at once; the daemon only reads).
 
 use agent_common::{
-    fold::{End, claim},
+    fold::{End, fold_step},
     hist::bucket_index,
     maps::{FlowAgg, FlowKey, Hist, RTT_PENDING, RttPending, SOCK_FLOW_LOST, SockCounters, SockState, stat},
 };
-use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xadd};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::{FLOWS, ZERO_AGG, count};
 
@@ -81,73 +81,14 @@ pub fn add_rtt(h: *mut Hist, p: &RttPending) {
     }
 }
 
-/// Compare-and-swap attempts of one claim. Two folds of a socket can race only when the walk
-/// meets one of the socket's callbacks, so a claim rarely retries; one that gives up leaves the
-/// difference for the next fold.
-const CLAIM_TRIES: usize = 4;
-
-/// Move a socket's folded mark up to `now`; returns the difference this caller claimed (0 when
-/// the mark is already there, or another fold moved it). Atomic, because the walk of open
-/// sockets and the socket's own callbacks may fold it at the same time: each difference goes to
-/// exactly one of them.
+/// Fold `now` into the socket's folded counters (`fold::fold_step`) and add what is new to the
+/// flow; returns what was added.
 #[inline(always)]
-pub fn claim64(mark: *mut u64, now: u64) -> u64 {
-    // SAFETY: `mark` points into a socket's storage, which stays valid while the program runs.
-    let mut old = unsafe { core::ptr::read_volatile(mark) };
-    for _ in 0..CLAIM_TRIES {
-        let d = claim(old, now);
-        if d == 0 {
-            return 0;
-        }
-        // SAFETY: as above; SeqCst lowers to the kernel's atomic cmpxchg.
-        let (prev, ok) =
-            unsafe { atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(mark, old, now) };
-        if ok {
-            return d;
-        }
-        old = prev;
-    }
-    0
-}
-
-/// `claim64` for a 32-bit counter.
-#[inline(always)]
-pub fn claim32(mark: *mut u32, now: u32) -> u32 {
-    // SAFETY: as in `claim64`.
-    let mut old = unsafe { core::ptr::read_volatile(mark) };
-    for _ in 0..CLAIM_TRIES {
-        let d = claim(old as u64, now as u64) as u32;
-        if d == 0 {
-            return 0;
-        }
-        // SAFETY: as in `claim64`.
-        let (prev, ok) =
-            unsafe { atomic_cxchg::<u32, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(mark, old, now) };
-        if ok {
-            return d;
-        }
-        old = prev;
-    }
-    0
-}
-
-/// Claim what `now` adds over the socket's folded marks (`fold::fold_step`, atomically per
-/// field) and add it to the flow; returns what was added.
-#[inline(always)]
-pub fn fold_counters(agg: *mut FlowAgg, folded: *mut SockCounters, now: &SockCounters) -> SockCounters {
-    // SAFETY: `folded` points into a socket's storage (see `claim64`).
-    let d = unsafe {
-        SockCounters {
-            bytes_acked: claim64(&raw mut (*folded).bytes_acked, now.bytes_acked),
-            bytes_received: claim64(&raw mut (*folded).bytes_received, now.bytes_received),
-            segs_out: claim32(&raw mut (*folded).segs_out, now.segs_out),
-            segs_in: claim32(&raw mut (*folded).segs_in, now.segs_in),
-            total_retrans: claim32(&raw mut (*folded).total_retrans, now.total_retrans),
-            _pad: 0,
-        }
-    };
-    add_counters(agg, &d);
-    d
+pub fn fold_counters(agg: *mut FlowAgg, folded: &mut SockCounters, now: &SockCounters) -> SockCounters {
+    let (delta, next) = fold_step(folded, now);
+    add_counters(agg, &delta);
+    *folded = next;
+    delta
 }
 
 /// Add a socket's counter delta to its flow.

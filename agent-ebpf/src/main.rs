@@ -7,9 +7,8 @@
 //! flows, not with connections. Every failed insert is counted in `STATS`.
 #![no_std]
 #![no_main]
-// Atomics: the bpfel target exposes no `core::sync::atomic` read-modify-write operations, but
-// the kernel's atomic add and compare-and-swap instructions (-C target-cpu=v3) are what the
-// intrinsics lower to.
+// Atomic adds: the bpfel target has no compare-and-swap, so `AtomicU64::fetch_add` is not
+// exposed, but the kernel's atomic add instruction is what the intrinsic lowers to.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 

@@ -1,10 +1,10 @@
 //! The sock_ops program: one entry point, one small handler per callback.
 
 use agent_common::{
-    fold::{classify_end, fold_due, payload, rtt_push, tcp_state},
+    fold::{classify_end, fin_flags, fold_due, payload, rtt_push, tcp_state},
     maps::{
         FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
-        SOCK_FIN_SENT, SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
+        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
 };
 use aya_ebpf::{
@@ -137,17 +137,17 @@ fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
 /// the flow. Exact: callbacks run under the socket's lock.
 #[inline(always)]
 fn fold(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
-    fold_at(ctx, st, ctx::now_coarse_ns())
+    fold_at(ctx, st, ctx::now_coarse_ns(), ctx::state(ctx))
 }
 
-/// `fold` with the coarse clock already read.
+/// `fold` with the coarse clock already read, for a socket in TCP state `state`.
 #[inline(always)]
-fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64) -> Option<*mut FlowAgg> {
+fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32) -> Option<*mut FlowAgg> {
     st.last_fold_ns = now_coarse;
     let agg = socket_flow(st)?;
     let (una, nxt) = ctx::snd_una_nxt(ctx);
-    let cur = payload(&ctx::raw_counters(ctx), st.flags, una, nxt);
-    let delta = fold_counters(agg, &raw mut st.folded, &cur);
+    let cur = payload(&ctx::raw_counters(ctx), st.flags | fin_flags(state), una, nxt);
+    let delta = fold_counters(agg, &mut st.folded, &cur);
     if st.flags & SOCK_WALKED != 0 {
         let srtt = ctx::srtt_us(ctx);
         if delta.segs_in != 0 && srtt != 0 {
@@ -244,7 +244,7 @@ fn on_rtt(ctx: &SockOpsContext) {
     let full = rtt_push(&mut st.rtt, ctx.arg(0) as u64);
     let now = ctx::now_coarse_ns();
     if full || fold_due(now, st.last_fold_ns, fold_interval_ns()) {
-        let _ = fold_at(ctx, st, now);
+        let _ = fold_at(ctx, st, now, ctx::state(ctx));
     }
 }
 
@@ -279,31 +279,27 @@ fn on_state(ctx: &SockOpsContext) {
         }
         return;
     }
-    // Only these transitions need the socket's state.
-    if !matches!(
-        new,
-        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK | tcp_state::CLOSE_WAIT | tcp_state::CLOSING | tcp_state::CLOSE
-    ) {
-        return;
-    }
-    let Some(st) = state(ctx) else { return };
     match new {
         tcp_state::FIN_WAIT1 => {
-            st.flags |= SOCK_FIN_SENT;
             // From here the peer's FIN may close the socket straight from FIN_WAIT2; parsing the
-            // incoming segments' flags is how we know it arrived (it is one byte of bytes_received).
-            let _ = ctx.set_cb_flags(callbacks(st.flags) | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG as i32);
+            // incoming segments' flags is how we know it arrived (it is one byte of
+            // bytes_received). The other FINs follow from the states (`fin_flags`), so no
+            // transition but this and CLOSE needs the socket's state.
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32);
         }
-        tcp_state::LAST_ACK => st.flags |= SOCK_FIN_SENT,
-        tcp_state::CLOSE_WAIT | tcp_state::CLOSING => st.flags |= SOCK_FIN_RCVD,
-        tcp_state::CLOSE => close(ctx, st, old),
+        tcp_state::CLOSE => {
+            if let Some(st) = state(ctx) {
+                close(ctx, st, old);
+            }
+        }
         _ => {}
     }
 }
 
+/// The socket leaves `old` for CLOSE: its last fold (with the FINs `old` implies), how it ended.
 fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
     let flags = st.flags;
-    if let Some(agg) = fold(ctx, st) {
+    if let Some(agg) = fold_at(ctx, st, ctx::now_coarse_ns(), old) {
         add_end(agg, &classify_end(old, flags));
         if flags & SOCK_ESTABLISHED != 0 {
             // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
@@ -339,7 +335,7 @@ fn on_send(ctx: &SockOpsContext) {
         return;
     }
     count(stat::EVENTS);
-    let _ = fold_at(ctx, st, now);
+    let _ = fold_at(ctx, st, now, ctx::state(ctx));
 }
 
 fn on_listen(ctx: &SockOpsContext) {

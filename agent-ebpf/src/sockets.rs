@@ -12,6 +12,7 @@ use crate::{
 };
 
 const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
 
 /// The socket's state if it is tracked.
 #[inline(always)]
@@ -28,19 +29,23 @@ pub fn get(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
 #[inline(always)]
 pub fn track(ctx: &SockOpsContext, init: &SockState) -> Option<&'static mut SockState> {
     let cookie = ctx::cookie(ctx);
-    if let Some(p) = SOCKETS.get_ptr_mut(&cookie) {
-        // SAFETY: as in `get`.
-        let st = unsafe { &mut *p };
-        *st = *init;
-        return Some(st);
-    }
-    if SOCKETS.insert(&cookie, init, BPF_NOEXIST).is_err() {
-        count(stat::SOCKETS_FULL);
-        return None;
-    }
-    count(stat::SOCKETS_INSERTED);
+    let fresh = match SOCKETS.insert(&cookie, init, BPF_NOEXIST) {
+        Ok(()) => true,
+        // Tracked already (a second connect on one socket): it starts over.
+        Err(e) if e == -EEXIST => false,
+        Err(_) => {
+            count(stat::SOCKETS_FULL);
+            return None;
+        }
+    };
     // SAFETY: as in `get`.
-    SOCKETS.get_ptr_mut(&cookie).and_then(|p| unsafe { p.as_mut() })
+    let st = SOCKETS.get_ptr_mut(&cookie).and_then(|p| unsafe { p.as_mut() })?;
+    if fresh {
+        count(stat::SOCKETS_INSERTED);
+    } else {
+        *st = *init;
+    }
+    Some(st)
 }
 
 /// Stop tracking the socket (counted in `SOCKETS_REMOVED`).

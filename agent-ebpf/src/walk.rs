@@ -4,12 +4,13 @@
 //! of walked namespaces need no per-segment callback: traffic on their established connections
 //! runs no program at all.
 //!
-//! The kernel runs the program with the socket locked (`lock_sock`), as the socket's own
-//! callbacks run, so the counters read here are consistent and the fold is exact (`payload`).
-//! The folded marks move by compare-and-swap all the same (see `flows::claim64`).
+//! The kernel runs the program with the socket locked (`lock_sock`, which is why `iter/tcp`
+//! programs may call `bpf_setsockopt`), as the socket's own callbacks run: the counters read here
+//! are consistent, the fold is exact (`payload`), and it never runs at the same time as another
+//! fold of the same socket.
 
 use agent_common::{
-    fold::payload,
+    fold::{fin_flags, payload},
     maps::{SOCK_ESTABLISHED, SOCK_WALKED, SockCounters, stat},
 };
 use aya_ebpf::helpers::{
@@ -41,6 +42,9 @@ static TCP_OFF_SND_UNA: u32 = 0;
 static TCP_OFF_SND_NXT: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_OFF_SRTT_US: u32 = 0;
+/// `sock_common.skc_state`, at the start of every socket.
+#[unsafe(no_mangle)]
+static TCP_OFF_STATE: u32 = 0;
 
 /// The iterator's context (`struct bpf_iter__tcp`): one socket of the namespace (listening,
 /// established, time-wait or request socket) and its owner's uid.
@@ -94,18 +98,24 @@ fn visit(sk: *mut u8) -> Option<()> {
     if st.flags & (SOCK_ESTABLISHED | SOCK_WALKED) != SOCK_ESTABLISHED | SOCK_WALKED {
         return None;
     }
+    // Nothing moves a socket's counters but a segment in or out: an idle socket costs two reads.
+    let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
+    if segs_out == st.folded.segs_out && segs_in == st.folded.segs_in {
+        return None;
+    }
     let raw = SockCounters {
         bytes_acked: field(sk, off(&TCP_OFF_BYTES_ACKED))?,
         bytes_received: field(sk, off(&TCP_OFF_BYTES_RECEIVED))?,
-        segs_out: field(sk, off(&TCP_OFF_SEGS_OUT))?,
-        segs_in: field(sk, off(&TCP_OFF_SEGS_IN))?,
+        segs_out,
+        segs_in,
         total_retrans: field(sk, off(&TCP_OFF_TOTAL_RETRANS))?,
         _pad: 0,
     };
     let (una, nxt): (u32, u32) = (field(sk, off(&TCP_OFF_SND_UNA))?, field(sk, off(&TCP_OFF_SND_NXT))?);
-    let now = payload(&raw, st.flags, una, nxt);
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    let now = payload(&raw, st.flags | fin_flags(state as u32), una, nxt);
     let agg = flow(&st.key)?;
-    let d = fold_counters(agg, &raw mut st.folded, &now);
+    let d = fold_counters(agg, &mut st.folded, &now);
     if d.segs_in != 0 {
         let srtt: u32 = field(sk, off(&TCP_OFF_SRTT_US))?;
         if srtt >> 3 != 0 {

@@ -82,6 +82,10 @@ fn all_ok_as_root_with_imds_and_backend_answering() {
     assert!(req.contains("x-aws-ec2-metadata-token-ttl-seconds: "), "{req}");
     assert!(backend_req.recv().unwrap().starts_with("GET / HTTP/1.1\r\n"));
     assert!(line(&stdout, "backend").contains("HTTP 404"), "{stdout}");
+    assert!(
+        line(&stdout, "sock_ops attach").contains("the walk of open sockets runs in 1 network namespace"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! in Rust has no CO-RE relocations). A small reader of the BTF format: the header, the type
 //! section (structs, unions and the types that wrap them) and the string section.
 
-use std::collections::HashMap;
-
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,198 +43,173 @@ mod kind {
     pub const ENUM64: u32 = 19;
 }
 
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    ty: u32,
-    /// Offset in bits from the start of the enclosing struct or union.
-    bit_offset: u32,
+/// One type of the type section: where its record starts (after the 12-byte common header).
+#[derive(Clone, Copy)]
+struct TypeRec {
+    name_off: u32,
+    info: u32,
+    size_or_type: u32,
+    /// Byte offset of the kind-specific data in the type section.
+    extra: u32,
 }
 
-#[derive(Debug, Clone)]
-enum Type {
-    /// Structs and unions: byte size and members.
-    Composite {
-        size: u32,
-        members: Vec<Member>,
-    },
-    /// Integers, enums, floats: byte size.
-    Sized(u32),
-    /// typedef, const, volatile, restrict, type tags: the type they wrap.
-    Alias(u32),
-    Other,
+impl TypeRec {
+    fn kind(&self) -> u32 {
+        (self.info >> 24) & 0x1f
+    }
+    fn vlen(&self) -> usize {
+        (self.info & 0xffff) as usize
+    }
+    fn kind_flag(&self) -> bool {
+        self.info >> 31 == 1
+    }
 }
 
-/// The types of one BTF blob, indexed by type id (0 is void).
+/// The kernel's BTF, indexed by type id (0 is void). Lean on purpose: only each type's header
+/// is kept (16 bytes a type); names and members are read from the blob when asked, so reading
+/// vmlinux's ~100,000 types costs about as much memory as the file itself.
 pub struct Btf {
-    types: Vec<Type>,
-    structs: HashMap<String, u32>,
-}
-
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn u32(&mut self) -> Result<u32, BtfError> {
-        let b = self
-            .data
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| BtfError::Malformed(format!("type section ends inside a type at byte {}", self.pos)))?;
-        self.pos += 4;
-        Ok(u32::from_le_bytes(b.try_into().unwrap()))
-    }
-
-    fn skip(&mut self, n: usize) -> Result<(), BtfError> {
-        if self.pos + n > self.data.len() {
-            return Err(BtfError::Malformed(format!("type section ends inside a type at byte {}", self.pos)));
-        }
-        self.pos += n;
-        Ok(())
-    }
+    data: Vec<u8>,
+    types_at: usize,
+    types_len: usize,
+    strings_at: usize,
+    strings_len: usize,
+    types: Vec<TypeRec>,
 }
 
 fn le32(data: &[u8], at: usize) -> Result<u32, BtfError> {
     data.get(at..at + 4)
         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        .ok_or_else(|| BtfError::Malformed("truncated header".into()))
+        .ok_or_else(|| BtfError::Malformed(format!("truncated at byte {at}")))
 }
 
 impl Btf {
     pub fn from_sys() -> Result<Btf, BtfError> {
         let data =
             std::fs::read(VMLINUX).map_err(|e| BtfError::Read { path: VMLINUX.into(), reason: e.to_string() })?;
-        Btf::parse(&data)
+        Btf::parse(data)
     }
 
     /// Parse a little-endian BTF blob (the only byte order of the kernels this agent runs on).
-    pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
+    pub fn parse(data: Vec<u8>) -> Result<Btf, BtfError> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
             return Err(BtfError::Malformed("no BTF magic (0xeb9f, little-endian) at the start".into()));
         }
-        let hdr_len = le32(data, 4)? as usize;
-        let (type_off, type_len) = (le32(data, 8)? as usize, le32(data, 12)? as usize);
-        let (str_off, str_len) = (le32(data, 16)? as usize, le32(data, 20)? as usize);
+        let hdr_len = le32(&data, 4)? as usize;
+        let (type_off, type_len) = (le32(&data, 8)? as usize, le32(&data, 12)? as usize);
+        let (str_off, str_len) = (le32(&data, 16)? as usize, le32(&data, 20)? as usize);
         let section = |off: usize, len: usize, what: &str| {
             hdr_len
                 .checked_add(off)
-                .and_then(|s| Some((s, s.checked_add(len)?)))
-                .and_then(|(s, e)| data.get(s..e))
+                .filter(|s| s.checked_add(len).is_some_and(|e| e <= data.len()))
                 .ok_or_else(|| BtfError::Malformed(format!("{what} section lies outside the data")))
         };
-        let types_data = section(type_off, type_len, "type")?;
-        let strings = section(str_off, str_len, "string")?;
-        let name = |off: u32| -> Result<String, BtfError> {
-            let s = strings.get(off as usize..).ok_or_else(|| BtfError::Malformed(format!("name offset {off}")))?;
-            let end = s.iter().position(|&b| b == 0).ok_or_else(|| BtfError::Malformed("unterminated name".into()))?;
-            Ok(String::from_utf8_lossy(&s[..end]).into_owned())
-        };
-
-        let mut types = vec![Type::Other];
-        let mut structs = HashMap::new();
-        let mut r = Reader { data: types_data, pos: 0 };
-        while r.pos < types_data.len() {
-            let (name_off, info, size_or_type) = (r.u32()?, r.u32()?, r.u32()?);
-            let (k, vlen, kind_flag) = ((info >> 24) & 0x1f, (info & 0xffff) as usize, info >> 31 == 1);
-            let t = match k {
-                kind::INT => {
-                    r.skip(4)?;
-                    Type::Sized(size_or_type)
-                }
-                kind::ENUM => {
-                    r.skip(8 * vlen)?;
-                    Type::Sized(size_or_type)
-                }
-                kind::ENUM64 => {
-                    r.skip(12 * vlen)?;
-                    Type::Sized(size_or_type)
-                }
-                kind::FLOAT => Type::Sized(size_or_type),
-                kind::STRUCT | kind::UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for _ in 0..vlen {
-                        let (m_name, ty, offset) = (r.u32()?, r.u32()?, r.u32()?);
-                        // With kind_flag, the top byte is a bitfield's size and the rest its offset.
-                        let bit_offset = if kind_flag { offset & 0x00ff_ffff } else { offset };
-                        members.push(Member { name: name(m_name)?, ty, bit_offset });
-                    }
-                    let n = name(name_off)?;
-                    if k == kind::STRUCT && !n.is_empty() {
-                        structs.entry(n).or_insert(types.len() as u32);
-                    }
-                    Type::Composite { size: size_or_type, members }
-                }
-                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => {
-                    Type::Alias(size_or_type)
-                }
-                kind::ARRAY => {
-                    r.skip(12)?;
-                    Type::Other
-                }
-                kind::FUNC_PROTO => {
-                    r.skip(8 * vlen)?;
-                    Type::Other
-                }
-                kind::VAR | kind::DECL_TAG => {
-                    r.skip(4)?;
-                    Type::Other
-                }
-                kind::DATASEC => {
-                    r.skip(12 * vlen)?;
-                    Type::Other
-                }
-                kind::PTR | kind::FWD | kind::FUNC => Type::Other,
+        let types_at = section(type_off, type_len, "type")?;
+        let strings_at = section(str_off, str_len, "string")?;
+        let t = &data[types_at..types_at + type_len];
+        let mut types = vec![TypeRec { name_off: 0, info: 0, size_or_type: 0, extra: 0 }];
+        let mut pos = 0usize;
+        while pos < t.len() {
+            let rec =
+                TypeRec { name_off: le32(t, pos)?, info: le32(t, pos + 4)?, size_or_type: le32(t, pos + 8)?, extra: 0 };
+            pos += 12;
+            let rec = TypeRec { extra: pos as u32, ..rec };
+            let vlen = rec.vlen();
+            pos += match rec.kind() {
+                kind::INT | kind::VAR | kind::DECL_TAG => 4,
+                kind::ENUM | kind::FUNC_PROTO => 8 * vlen,
+                kind::STRUCT | kind::UNION | kind::DATASEC | kind::ENUM64 => 12 * vlen,
+                kind::ARRAY => 12,
+                kind::PTR
+                | kind::FWD
+                | kind::TYPEDEF
+                | kind::VOLATILE
+                | kind::CONST
+                | kind::RESTRICT
+                | kind::FUNC
+                | kind::FLOAT
+                | kind::TYPE_TAG => 0,
                 other => return Err(BtfError::Malformed(format!("unknown type kind {other}"))),
             };
-            types.push(t);
+            if pos > t.len() {
+                return Err(BtfError::Malformed(format!("type section ends inside type {}", types.len())));
+            }
+            types.push(rec);
         }
-        Ok(Btf { types, structs })
+        Ok(Btf { data, types_at, types_len: type_len, strings_at, strings_len: str_len, types })
     }
 
-    fn resolve(&self, mut id: u32) -> Option<&Type> {
+    fn name(&self, off: u32) -> &[u8] {
+        let s = &self.data[self.strings_at..self.strings_at + self.strings_len];
+        let s = s.get(off as usize..).unwrap_or(&[]);
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    }
+
+    fn word(&self, at: usize) -> u32 {
+        // In bounds: `parse` checked every type's extra data against the section.
+        le32(&self.data[self.types_at..self.types_at + self.types_len], at).unwrap_or(0)
+    }
+
+    /// Members of a struct or union: (name offset, type, bit offset).
+    fn members(&self, rec: &TypeRec) -> impl Iterator<Item = (u32, u32, u32)> + '_ {
+        let (base, kf) = (rec.extra as usize, rec.kind_flag());
+        (0..rec.vlen()).map(move |i| {
+            let at = base + 12 * i;
+            let offset = self.word(at + 8);
+            // With kind_flag, the top byte is a bitfield's size and the rest its offset.
+            (self.word(at), self.word(at + 4), if kf { offset & 0x00ff_ffff } else { offset })
+        })
+    }
+
+    fn resolve(&self, mut id: u32) -> Option<&TypeRec> {
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
-                Type::Alias(next) => id = *next,
-                t => return Some(t),
+            let t = self.types.get(id as usize)?;
+            match t.kind() {
+                kind::TYPEDEF | kind::VOLATILE | kind::CONST | kind::RESTRICT | kind::TYPE_TAG => id = t.size_or_type,
+                _ => return Some(t),
             }
         }
         None
     }
 
     fn size_of(&self, id: u32) -> Option<u32> {
-        match self.resolve(id)? {
-            Type::Sized(s) | Type::Composite { size: s, .. } => Some(*s),
-            _ => None,
-        }
+        let t = self.resolve(id)?;
+        matches!(t.kind(), kind::INT | kind::ENUM | kind::ENUM64 | kind::FLOAT | kind::STRUCT | kind::UNION)
+            .then_some(t.size_or_type)
     }
 
-    /// Byte offset of `field` in `members` (searching anonymous struct/union members too), and
-    /// the field's type.
-    fn find(&self, members: &[Member], field: &str, depth: u32) -> Option<(u32, u32)> {
-        for m in members {
-            if m.name == field {
-                return Some((m.bit_offset / 8, m.ty));
+    fn is_composite(t: &TypeRec) -> bool {
+        matches!(t.kind(), kind::STRUCT | kind::UNION)
+    }
+
+    /// Byte offset of `field` among the members of `rec` (searching anonymous struct/union
+    /// members too), and the field's type.
+    fn find(&self, rec: &TypeRec, field: &str, depth: u32) -> Option<(u32, u32)> {
+        for (name, ty, bits) in self.members(rec) {
+            let n = self.name(name);
+            if n == field.as_bytes() {
+                return Some((bits / 8, ty));
             }
-            if m.name.is_empty()
+            if n.is_empty()
                 && depth < 8
-                && let Some(Type::Composite { members: inner, .. }) = self.resolve(m.ty)
+                && let Some(inner) = self.resolve(ty).filter(|t| Btf::is_composite(t))
                 && let Some((off, ty)) = self.find(inner, field, depth + 1)
             {
-                return Some((m.bit_offset / 8 + off, ty));
+                return Some((bits / 8 + off, ty));
             }
         }
         None
     }
 
+    fn struct_id(&self, name: &str) -> Option<usize> {
+        self.types.iter().position(|t| t.kind() == kind::STRUCT && self.name(t.name_off) == name.as_bytes())
+    }
+
     /// Byte offset of `strukt.field`, whose size must be `size` bytes.
     pub fn field_offset(&self, strukt: &str, field: &str, size: u32) -> Result<u32, BtfError> {
-        let id = *self.structs.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let Some(Type::Composite { members, .. }) = self.types.get(id as usize) else {
-            return Err(BtfError::NoStruct(strukt.into()));
-        };
+        let rec = self.struct_id(strukt).map(|i| self.types[i]).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let (off, ty) = self
-            .find(members, field, 0)
+            .find(&rec, field, 0)
             .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
         let got = self.size_of(ty).unwrap_or(0);
         if got != size {
@@ -257,6 +230,8 @@ pub struct TcpOffsets {
     pub snd_una: u32,
     pub snd_nxt: u32,
     pub srtt_us: u32,
+    /// `sock_common.skc_state` (the TCP state), which every socket starts with.
+    pub state: u32,
 }
 
 impl TcpOffsets {
@@ -271,6 +246,7 @@ impl TcpOffsets {
             snd_una: f("snd_una", 4)?,
             snd_nxt: f("snd_nxt", 4)?,
             srtt_us: f("srtt_us", 4)?,
+            state: btf.field_offset("sock_common", "skc_state", 1)?,
         })
     }
 }
@@ -316,8 +292,8 @@ mod tests {
 
     #[test]
     fn offsets_through_anonymous_members_and_typedefs() {
-        let btf = Btf::parse(&blob()).unwrap();
-        assert_eq!(btf.structs.get("outer"), Some(&7));
+        let btf = Btf::parse(blob()).unwrap();
+        assert_eq!(btf.struct_id("outer"), Some(7));
         assert_eq!(btf.field_offset("outer", "a", 4), Ok(0));
         assert_eq!(btf.field_offset("outer", "deep", 8), Ok(8));
         assert_eq!(btf.field_offset("outer", "b", 2), Ok(8));
@@ -331,14 +307,19 @@ mod tests {
 
     #[test]
     fn bad_blobs_are_errors_not_panics() {
-        assert!(matches!(Btf::parse(b"not btf at all, not at all"), Err(BtfError::Malformed(_))));
+        assert!(matches!(Btf::parse(b"not btf at all, not at all".to_vec()), Err(BtfError::Malformed(_))));
         let b = blob();
         for cut in [4, 23, 30, b.len() - 20] {
-            assert!(Btf::parse(&b[..cut]).is_err(), "cut at {cut}");
+            assert!(Btf::parse(b[..cut].to_vec()).is_err(), "cut at {cut}");
         }
         let mut bad_kind = b.clone();
         bad_kind[24 + 7] = 30; // the first type's kind byte
-        assert!(matches!(Btf::parse(&bad_kind), Err(BtfError::Malformed(m)) if m.contains("kind 30")));
+        assert!(matches!(Btf::parse(bad_kind), Err(BtfError::Malformed(m)) if m.contains("kind 30")));
+        // A struct whose members run past the type section.
+        let mut long = b.clone();
+        let type_len = u32::from_le_bytes(long[12..16].try_into().unwrap());
+        long[24 + type_len as usize - 36 + 4..][..4].copy_from_slice(&(kind::STRUCT << 24 | 200).to_le_bytes());
+        assert!(matches!(Btf::parse(long), Err(BtfError::Malformed(m)) if m.contains("ends inside")), "vlen too long");
     }
 
     #[test]
@@ -350,6 +331,8 @@ mod tests {
         // distinct fields.
         let all =
             [o.bytes_acked, o.bytes_received, o.segs_out, o.segs_in, o.total_retrans, o.snd_una, o.snd_nxt, o.srtt_us];
+        // The TCP state is in the first bytes of every socket (struct sock_common).
+        assert!(o.state < 64, "{o:?}");
         assert!(all.iter().all(|&x| x > 512), "{o:?}");
         let mut sorted = all.to_vec();
         sorted.sort();

@@ -38,6 +38,8 @@ pub struct Capture {
     stats: PerCpuArray<MapData, u64>,
     /// The walk of open sockets in the walked namespaces; `None` in callback mode.
     walk: Option<Walk>,
+    /// Why walk mode fell back to callbacks.
+    walk_unavailable: Option<String>,
 }
 
 /// Kernel memory of a preallocated hash map, approximately (element header + key + value).
@@ -51,11 +53,12 @@ impl Capture {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
         let offsets = tracefs::synack_offsets()?;
+        let mut walk_unavailable = None;
         let tcp = match cfg.fold_mode {
             FoldMode::Walk => match Btf::from_sys().and_then(|b| TcpOffsets::from_btf(&b)) {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    unavailable(&e.to_string());
+                    walk_unavailable = Some(e.to_string());
                     None
                 }
             },
@@ -68,12 +71,18 @@ impl Capture {
             Some(_) => match start_walk(&mut ebpf, cfg) {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    unavailable(&e);
+                    walk_unavailable = Some(e);
                     None
                 }
             },
             None => None,
         };
+        if let Some(reason) = &walk_unavailable {
+            tracing::warn!(
+                "the walk of open sockets is not available ({reason}): every socket folds from per-segment \
+                 callbacks, which costs more per packet"
+            );
+        }
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
@@ -114,7 +123,17 @@ impl Capture {
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
         let _ = LISTENERS_MAP;
-        Ok(Capture { _ebpf: ebpf, flows, stats, walk })
+        Ok(Capture { _ebpf: ebpf, flows, stats, walk, walk_unavailable })
+    }
+
+    /// How many network namespaces the walk covers, or why there is no walk (`None` with
+    /// `--fold-mode callbacks`).
+    pub fn walk_status(&self) -> Option<Result<usize, String>> {
+        match (&self.walk, &self.walk_unavailable) {
+            (Some(w), _) => Some(Ok(w.namespaces())),
+            (None, Some(reason)) => Some(Err(reason.clone())),
+            (None, None) => None,
+        }
     }
 
     /// Run the walk of open sockets: every established socket of a walked namespace has its new
@@ -183,6 +202,7 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
         .override_global("TCP_OFF_SND_UNA", &t.snd_una, true)
         .override_global("TCP_OFF_SND_NXT", &t.snd_nxt, true)
         .override_global("TCP_OFF_SRTT_US", &t.srtt_us, true)
+        .override_global("TCP_OFF_STATE", &t.state, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
         .override_global("SYNACK_OFF_FAMILY", &synack.family, true)
@@ -191,13 +211,6 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
         .override_global("SYNACK_OFF_SADDR_V6", &synack.saddr_v6, true)
         .override_global("SYNACK_OFF_DADDR_V6", &synack.daddr_v6, true);
     loader.load(EBPF_OBJECT).map_err(CaptureError::Load)
-}
-
-fn unavailable(reason: &str) {
-    tracing::warn!(
-        "the walk of open sockets is not available ({reason}): every socket folds from per-segment callbacks, \
-         which costs more per packet"
-    );
 }
 
 /// Load the walk program, link it, enter the walked namespaces and tell the sock_ops program

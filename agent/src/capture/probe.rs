@@ -75,8 +75,16 @@ pub fn attach(cfg: &Config) -> Result<String, Failure> {
     let cfg = Config { max_sockets: 16, max_flows: 16, ..cfg.clone() };
     match Capture::start(&cfg) {
         Ok(capture) => {
+            let walk = capture.walk_status();
             drop(capture);
-            Ok("sock_ops and tcp:tcp_retransmit_synack loaded, attached and detached".into())
+            let walk = match walk {
+                Some(Ok(n)) => format!("; the walk of open sockets runs in {n} network namespace(s)"),
+                Some(Err(reason)) => format!(
+                    "; the walk of open sockets is NOT available ({reason}): sockets fold from per-segment callbacks"
+                ),
+                None => "; fold_mode = callbacks".into(),
+            };
+            Ok(format!("sock_ops and tcp:tcp_retransmit_synack loaded, attached and detached{walk}"))
         }
         Err(e) => Err(failure(e.to_string(), "fix the items above; the error names what the kernel refused")),
     }
