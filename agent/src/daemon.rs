@@ -104,6 +104,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("cannot serve /healthz on {} (metrics_address)", cfg.metrics_address))?;
     tracing::info!(address = %health.local_addr(), "health endpoint listening");
     let capture = Capture::start(&cfg).context("cannot start capture")?;
+    sys::release_free_memory();
     // Bound before the capabilities go (the socket's group is set with CAP_CHOWN); starts no thread.
     let (_control, mut jobs) = control::Server::start_or_degrade(&cfg).await.context("cannot serve flow operations")?;
     // Enrichers subscribe to conntrack with CAP_NET_ADMIN; no await between here and the drop, so

@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    sys::fix_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)

@@ -201,3 +201,22 @@ pub fn netns_cookie() -> io::Result<u64> {
     };
     if r == 0 { Ok(cookie) } else { Err(io::Error::last_os_error()) }
 }
+
+/// Give the heap's free memory back to the system (glibc's malloc_trim): start-up parses the
+/// kernel's BTF (megabytes, freed at once), which would otherwise stay in the resident set.
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Keep glibc's mmap threshold fixed at 256 KiB: by default freeing one large buffer (the
+/// kernel's BTF, read at start) raises it to that buffer's size, so the next large buffers land
+/// in the heap, whose freed memory is not handed back; the start-up peak would grow by megabytes.
+pub fn fix_mmap_threshold() {
+    // SAFETY: mallopt with a valid parameter; it only changes allocator settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}

@@ -13,6 +13,8 @@ pub enum BtfError {
     Malformed(String),
     #[error("struct {0} is not in the kernel's BTF")]
     NoStruct(String),
+    #[error("function {0} is not in the kernel's BTF (this kernel has no such BPF iterator)")]
+    NoFunc(String),
     #[error("struct {strukt} has no field {field} in the kernel's BTF")]
     NoField { strukt: String, field: String },
     #[error("{strukt}.{field} is {got} bytes in this kernel, not {want}")]
@@ -201,6 +203,14 @@ impl Btf {
         None
     }
 
+    /// The type id of the function `name` (a FUNC), e.g. an iterator's `bpf_iter_tcp`.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind() == kind::FUNC && self.name(t.name_off) == name.as_bytes())
+            .map(|i| i as u32)
+    }
+
     fn struct_id(&self, name: &str) -> Option<usize> {
         self.types.iter().position(|t| t.kind() == kind::STRUCT && self.name(t.name_off) == name.as_bytes())
     }
@@ -217,6 +227,32 @@ impl Btf {
         }
         Ok(off)
     }
+}
+
+/// A BTF blob in which function `name` has type id `id` and every lower id is a placeholder (a
+/// pointer to void): what aya's `Iter::load` needs, which looks the iterator's kernel type id up
+/// by name in a parsed BTF. Parsing the kernel's whole BTF a second time for that one id would
+/// raise the agent's peak memory by as much again.
+pub fn stand_in_for_func(id: u32, name: &str) -> Vec<u8> {
+    let mut types = Vec::with_capacity(12 * id as usize);
+    for _ in 1..id {
+        for w in [0u32, kind::PTR << 24, 0] {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+    }
+    for w in [1u32, kind::FUNC << 24, 0] {
+        types.extend_from_slice(&w.to_le_bytes());
+    }
+    let strings = [b"\0", name.as_bytes(), b"\0"].concat();
+    let mut out = Vec::with_capacity(24 + types.len() + strings.len());
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&[1, 0]);
+    for w in [24u32, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
 }
 
 /// Where the walk program finds a socket's counters: byte offsets in `struct tcp_sock`.
@@ -306,6 +342,16 @@ mod tests {
     }
 
     #[test]
+    fn a_stand_in_puts_the_function_at_its_id() {
+        let b = Btf::parse(stand_in_for_func(7, "bpf_iter_tcp")).unwrap();
+        assert_eq!(b.func_id("bpf_iter_tcp"), Some(7));
+        assert_eq!(b.func_id("bpf_iter_udp"), None);
+        // aya reads it to the same id.
+        let aya = aya::Btf::parse(&stand_in_for_func(7, "bpf_iter_tcp"), aya::Endianness::default()).unwrap();
+        assert_eq!(aya.id_by_type_name_kind("bpf_iter_tcp", aya_obj::btf::BtfKind::Func).unwrap(), 7);
+    }
+
+    #[test]
     fn bad_blobs_are_errors_not_panics() {
         assert!(matches!(Btf::parse(b"not btf at all, not at all".to_vec()), Err(BtfError::Malformed(_))));
         let b = blob();
@@ -327,6 +373,7 @@ mod tests {
         // The real thing: the running kernel's BTF, which the agent requires (`flow-agent check`).
         let btf = Btf::from_sys().expect("the kernel's BTF at /sys/kernel/btf/vmlinux");
         let o = TcpOffsets::from_btf(&btf).unwrap();
+        assert!(btf.func_id("bpf_iter_tcp").is_some_and(|id| id > 1000));
         // tcp_sock starts with inet_connection_sock, far larger than 512 bytes; the counters are
         // distinct fields.
         let all =

@@ -55,7 +55,7 @@ impl Capture {
         let offsets = tracefs::synack_offsets()?;
         let mut walk_unavailable = None;
         let tcp = match cfg.fold_mode {
-            FoldMode::Walk => match Btf::from_sys().and_then(|b| TcpOffsets::from_btf(&b)) {
+            FoldMode::Walk => match Btf::from_sys().and_then(|b| walk_btf(&b)) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     walk_unavailable = Some(e.to_string());
@@ -64,11 +64,11 @@ impl Capture {
             },
             FoldMode::Callbacks => None,
         };
-        let mut ebpf = load(cfg, &offsets, tcp.as_ref())?;
+        let mut ebpf = load(cfg, &offsets, tcp.as_ref().map(|(t, _)| t))?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let walk = match tcp {
-            Some(_) => match start_walk(&mut ebpf, cfg) {
+            Some((_, iter_id)) => match start_walk(&mut ebpf, cfg, iter_id) {
                 Ok(w) => Some(w),
                 Err(e) => {
                     walk_unavailable = Some(e);
@@ -213,10 +213,21 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
     loader.load(EBPF_OBJECT).map_err(CaptureError::Load)
 }
 
-/// Load the walk program, link it, enter the walked namespaces and tell the sock_ops program
-/// which they are. The error says why the walk is unavailable.
-fn start_walk(ebpf: &mut Ebpf, cfg: &Config) -> Result<Walk, String> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+/// What the walk needs of the kernel's BTF: the `tcp_sock` offsets and the type id of the
+/// `iter/tcp` target.
+fn walk_btf(btf: &Btf) -> Result<(TcpOffsets, u32), super::btf::BtfError> {
+    let id = btf.func_id(ITER_TARGET).ok_or_else(|| super::btf::BtfError::NoFunc(ITER_TARGET.into()))?;
+    Ok((TcpOffsets::from_btf(btf)?, id))
+}
+
+const ITER_TARGET: &str = "bpf_iter_tcp";
+
+/// Load the walk program (its iterator target has kernel type id `iter_id`), link it, enter the
+/// walked namespaces and tell the sock_ops program which they are. The error says why the walk
+/// is unavailable.
+fn start_walk(ebpf: &mut Ebpf, cfg: &Config, iter_id: u32) -> Result<Walk, String> {
+    let btf = aya::Btf::parse(&super::btf::stand_in_for_func(iter_id, ITER_TARGET), aya::Endianness::default())
+        .map_err(|e| format!("building the iterator's BTF stand-in: {e}"))?;
     let prog: &mut Iter = program(ebpf, "flow_walk").map_err(|e| e.to_string())?;
     prog.load("tcp", &btf).map_err(|e| format!("loading the walk program: {}", error_chain(&e)))?;
     let prog_fd = prog.fd().map_err(|e| e.to_string())?;

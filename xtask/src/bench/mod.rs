@@ -27,7 +27,7 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--soak]";
+pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--secs=N] [--soak]";
 
 /// Debian packages the agent workloads use (installed by `bench`, not by `setup`).
 const BENCH_APT: &[&str] = &["nginx-light", "wrk", "iperf3", "iproute2", "procps"];
@@ -67,11 +67,13 @@ struct Options {
     quick: bool,
     /// Off/on pairs per workload (default 3; 1 with --quick).
     pairs: Option<usize>,
+    /// Seconds per run (default 10; 5 with --quick).
+    secs: Option<u64>,
     soak: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, soak: false };
+    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, secs: None, soak: false };
     let mut any = false;
     for a in args {
         match a.as_str() {
@@ -84,6 +86,12 @@ fn parse(args: &[String]) -> Result<Options> {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| anyhow::anyhow!("{p:?}: --pairs takes a positive number, e.g. --pairs=5"))?;
                 o.pairs = Some(n);
+            }
+            p if p.starts_with("--secs=") => {
+                let n: u64 = p["--secs=".len()..].parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    anyhow::anyhow!("{p:?}: --secs takes a positive number of seconds, e.g. --secs=4")
+                })?;
+                o.secs = Some(n);
             }
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
             "keepalive" => o.kinds.push(Kind::KeepAlive),
@@ -143,7 +151,7 @@ fn agent_bench(o: &Options) -> Result<String> {
     let result = (|| {
         let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
         let (pairs, secs) = if o.quick { (1, 5) } else { (3, 10) };
-        let pairs = o.pairs.unwrap_or(pairs);
+        let (pairs, secs) = (o.pairs.unwrap_or(pairs), o.secs.unwrap_or(secs));
         let mut results = Vec::new();
         for &kind in &o.kinds {
             eprintln!("bench: {} ({pairs} x off/on, {secs} s each)", kind.name());

@@ -31,6 +31,42 @@ pub struct Summary {
     /// Requests wrk completed in the agent-on runs (storm and keep-alive; 0 otherwise).
     pub requests: f64,
     pub sockets_tracked_max: u64,
+    /// Throughput on/off of each alternating pair: (mean, standard error of the mean).
+    pub pair_ratio: Option<(f64, f64)>,
+}
+
+/// How a figure compares with its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    Missed,
+    /// The target lies within two standard errors of the estimate: the runs cannot tell.
+    WithinNoise,
+}
+
+impl Verdict {
+    fn of(met: bool) -> Verdict {
+        if met { Verdict::Met } else { Verdict::Missed }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Verdict::Met => "yes",
+            Verdict::Missed => "**no**",
+            Verdict::WithinNoise => "within noise",
+        }
+    }
+}
+
+/// Mean and standard error of the mean.
+fn mean_se(v: &[f64]) -> Option<(f64, f64)> {
+    if v.is_empty() {
+        return None;
+    }
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    Some((m, (var / n).sqrt()))
 }
 
 #[derive(Default)]
@@ -74,6 +110,16 @@ pub fn summarize(kind: Kind, runs: &[Run]) -> Summary {
         progs.push((name, per_ns, cnt as f64 / connections.max(1) as f64, cnt));
     }
     let attempted: u64 = on_runs.iter().map(|(_, a)| a.reports.attempted_client + a.reports.attempted_server).sum();
+    // Runs alternate off, on: each pair's own ratio, so drift between pairs cancels.
+    let ratios: Vec<f64> = runs
+        .chunks(2)
+        .filter_map(|p| match p {
+            [off, on] if off.agent.is_none() && on.agent.is_some() && off.load.throughput > 0.0 => {
+                Some(on.load.throughput / off.load.throughput)
+            }
+            _ => None,
+        })
+        .collect();
     Summary {
         kind,
         off,
@@ -95,6 +141,7 @@ pub fn summarize(kind: Kind, runs: &[Run]) -> Summary {
             _ => 0.0,
         },
         sockets_tracked_max: on_runs.iter().map(|(_, a)| a.reports.sockets_tracked_max).max().unwrap_or(0),
+        pair_ratio: mean_se(&ratios),
     }
 }
 
@@ -104,9 +151,24 @@ impl Summary {
         (self.requests >= 1.0).then(|| invocations as f64 / self.requests)
     }
 
-    /// Throughput lost with the agent on, percent (negative: faster with it on).
-    pub fn cost_pct(&self) -> f64 {
-        100.0 * (1.0 - self.on.throughput / self.off.throughput.max(1e-9))
+    /// Throughput lost with the agent on, percent (negative: faster with it on), from the mean
+    /// of the pairs' ratios, and two standard errors of it.
+    pub fn cost_pct(&self) -> (f64, f64) {
+        match self.pair_ratio {
+            Some((m, se)) => (100.0 * (1.0 - m), 200.0 * se),
+            None => (100.0 * (1.0 - self.on.throughput / self.off.throughput.max(1e-9)), 0.0),
+        }
+    }
+
+    /// A throughput-cost target, judged with the runs' noise.
+    fn cost_target(&self, limit: f64) -> (String, String, Verdict) {
+        let (cost, noise) = self.cost_pct();
+        let verdict = if (cost - noise..=cost + noise).contains(&limit) {
+            Verdict::WithinNoise
+        } else {
+            Verdict::of(cost <= limit)
+        };
+        (format!("throughput cost <= {limit}%"), format!("{cost:.1}% ± {noise:.1}"), verdict)
     }
 
     fn unit(&self) -> &'static str {
@@ -117,35 +179,24 @@ impl Summary {
         }
     }
 
-    /// (target, figure, met).
-    pub fn targets(&self) -> Vec<(String, String, bool)> {
+    /// (target, figure, verdict).
+    pub fn targets(&self) -> Vec<(String, String, Verdict)> {
         let mut t = Vec::new();
-        let cost = self.cost_pct();
         match self.kind {
             Kind::Storm | Kind::StormServer => {
                 t.push((
                     "coverage 100%, no sampling".into(),
                     pct(self.coverage * 100.0),
-                    self.coverage >= 1.0 && self.drops == 0,
+                    Verdict::of(self.coverage >= 1.0 && self.drops == 0),
                 ));
-                t.push((
-                    format!("throughput cost <= {STORM_COST_PCT}%"),
-                    format!("{cost:.1}%"),
-                    cost <= STORM_COST_PCT,
-                ));
+                t.push(self.cost_target(STORM_COST_PCT));
                 t.push((
                     format!("agent CPU <= {STORM_CPU_PCT}% of a core"),
                     pct(self.cpu_pct),
-                    self.cpu_pct <= STORM_CPU_PCT,
+                    Verdict::of(self.cpu_pct <= STORM_CPU_PCT),
                 ));
             }
-            Kind::KeepAlive | Kind::Bulk(_) => {
-                t.push((
-                    format!("throughput cost <= {STEADY_COST_PCT}%"),
-                    format!("{cost:.1}%"),
-                    cost <= STEADY_COST_PCT,
-                ));
-            }
+            Kind::KeepAlive | Kind::Bulk(_) => t.push(self.cost_target(STEADY_COST_PCT)),
             Kind::Idle => {
                 let mib = self.rss_peak as f64 / MIB;
                 t.push((
@@ -154,13 +205,17 @@ impl Summary {
                         self.sockets_tracked_max
                     ),
                     format!("{mib:.1} MiB"),
-                    mib <= IDLE_RSS_MIB,
+                    Verdict::of(mib <= IDLE_RSS_MIB),
                 ));
             }
         }
         for (name, ns, _, cnt) in &self.progs {
             if *cnt > 0 {
-                t.push((format!("eBPF {name} mean <= {EBPF_NS} ns"), format!("{ns:.0} ns"), *ns <= EBPF_NS));
+                t.push((
+                    format!("eBPF {name} mean <= {EBPF_NS} ns"),
+                    format!("{ns:.0} ns"),
+                    Verdict::of(*ns <= EBPF_NS),
+                ));
             }
         }
         t
@@ -250,8 +305,8 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
     }
     md.push_str("\n### Targets\n\n| workload | target | figure | met |\n|---|---|---|---|\n");
     for s in sums {
-        for (t, v, ok) in s.targets() {
-            md.push_str(&format!("| {} | {t} | {v} | {} |\n", s.kind.name(), if ok { "yes" } else { "**no**" }));
+        for (t, v, verdict) in s.targets() {
+            md.push_str(&format!("| {} | {t} | {v} | {} |\n", s.kind.name(), verdict.text()));
         }
     }
     md
@@ -294,7 +349,8 @@ pub fn json(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>) -> Value {
                 "workload": k.id(),
                 "off": {"throughput": s.off.throughput, "p50_us": s.off.p50_us, "p99_us": s.off.p99_us},
                 "on": {"throughput": s.on.throughput, "p50_us": s.on.p50_us, "p99_us": s.on.p99_us},
-                "throughput_cost_pct": s.cost_pct(),
+                "throughput_cost_pct": s.cost_pct().0,
+                "throughput_cost_two_se_pct": s.cost_pct().1,
                 "agent_cpu_pct": s.cpu_pct,
                 "peak_rss_bytes": s.rss_peak,
                 "ebpf": s.progs.iter().map(|(n, ns, per, cnt)| json!({"program": n, "mean_ns": ns, "invocations": cnt, "invocations_per_connection": per, "invocations_per_request": s.per_request(*cnt)})).collect::<Vec<_>>(),
@@ -305,7 +361,8 @@ pub fn json(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>) -> Value {
                 "coverage": s.coverage,
                 "connections": s.connections,
                 "sockets_tracked_max": s.sockets_tracked_max,
-                "targets": s.targets().into_iter().map(|(t, v, ok)| json!({"target": t, "figure": v, "met": ok})).collect::<Vec<_>>(),
+                "targets": s.targets().into_iter().map(|(t, v, verdict)| json!({"target": t, "figure": v, "met": verdict.text().trim_matches('*')})).collect::<Vec<_>>(),
+                "pair_ratio": s.pair_ratio.map(|(m, se)| json!({"mean": m, "standard_error": se})),
                 "runs": runs.iter().map(|r| json!({
                     "agent": r.agent.is_some(),
                     "throughput": r.load.throughput,
@@ -332,4 +389,20 @@ pub fn json(results: &[(Kind, Vec<Run>)], soak: Option<&Soak>) -> Value {
             "coverage": s.coverage,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_noise_and_verdicts() {
+        assert_eq!(mean_se(&[]), None);
+        assert_eq!(mean_se(&[0.9]), Some((0.9, 0.0)));
+        let (m, se) = mean_se(&[0.9, 1.0, 1.1]).unwrap();
+        assert!((m - 1.0).abs() < 1e-12 && (se - 0.1 / 3f64.sqrt()).abs() < 1e-12, "{m} {se}");
+        assert_eq!(Verdict::of(true).text(), "yes");
+        assert_eq!(Verdict::of(false).text(), "**no**");
+        assert_eq!(Verdict::WithinNoise.text(), "within noise");
+    }
 }
