@@ -103,9 +103,7 @@ fn bytes_and_opens_match_the_traffic_in_callback_mode() {
 fn open_connections_are_folded_every_window_and_exactly() {
     let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly") else { return };
     let lab = Lab::new();
-    let drop = "meta l4proto tcp meta length > 200 numgen random mod 100 < 5 drop";
-    lab.nft_input_rule(&lab.a, "loss", drop);
-    lab.nft_input_rule(&lab.b, "loss", drop);
+    lab.lose_data_segments_both_ways(5);
     let agent = Agent::start(&lab, &[]);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5031", "--conns", "6", "--echo"]);
@@ -172,10 +170,7 @@ fn open_connections_are_folded_every_window_and_exactly() {
 fn retransmissions_and_timeouts_equal_kernel_counters() {
     let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters") else { return };
     let lab = Lab::new();
-    // Drop 5% of segments that carry data (longer than any header-only segment), both ways.
-    let drop = "meta l4proto tcp meta length > 200 numgen random mod 100 < 5 drop";
-    lab.nft_input_rule(&lab.a, "loss", drop);
-    lab.nft_input_rule(&lab.b, "loss", drop);
+    lab.lose_data_segments_both_ways(5);
     let agent = Agent::start(&lab, &[]);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
     let server =

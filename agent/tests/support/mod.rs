@@ -132,6 +132,14 @@ impl Lab {
         assert!(c.wait().unwrap().success(), "nft failed for ruleset:\n{ruleset}");
     }
 
+    /// Drop `percent`% of the segments that carry data (longer than any header-only segment), at
+    /// random, on input in both namespaces: loss both ways, handshakes untouched.
+    pub fn lose_data_segments_both_ways(&self, percent: u32) {
+        let drop = format!("meta l4proto tcp meta length > 200 numgen random mod 100 < {percent} drop");
+        self.nft_input_rule(&self.a, "loss", &drop);
+        self.nft_input_rule(&self.b, "loss", &drop);
+    }
+
     /// Wait until no TCP socket but listeners and TIME-WAIT is left in either namespace.
     pub fn wait_sockets_closed(&self, timeout: Duration) {
         let start = Instant::now();
