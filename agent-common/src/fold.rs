@@ -27,14 +27,32 @@ pub mod tcp_state {
 /// What a socket's TCP state says of its FINs: `SOCK_FIN_SENT` once this side has sent its FIN
 /// (FIN_WAIT1 and later, LAST_ACK, CLOSING), `SOCK_FIN_RCVD` once the peer's has arrived
 /// (CLOSE_WAIT, LAST_ACK, CLOSING). A FIN that arrives in FIN_WAIT2 closes the socket without a
-/// state of its own: that one is seen by parsing incoming segments (`SOCK_FIN_RCVD` in the
-/// socket's flags). Deriving the rest from the state spares a callback a lookup per transition.
+/// state of its own: that one is seen by parsing incoming segments (`fin_seen`). Deriving the
+/// rest from the state spares a callback a lookup per transition.
 #[inline(always)]
 pub fn fin_flags(state: u32) -> u32 {
     match state {
         tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::TIME_WAIT => SOCK_FIN_SENT,
         tcp_state::CLOSE_WAIT => SOCK_FIN_RCVD,
         tcp_state::LAST_ACK | tcp_state::CLOSING => SOCK_FIN_SENT | SOCK_FIN_RCVD,
+        _ => 0,
+    }
+}
+
+/// `BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG` (uapi `linux/bpf.h`): a callback for every incoming
+/// segment, armed at FIN_WAIT1 to catch the peer's FIN.
+pub const PARSE_ALL_HDR_OPT_CB_FLAG: u32 = 1 << 4;
+
+/// Whether the peer's FIN arrived, for a socket that leaves `old_state` for CLOSE with callback
+/// flags `cb_flags`: `SOCK_FIN_RCVD` or 0. From FIN_WAIT1 on, the socket parses incoming
+/// segments (`PARSE_ALL_HDR_OPT_CB_FLAG`), and the parse callback disarms itself at the peer's
+/// FIN: a socket leaving FIN_WAIT1 or FIN_WAIT2 disarmed got it, one still armed did not (a reset,
+/// or the FIN_WAIT2 timeout). Later states say so themselves (`fin_flags`). The flag is the only
+/// memory the parse callback needs, so it does no lookup.
+#[inline(always)]
+pub fn fin_seen(old_state: u32, cb_flags: u32) -> u32 {
+    match old_state {
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 if cb_flags & PARSE_ALL_HDR_OPT_CB_FLAG == 0 => SOCK_FIN_RCVD,
         _ => 0,
     }
 }
@@ -211,6 +229,28 @@ mod tests {
         let raw = SockCounters { bytes_acked: 12347, bytes_received: 5001, ..Default::default() };
         let p = payload(&raw, SOCK_CLIENT | SOCK_ESTABLISHED | fin_flags(LAST_ACK), 7, 7);
         assert_eq!((p.bytes_acked, p.bytes_received), (12345, 5000));
+    }
+
+    #[test]
+    fn a_fin_in_fin_wait_is_seen_from_the_disarmed_parse_callback() {
+        use crate::maps::SOCK_FIN_RCVD;
+        const RTO_RETRANS_STATE: u32 = 1 | 2 | 4;
+        let armed = RTO_RETRANS_STATE | PARSE_ALL_HDR_OPT_CB_FLAG;
+        // The FIN arrived in FIN_WAIT2 (or with the ACK of ours, in FIN_WAIT1): disarmed.
+        assert_eq!(fin_seen(FIN_WAIT2, RTO_RETRANS_STATE), SOCK_FIN_RCVD);
+        assert_eq!(fin_seen(FIN_WAIT1, RTO_RETRANS_STATE), SOCK_FIN_RCVD);
+        // A reset or the FIN_WAIT2 timeout: still armed, no FIN.
+        assert_eq!(fin_seen(FIN_WAIT2, armed), 0);
+        assert_eq!(fin_seen(FIN_WAIT1, armed), 0);
+        // Other states never arm it; their FINs follow from the state.
+        for old in [ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT, LAST_ACK, CLOSING] {
+            assert_eq!(fin_seen(old, RTO_RETRANS_STATE), 0, "state {old}");
+        }
+        // A server that sent 5000 bytes and read 12345, closed from FIN_WAIT2 after the peer's FIN.
+        let raw = SockCounters { bytes_acked: 5001, bytes_received: 12346, ..Default::default() };
+        let flags = SOCK_ESTABLISHED | fin_flags(FIN_WAIT2) | fin_seen(FIN_WAIT2, RTO_RETRANS_STATE);
+        let p = payload(&raw, flags, 9, 9);
+        assert_eq!((p.bytes_acked, p.bytes_received), (5000, 12345));
     }
 
     #[test]

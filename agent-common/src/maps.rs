@@ -146,7 +146,8 @@ pub const SOCK_RTO_EXPIRED: u32 = 2;
 pub const SOCK_CLIENT: u32 = 4;
 /// This host sent its FIN (entered FIN_WAIT1 or LAST_ACK).
 pub const SOCK_FIN_SENT: u32 = 8;
-/// The peer's FIN arrived (it is in `bytes_received`).
+/// The peer's FIN arrived (it is in `bytes_received`): from the state (`fold::fin_flags`), or at
+/// close from the parse callback's flag (`fold::fin_seen`); never stored.
 pub const SOCK_FIN_RCVD: u32 = 16;
 /// The socket's flow could not be inserted (FLOWS full); counted once per socket.
 pub const SOCK_FLOW_LOST: u32 = 32;

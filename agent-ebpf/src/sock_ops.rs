@@ -1,10 +1,10 @@
 //! The sock_ops program: one entry point, one small handler per callback.
 
 use agent_common::{
-    fold::{classify_end, fin_flags, fold_due, payload, rtt_push, tcp_state},
+    fold::{classify_end, fin_flags, fin_seen, fold_due, fold_step, payload, rtt_push, tcp_state},
     maps::{
-        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD,
-        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
+        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED,
+        SOCK_FLOW_LOST, SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
 };
 use aya_ebpf::{
@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     ctx,
-    flows::{add, add_end, add_rtt, add32, fold_counters, record, socket_flow},
+    flows::{add, add_counters, add_end, add_rtt, add32, flow, fold_counters, record, socket_flow},
     maps::{LISTENERS, WALKED_NETNS, count},
     sockets,
 };
@@ -99,29 +99,58 @@ fn key_of(ctx: &SockOpsContext, role: u8) -> Option<FlowKey> {
     Some(flow_key(local, remote, ctx::local_port(ctx), ctx::remote_port(ctx), role))
 }
 
-/// Start tracking a socket with the given callbacks, its retransmissions counted from
-/// `retrans_base`. `None` when `--max-sockets` sockets are tracked already (counted).
+/// A new socket's state, its retransmissions counted from `retrans_base`. Only sockets with
+/// per-segment callbacks keep the time of their last fold.
+///
+/// Its zero fields are written from an opaque zero: the optimizer would merge stores of a
+/// constant 0 into a `memset` call, which in eBPF is a byte loop (five instructions a byte, ~60
+/// bytes per socket here).
 #[inline(always)]
-fn track(
-    ctx: &SockOpsContext,
-    key: FlowKey,
-    start_ns: u64,
-    flags: u32,
-    retrans_base: u32,
-    cb: i32,
-) -> Option<&'static mut SockState> {
-    let init = SockState {
+fn new_state(key: FlowKey, start_ns: u64, flags: u32, retrans_base: u32) -> SockState {
+    let z = core::hint::black_box(0u64);
+    let z32 = z as u32;
+    SockState {
         key,
         start_ns,
-        last_fold_ns: ctx::now_coarse_ns(),
-        folded: SockCounters { total_retrans: retrans_base, ..SockCounters::default() },
+        last_fold_ns: if flags & SOCK_WALKED != 0 { z } else { ctx::now_coarse_ns() },
+        folded: SockCounters {
+            bytes_acked: z,
+            bytes_received: z,
+            segs_out: z32,
+            segs_in: z32,
+            total_retrans: retrans_base,
+            _pad: z32,
+        },
         flags,
-        _pad: 0,
-        rtt: RttPending::default(),
-    };
-    let st = sockets::track(ctx, &init)?;
+        _pad: z32,
+        rtt: RttPending { sum: z, count: z32, _pad: z32, buckets: z.to_ne_bytes() },
+    }
+}
+
+/// Start tracking a socket with state `init` and callbacks `cb`. False when `--max-sockets`
+/// sockets are tracked already (counted).
+#[inline(always)]
+fn track(ctx: &SockOpsContext, init: &SockState, cb: i32) -> bool {
+    if !sockets::track(ctx, init) {
+        return false;
+    }
     let _ = ctx.set_cb_flags(cb);
-    Some(st)
+    true
+}
+
+/// The flow of a socket just tracked under `key`. When FLOWS is full the loss is counted and
+/// the socket marked (`SOCK_FLOW_LOST`) so that it is counted once: the one lookup of the
+/// socket's state is on that path, not on every connection's.
+#[inline(always)]
+fn new_socket_flow(ctx: &SockOpsContext, key: &FlowKey) -> Option<*mut FlowAgg> {
+    let agg = flow(key);
+    if agg.is_none() {
+        count(stat::FLOWS_FULL);
+        if let Some(st) = sockets::get(ctx) {
+            st.flags |= SOCK_FLOW_LOST;
+        }
+    }
+    agg
 }
 
 #[inline(always)]
@@ -137,10 +166,17 @@ fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
 /// the flow. Exact: callbacks run under the socket's lock.
 #[inline(always)]
 fn fold(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
-    fold_at(ctx, st, ctx::now_coarse_ns(), ctx::state(ctx))
+    fold_at(ctx, st, fold_clock(st), ctx::state(ctx))
 }
 
-/// `fold` with the coarse clock already read, for a socket in TCP state `state`.
+/// The coarse clock for a fold of a socket with per-segment callbacks (0 for a walked socket).
+#[inline(always)]
+fn fold_clock(st: &SockState) -> u64 {
+    if st.flags & SOCK_WALKED != 0 { 0 } else { ctx::now_coarse_ns() }
+}
+
+/// `fold` with the coarse clock already read (unless the socket is walked: its folds are not
+/// timed), for a socket in TCP state `state`.
 #[inline(always)]
 fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32) -> Option<*mut FlowAgg> {
     st.last_fold_ns = now_coarse;
@@ -155,10 +191,13 @@ fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32
             record(unsafe { &raw mut (*agg).rtt_us }, srtt as u64);
         }
     } else {
-        let pending = core::mem::take(&mut st.rtt);
-        if pending.count != 0 {
+        if st.rtt.count != 0 {
             // SAFETY: FLOWS value pointer.
-            add_rtt(unsafe { &raw mut (*agg).rtt_us }, &pending);
+            add_rtt(unsafe { &raw mut (*agg).rtt_us }, &st.rtt);
+            // Only the first `count` buckets are read: resetting count and sum empties it (a
+            // whole-struct reset would be a byte-loop `memset`, see `new_state`).
+            st.rtt.count = 0;
+            st.rtt.sum = 0;
         }
     }
     Some(agg)
@@ -177,10 +216,10 @@ fn on_connect(ctx: &SockOpsContext) {
         return;
     };
     let flags = SOCK_CLIENT | walked(ctx);
-    let Some(st) = track(ctx, key, ctx::now_ns(), flags, 0, connecting_callbacks(flags)) else {
+    if !track(ctx, &new_state(key, ctx::now_ns(), flags, 0), connecting_callbacks(flags)) {
         return;
-    };
-    if let Some(agg) = socket_flow(st) {
+    }
+    if let Some(agg) = new_socket_flow(ctx, &key) {
         // SAFETY: FLOWS value pointer.
         add(unsafe { &raw mut (*agg).attempted }, 1);
     }
@@ -211,16 +250,27 @@ fn on_passive_established(ctx: &SockOpsContext) {
     };
     // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
     // listener is one of ours, the tracepoint has counted them already: start from there (in the
-    // state it is created with, which the walk may read at once).
-    let base =
-        if LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() { ctx::raw_counters(ctx).total_retrans } else { 0 };
+    // state it is created with, which the walk may read at once). Without any (nearly every
+    // connection) there is nothing to look up.
+    let inherited = ctx::raw_counters(ctx).total_retrans;
+    let base = if inherited != 0 && LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() { inherited } else { 0 };
     let flags = SOCK_ESTABLISHED | walked(ctx);
-    let Some(st) = track(ctx, key, 0, flags, base, callbacks(flags)) else {
+    let mut init = new_state(key, 0, flags, base);
+    // A walked socket's handshake segments can wait for the walk or the close; others fold now,
+    // into the state as it is stored.
+    let mut delta = SockCounters::default();
+    if flags & SOCK_WALKED == 0 {
+        let (una, nxt) = ctx::snd_una_nxt(ctx);
+        let cur = payload(&ctx::raw_counters(ctx), flags, una, nxt);
+        (delta, init.folded) = fold_step(&init.folded, &cur);
+    }
+    if !track(ctx, &init, callbacks(flags)) {
+        return;
+    }
+    let Some(agg) = new_socket_flow(ctx, &key) else {
         return;
     };
-    let Some(agg) = fold_unless_walked(ctx, st) else {
-        return;
-    };
+    add_counters(agg, &delta);
     // The accepting side's handshake time is its SYN-ACK -> ACK round trip, which the kernel has
     // just measured into srtt.
     let hs = ctx::srtt_us(ctx) as u64;
@@ -270,11 +320,13 @@ fn on_rto(ctx: &SockOpsContext) {
     add(unsafe { &raw mut (*agg).timeouts }, 1);
 }
 
+/// Every state change of a tracked socket; only FIN_WAIT1 and CLOSE (and a listener's close) do
+/// work, and only those count as events.
 fn on_state(ctx: &SockOpsContext) {
-    count(stat::EVENTS);
     let (old, new) = (ctx.arg(0), ctx.arg(1));
     if old == tcp_state::LISTEN {
         if new == tcp_state::CLOSE {
+            count(stat::EVENTS);
             forget_listener(ctx);
         }
         return;
@@ -283,11 +335,13 @@ fn on_state(ctx: &SockOpsContext) {
         tcp_state::FIN_WAIT1 => {
             // From here the peer's FIN may close the socket straight from FIN_WAIT2; parsing the
             // incoming segments' flags is how we know it arrived (it is one byte of
-            // bytes_received). The other FINs follow from the states (`fin_flags`), so no
-            // transition but this and CLOSE needs the socket's state.
+            // bytes_received; see `fin_seen`). The other FINs follow from the states
+            // (`fin_flags`), so no transition but this and CLOSE needs the socket's state.
+            count(stat::EVENTS);
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32);
         }
         tcp_state::CLOSE => {
+            count(stat::EVENTS);
             if let Some(st) = state(ctx) {
                 close(ctx, st, old);
             }
@@ -298,8 +352,9 @@ fn on_state(ctx: &SockOpsContext) {
 
 /// The socket leaves `old` for CLOSE: its last fold (with the FINs `old` implies), how it ended.
 fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
+    st.flags |= fin_seen(old, ctx.cb_flags());
     let flags = st.flags;
-    if let Some(agg) = fold_at(ctx, st, ctx::now_coarse_ns(), old) {
+    if let Some(agg) = fold_at(ctx, st, fold_clock(st), old) {
         add_end(agg, &classify_end(old, flags));
         if flags & SOCK_ESTABLISHED != 0 {
             // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
@@ -309,14 +364,16 @@ fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
     sockets::forget(ctx);
 }
 
+/// Incoming segments from FIN_WAIT1 on. At the peer's FIN the callback disarms itself: nothing
+/// after it needs parsing, and `close` reads the disarmed flag as "the FIN arrived"
+/// (`fold::fin_seen`), so the socket's state is not looked up here.
 fn on_parse_hdr(ctx: &SockOpsContext) {
     const TCP_FIN: u32 = 0x01;
     if ctx::skb_tcp_flags(ctx) & TCP_FIN == 0 {
         return;
     }
-    if let Some(st) = sockets::get(ctx) {
-        st.flags |= SOCK_FIN_RCVD;
-    }
+    count(stat::EVENTS);
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32);
 }
 
 /// `HDR_OPT_LEN_CB`: every outgoing segment, and every MSS computation (`tcp_current_mss`, 1-2
@@ -350,7 +407,9 @@ fn on_listen(ctx: &SockOpsContext) {
         Some(l) => unsafe {
             add32(&raw mut (*l).count, 1);
             if (*l).addr != local {
-                (*l).addr = [0; 4];
+                // Wildcard. An opaque zero, not a byte-loop `memset` (see `new_state`).
+                let z = core::hint::black_box(0u32);
+                (*l).addr = [z, z, z, z];
             }
         },
         None => {

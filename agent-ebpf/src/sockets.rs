@@ -11,6 +11,7 @@ use crate::{
     maps::{SOCKETS, count},
 };
 
+const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
@@ -23,29 +24,25 @@ pub fn get(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
     SOCKETS.get_ptr_mut(&cookie).and_then(|p| unsafe { p.as_mut() })
 }
 
-/// Start tracking the socket with state `init`. `None` (counted in `SOCKETS_FULL`) when
-/// `--max-sockets` sockets are tracked already. A socket tracked already starts over from
-/// `init`.
+/// Start tracking the socket with state `init`, stored as given and not read back (the caller
+/// has everything it needs in `init`). False (counted in `SOCKETS_FULL`) when `--max-sockets`
+/// sockets are tracked already. A socket tracked already (a second connect on one socket) starts
+/// over from `init`.
 #[inline(always)]
-pub fn track(ctx: &SockOpsContext, init: &SockState) -> Option<&'static mut SockState> {
+pub fn track(ctx: &SockOpsContext, init: &SockState) -> bool {
     let cookie = ctx::cookie(ctx);
-    let fresh = match SOCKETS.insert(&cookie, init, BPF_NOEXIST) {
-        Ok(()) => true,
-        // Tracked already (a second connect on one socket): it starts over.
-        Err(e) if e == -EEXIST => false,
+    match SOCKETS.insert(&cookie, init, BPF_NOEXIST) {
+        Ok(()) => {
+            count(stat::SOCKETS_INSERTED);
+            true
+        }
+        // Replacing an entry takes no free one (the preallocated hash swaps in a spare).
+        Err(e) if e == -EEXIST => SOCKETS.insert(&cookie, init, BPF_ANY).is_ok(),
         Err(_) => {
             count(stat::SOCKETS_FULL);
-            return None;
+            false
         }
-    };
-    // SAFETY: as in `get`.
-    let st = SOCKETS.get_ptr_mut(&cookie).and_then(|p| unsafe { p.as_mut() })?;
-    if fresh {
-        count(stat::SOCKETS_INSERTED);
-    } else {
-        *st = *init;
     }
-    Some(st)
 }
 
 /// Stop tracking the socket (counted in `SOCKETS_REMOVED`).

@@ -11,7 +11,7 @@
 
 use agent_common::{
     fold::{fin_flags, payload},
-    maps::{SOCK_ESTABLISHED, SOCK_WALKED, SockCounters, stat},
+    maps::{SOCK_ESTABLISHED, SOCK_FIN_SENT, SOCK_WALKED, SockCounters, stat},
 };
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
@@ -111,9 +111,15 @@ fn visit(sk: *mut u8) -> Option<()> {
         total_retrans: field(sk, off(&TCP_OFF_TOTAL_RETRANS))?,
         _pad: 0,
     };
-    let (una, nxt): (u32, u32) = (field(sk, off(&TCP_OFF_SND_UNA))?, field(sk, off(&TCP_OFF_SND_NXT))?);
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
-    let now = payload(&raw, st.flags | fin_flags(state as u32), una, nxt);
+    let fins = fin_flags(state as u32);
+    // snd_una and snd_nxt only matter once our FIN is out (was it acked?).
+    let (una, nxt): (u32, u32) = if fins & SOCK_FIN_SENT != 0 {
+        (field(sk, off(&TCP_OFF_SND_UNA))?, field(sk, off(&TCP_OFF_SND_NXT))?)
+    } else {
+        (0, 0)
+    };
+    let now = payload(&raw, st.flags | fins, una, nxt);
     let agg = flow(&st.key)?;
     let d = fold_counters(agg, &mut st.folded, &now);
     if d.segs_in != 0 {
