@@ -36,10 +36,17 @@ pub struct Capture {
     _ebpf: Ebpf,
     flows: HashMap<MapData, FlowKey, FlowAgg>,
     stats: PerCpuArray<MapData, u64>,
-    /// The walk of open sockets in the walked namespaces; `None` in callback mode.
-    walk: Option<Walk>,
-    /// Why walk mode fell back to callbacks.
-    walk_unavailable: Option<String>,
+    folding: Folding,
+}
+
+/// How open sockets are folded.
+enum Folding {
+    /// By the walk of open sockets in the walked namespaces.
+    Walk(Walk),
+    /// From per-segment callbacks, because walk mode is not available here (why).
+    FellBack(String),
+    /// From per-segment callbacks, as configured (`--fold-mode callbacks`).
+    Callbacks,
 }
 
 /// Kernel memory of a preallocated hash map, approximately (element header + key + value).
@@ -53,31 +60,19 @@ impl Capture {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
         let offsets = tracefs::synack_offsets()?;
-        let mut walk_unavailable = None;
         let tcp = match cfg.fold_mode {
-            FoldMode::Walk => match Btf::from_sys().and_then(|b| walk_btf(&b)) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    walk_unavailable = Some(e.to_string());
-                    None
-                }
-            },
-            FoldMode::Callbacks => None,
+            FoldMode::Walk => Btf::from_sys().and_then(|b| walk_btf(&b)).map(Some).map_err(|e| e.to_string()),
+            FoldMode::Callbacks => Ok(None),
         };
-        let mut ebpf = load(cfg, &offsets, tcp.as_ref().map(|(t, _)| t))?;
+        let mut ebpf = load(cfg, &offsets, tcp.as_ref().ok().and_then(|t| t.as_ref()).map(|(t, _)| t))?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
-        let walk = match tcp {
-            Some((_, iter_id)) => match start_walk(&mut ebpf, cfg, iter_id) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    walk_unavailable = Some(e);
-                    None
-                }
-            },
-            None => None,
+        let folding = match tcp {
+            Ok(Some((_, iter_id))) => start_walk(&mut ebpf, cfg, iter_id).map_or_else(Folding::FellBack, Folding::Walk),
+            Ok(None) => Folding::Callbacks,
+            Err(reason) => Folding::FellBack(reason),
         };
-        if let Some(reason) = &walk_unavailable {
+        if let Folding::FellBack(reason) = &folding {
             tracing::warn!(
                 "the walk of open sockets is not available ({reason}): every socket folds from per-segment \
                  callbacks, which costs more per packet"
@@ -114,7 +109,7 @@ impl Capture {
         })?;
         tracing::info!(
             cgroup = %cgroup.display(),
-            walked_namespaces = walk.as_ref().map_or(0, Walk::namespaces),
+            walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
             "sock_ops and tcp:tcp_retransmit_synack attached"
         );
 
@@ -123,16 +118,16 @@ impl Capture {
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
         let _ = LISTENERS_MAP;
-        Ok(Capture { _ebpf: ebpf, flows, stats, walk, walk_unavailable })
+        Ok(Capture { _ebpf: ebpf, flows, stats, folding })
     }
 
     /// How many network namespaces the walk covers, or why there is no walk (`None` with
     /// `--fold-mode callbacks`).
     pub fn walk_status(&self) -> Option<Result<usize, String>> {
-        match (&self.walk, &self.walk_unavailable) {
-            (Some(w), _) => Some(Ok(w.namespaces())),
-            (None, Some(reason)) => Some(Err(reason.clone())),
-            (None, None) => None,
+        match &self.folding {
+            Folding::Walk(w) => Some(Ok(w.namespaces())),
+            Folding::FellBack(reason) => Some(Err(reason.clone())),
+            Folding::Callbacks => None,
         }
     }
 
@@ -140,7 +135,7 @@ impl Capture {
     /// bytes, segments and retransmissions (and an RTT sample) in its flow now. No-op in
     /// callback mode.
     pub fn walk(&self) -> Result<(), CaptureError> {
-        let Some(walk) = &self.walk else { return Ok(()) };
+        let Folding::Walk(walk) = &self.folding else { return Ok(()) };
         let started = Instant::now();
         walk.run().map_err(CaptureError::Walk)?;
         tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");

@@ -64,7 +64,7 @@ fn mean_se(v: &[f64]) -> Option<(f64, f64)> {
         return None;
     }
     let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
+    let m = mean(v.iter().copied());
     let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
     Some((m, (var / n).sqrt()))
 }
