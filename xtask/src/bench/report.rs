@@ -43,6 +43,9 @@ pub enum Verdict {
     Missed,
     /// The target lies within two standard errors of the estimate: the runs cannot tell.
     WithinNoise,
+    /// An A/B of two builds (`FLOW_BENCH_BASELINE_BIN`): the "off" side ran an agent too, so the
+    /// figure compares the builds and says nothing of the target.
+    NotJudged,
 }
 
 impl Verdict {
@@ -55,6 +58,7 @@ impl Verdict {
             Verdict::Met => "yes",
             Verdict::Missed => "**no**",
             Verdict::WithinNoise => "within noise",
+            Verdict::NotJudged => "not judged (A/B of two builds)",
         }
     }
 }
@@ -166,10 +170,12 @@ impl Summary {
         }
     }
 
-    /// A throughput-cost target, judged with the runs' noise.
+    /// A throughput-cost target, judged with the runs' noise (not at all in an A/B of builds).
     fn cost_target(&self, limit: f64) -> (String, String, Verdict) {
         let (cost, noise) = self.cost_pct();
-        let verdict = if (cost - noise..=cost + noise).contains(&limit) {
+        let verdict = if std::env::var_os("FLOW_BENCH_BASELINE_BIN").is_some() {
+            Verdict::NotJudged
+        } else if (cost - noise..=cost + noise).contains(&limit) {
             Verdict::WithinNoise
         } else {
             Verdict::of(cost <= limit)
@@ -412,5 +418,6 @@ mod tests {
         assert_eq!(Verdict::of(true).text(), "yes");
         assert_eq!(Verdict::of(false).text(), "**no**");
         assert_eq!(Verdict::WithinNoise.text(), "within noise");
+        assert_eq!(Verdict::NotJudged.text(), "not judged (A/B of two builds)");
     }
 }
