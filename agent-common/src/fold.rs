@@ -5,7 +5,7 @@ use crate::{
     hist::bucket_index,
     maps::{
         RTT_PENDING, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED,
-        SockCounters,
+        SOCK_WALKED, SockCounters,
     },
 };
 
@@ -39,9 +39,70 @@ pub fn fin_flags(state: u32) -> u32 {
     }
 }
 
-/// `BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG` (uapi `linux/bpf.h`): a callback for every incoming
-/// segment, armed at FIN_WAIT1 to catch the peer's FIN.
-pub const PARSE_ALL_HDR_OPT_CB_FLAG: u32 = 1 << 4;
+/// Socket callback flags (`BPF_SOCK_OPS_*_CB_FLAG`, uapi `linux/bpf.h`): which callbacks the
+/// kernel makes for a socket. They live in the socket itself (`tcp_sock.bpf_sock_ops_cb_flags`),
+/// so they are also the one per-socket memory that costs no map operation.
+pub mod cb {
+    pub const RTO: u32 = 1 << 0;
+    pub const RETRANS: u32 = 1 << 1;
+    pub const STATE: u32 = 1 << 2;
+    pub const RTT: u32 = 1 << 3;
+    /// A callback for every incoming segment, armed at FIN_WAIT1 to catch the peer's FIN.
+    pub const PARSE_ALL_HDR_OPT: u32 = 1 << 4;
+    /// A callback for incoming segments with unknown TCP options. Sockets of walked namespaces
+    /// use it as their role bit (`UNTRACKED_SERVER`): segments with unknown options are rare,
+    /// and the parse callback only looks at their FIN flag.
+    pub const PARSE_UNKNOWN_HDR_OPT: u32 = 1 << 5;
+    pub const WRITE_HDR_OPT: u32 = 1 << 6;
+
+    /// The role bit of a socket of a walked namespace: set on the accepting side.
+    pub const UNTRACKED_SERVER: u32 = PARSE_UNKNOWN_HDR_OPT;
+
+    /// Callbacks of a socket of a walked namespace: state changes (its close folds it) and RTOs
+    /// (timeouts). Retransmissions need no callback: the walk and the close fold them from the
+    /// socket's `total_retrans`. No RTT callback: that is what tells these sockets apart from
+    /// the ones folded by callbacks, which always have it.
+    #[inline(always)]
+    pub fn walked(server: bool) -> u32 {
+        STATE | RTO | if server { UNTRACKED_SERVER } else { 0 }
+    }
+}
+
+/// `cb::PARSE_ALL_HDR_OPT`, as `fin_seen` reads it.
+pub const PARSE_ALL_HDR_OPT_CB_FLAG: u32 = cb::PARSE_ALL_HDR_OPT;
+
+/// The socket flags of a socket of a walked namespace from its callback flags (`cb::walked`):
+/// `SOCK_WALKED`, plus `SOCK_CLIENT` unless it is the accepting side. `None` for a socket that
+/// is not one of them (no flags of ours: a socket from before the agent started; or ours, folded
+/// by callbacks).
+///
+/// Such a socket has no entry in SOCKETS until one is needed: the walk inserts one when it first
+/// folds the socket, the RTO callback when the timer gives up, and a flow that did not fit marks
+/// one (`SOCK_FLOW_LOST`). A connection that opens and closes between two walks, as most short
+/// ones do, never has one: its close folds its counters whole.
+#[inline(always)]
+pub fn untracked_flags(cb_flags: u32) -> Option<u32> {
+    if cb_flags & cb::STATE == 0 || cb_flags & cb::RTT != 0 {
+        return None;
+    }
+    Some(SOCK_WALKED | if cb_flags & cb::UNTRACKED_SERVER != 0 { 0 } else { SOCK_CLIENT })
+}
+
+/// Whether a walked socket in TCP state `state` (or leaving it for CLOSE) was established: any
+/// synchronized state. A walked socket's state entry may have been made before its
+/// establishment, which then did not look it up: this, not `SOCK_ESTABLISHED`, is what counts.
+#[inline(always)]
+pub fn was_established(state: u32) -> bool {
+    matches!(
+        state,
+        tcp_state::ESTABLISHED
+            | tcp_state::FIN_WAIT1
+            | tcp_state::FIN_WAIT2
+            | tcp_state::CLOSE_WAIT
+            | tcp_state::LAST_ACK
+            | tcp_state::CLOSING
+    )
+}
 
 /// Whether the peer's FIN arrived, for a socket that leaves `old_state` for CLOSE with callback
 /// flags `cb_flags`: `SOCK_FIN_RCVD` or 0. From FIN_WAIT1 on, the socket parses incoming
@@ -279,6 +340,33 @@ mod tests {
         assert!(fold_due(100, 0, 100));
         assert!(!fold_due(99, 0, 100));
         assert!(fold_due(5, 5, 0), "interval 0: every callback folds");
+    }
+
+    #[test]
+    fn untracked_sockets_are_told_by_their_callback_flags() {
+        // Walked: role from the role bit.
+        assert_eq!(untracked_flags(cb::walked(false)), Some(SOCK_WALKED | SOCK_CLIENT));
+        assert_eq!(untracked_flags(cb::walked(true)), Some(SOCK_WALKED));
+        // The parse callback armed at FIN_WAIT1 (and disarmed at the FIN) changes nothing.
+        assert_eq!(untracked_flags(cb::walked(true) | cb::PARSE_ALL_HDR_OPT), Some(SOCK_WALKED));
+        assert_eq!(untracked_flags(cb::walked(false) | cb::PARSE_ALL_HDR_OPT), Some(SOCK_WALKED | SOCK_CLIENT));
+        // Not ours (no flags: from before the agent, or not tracked) or folded by callbacks (RTT).
+        assert_eq!(untracked_flags(0), None);
+        assert_eq!(untracked_flags(cb::RTO | cb::RETRANS | cb::STATE | cb::RTT), None);
+        assert_eq!(untracked_flags(cb::RTO | cb::RETRANS | cb::STATE | cb::RTT | cb::WRITE_HDR_OPT), None);
+        // The role bit is the only one of the two sets that differs; RTT never in a walked set.
+        assert_eq!(cb::walked(true) ^ cb::walked(false), cb::UNTRACKED_SERVER);
+        assert_eq!(cb::walked(true) & (cb::RTT | cb::RETRANS | cb::WRITE_HDR_OPT), 0);
+    }
+
+    #[test]
+    fn established_is_any_synchronized_state() {
+        for s in [ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING] {
+            assert!(was_established(s), "{s}");
+        }
+        for s in [SYN_SENT, SYN_RECV, TIME_WAIT, CLOSE, LISTEN] {
+            assert!(!was_established(s), "{s}");
+        }
     }
 
     #[test]

@@ -111,13 +111,13 @@ pub const RTT_PENDING: usize = 8;
 
 /// Per-socket state, in SOCKETS by socket cookie (removed when the socket closes).
 /// Holds the socket's flow key, the counter values last folded into its flow, so each fold adds
-/// only what is new, and the RTT samples taken since the last fold.
+/// only what is new, and the RTT samples taken since the last fold. Sockets folded by callbacks
+/// have one from their connect or accept on; sockets of walked namespaces only once one is
+/// needed (`fold::untracked_flags`).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct SockState {
     pub key: FlowKey,
-    /// `bpf_ktime_get_ns` at connect (client handshake time).
-    pub start_ns: u64,
     /// `bpf_ktime_get_coarse_ns` at the last fold.
     pub last_fold_ns: u64,
     pub folded: SockCounters,
@@ -184,17 +184,18 @@ pub struct Listener {
 pub mod stat {
     /// Program invocations that did work.
     pub const EVENTS: u32 = 0;
-    /// Failed inserts into SOCKETS (map full): the socket is not tracked.
+    /// Failed inserts into SOCKETS (map full). A socket folded by callbacks is then not tracked;
+    /// one of a walked namespace is folded whole at its close instead of at each walk.
     pub const SOCKETS_FULL: u32 = 1;
-    /// Failed inserts into FLOWS (map full): the fold was not recorded.
+    /// Sockets whose flow could not be inserted (FLOWS full): counted once per socket.
     pub const FLOWS_FULL: u32 = 2;
     /// Failed inserts into LISTENERS.
     pub const LISTENERS_FULL: u32 = 3;
     /// Events for sockets that had no state (they were not tracked because SOCKETS was full).
     pub const UNTRACKED_EVENTS: u32 = 4;
-    /// Sockets inserted into SOCKETS.
+    /// Sockets whose tracking began (connect or accept seen), with a SOCKETS entry or not.
     pub const SOCKETS_INSERTED: u32 = 5;
-    /// Sockets removed from SOCKETS on close.
+    /// Tracked sockets that closed.
     pub const SOCKETS_REMOVED: u32 = 6;
     /// Ring buffer reservations that failed (no ring buffer is used today; kept for the schema).
     pub const RINGBUF_DROPS: u32 = 7;
@@ -220,7 +221,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<SockCounters>(), 32);
         assert_eq!(core::mem::size_of::<RttPending>(), 16 + RTT_PENDING);
-        assert_eq!(core::mem::size_of::<SockState>(), 40 + 16 + 32 + 8 + 16 + RTT_PENDING);
+        assert_eq!(core::mem::size_of::<SockState>(), 40 + 8 + 32 + 8 + 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
     }
 

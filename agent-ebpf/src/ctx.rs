@@ -4,7 +4,7 @@ use agent_common::maps::{Addr, SockCounters, v4_mapped};
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns,
+        bpf_ktime_get_coarse_ns,
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     },
     programs::SockOpsContext,
@@ -12,12 +12,6 @@ use aya_ebpf::{
 
 pub const AF_INET: u32 = 2;
 pub const AF_INET6: u32 = 10;
-
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
-}
 
 /// The monotonic clock at tick resolution: no clock source read, for fold intervals.
 #[inline(always)]
@@ -96,9 +90,15 @@ pub fn remote_port(ctx: &SockOpsContext) -> u16 {
 /// Smoothed RTT in microseconds (the kernel keeps it scaled by 8).
 #[inline(always)]
 pub fn srtt_us(ctx: &SockOpsContext) -> u32 {
+    srtt_us_x8(ctx) >> 3
+}
+
+/// Smoothed RTT as the kernel keeps it: microseconds times 8, 0 before the first sample.
+#[inline(always)]
+pub fn srtt_us_x8(ctx: &SockOpsContext) -> u32 {
     // SAFETY: plain read of a `bpf_sock_ops` field; the verifier rewrites it into a safe load
     // (0 when the socket is not a full socket).
-    unsafe { (*ctx.ops).srtt_us >> 3 }
+    unsafe { (*ctx.ops).srtt_us }
 }
 
 /// The socket's cumulative byte and segment counters (sequence space: SYN and FIN included).

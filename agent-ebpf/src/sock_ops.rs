@@ -1,16 +1,19 @@
 //! The sock_ops program: one entry point, one small handler per callback.
 
 use agent_common::{
-    fold::{classify_end, fin_flags, fin_seen, fold_due, fold_step, payload, rtt_push, tcp_state},
+    fold::{
+        cb, classify_end, fin_flags, fin_seen, fold_due, fold_step, payload, rtt_push, tcp_state, untracked_flags,
+        was_established,
+    },
     maps::{
-        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED,
-        SOCK_FLOW_LOST, SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
+        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
+        SOCK_RTO_EXPIRED, SOCK_WALKED, SockState, flow_key, stat,
     },
 };
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG,
-        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB,
+        BPF_SOCK_OPS_PARSE_HDR_OPT_CB, BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RETRANS_CB,
         BPF_SOCK_OPS_RETRANS_CB_FLAG, BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_RTT_CB,
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
@@ -23,12 +26,15 @@ use crate::{
     ctx,
     flows::{add, add_counters, add_end, add_rtt, add32, flow, fold_counters, record, socket_flow},
     maps::{LISTENERS, WALKED_NETNS, count},
-    sockets,
+    sockets::{self, folded_none, new_state},
 };
 
 /// Sockets of a network namespace the daemon walks (`WALKED_NETNS`, see `walk.rs`) get no
 /// per-segment callback: the walk folds them while they are open, and each fold that saw new
-/// incoming segments takes one RTT sample, the socket's smoothed RTT. Other sockets fold from
+/// incoming segments takes one RTT sample, the socket's smoothed RTT. They have no state entry
+/// until one is needed (`fold::untracked_flags`): a connection that opens and closes between two
+/// walks costs no SOCKETS operation at all, and its close folds its counters whole. Other sockets
+/// fold from
 /// their per-segment callbacks (`RTT_CB` on every RTT measurement, each one a sample, and
 /// `HDR_OPT_LEN_CB` on outgoing segments), at most once per `FOLD_INTERVAL_NS`: set by the
 /// daemon; 0 disables send-path folding and folds at every RTT sample.
@@ -45,30 +51,34 @@ fn fold_interval_ns() -> u64 {
 
 /// Whether the socket's network namespace is walked.
 #[inline(always)]
-fn walked(ctx: &SockOpsContext) -> u32 {
+fn walked(ctx: &SockOpsContext) -> bool {
     let cookie = ctx::netns_cookie(ctx);
     // SAFETY: lookup in a map of plain integers.
-    if unsafe { WALKED_NETNS.get(&cookie) }.is_some() { SOCK_WALKED } else { 0 }
+    unsafe { WALKED_NETNS.get(cookie) }.is_some()
 }
 
-/// Callbacks of every tracked socket: state changes, retransmissions, RTOs.
-const BASE_CALLBACKS: u32 = BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG;
+/// Callbacks of every socket folded by callbacks: state changes, retransmissions, RTOs, RTT
+/// samples (sockets of walked namespaces: `cb::walked`).
+const BASE_CALLBACKS: u32 =
+    BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
 
-/// Callbacks of a connecting socket with these flags. Unwalked, RTT samples too; the send-path
-/// fold is armed once it is established (it has nothing to fold before, and the SYN would only
-/// run it for nothing).
-#[inline(always)]
-fn connecting_callbacks(flags: u32) -> i32 {
-    if flags & SOCK_WALKED != 0 { BASE_CALLBACKS as i32 } else { (BASE_CALLBACKS | BPF_SOCK_OPS_RTT_CB_FLAG) as i32 }
-}
+// The plain constants of `fold::cb` are the kernel's.
+const _: () = assert!(
+    cb::RTO == BPF_SOCK_OPS_RTO_CB_FLAG
+        && cb::RETRANS == BPF_SOCK_OPS_RETRANS_CB_FLAG
+        && cb::STATE == BPF_SOCK_OPS_STATE_CB_FLAG
+        && cb::RTT == BPF_SOCK_OPS_RTT_CB_FLAG
+        && cb::PARSE_ALL_HDR_OPT == BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG
+        && cb::PARSE_UNKNOWN_HDR_OPT == BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG
+        && cb::WRITE_HDR_OPT == BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
+);
 
-/// Callbacks of an established socket with these flags.
+/// Callbacks of an established socket folded by callbacks; the send-path fold is armed only
+/// once it is established (it has nothing to fold before, and the SYN would only run it for
+/// nothing).
 #[inline(always)]
-fn callbacks(flags: u32) -> i32 {
-    if flags & SOCK_WALKED != 0 {
-        return BASE_CALLBACKS as i32;
-    }
-    let mut f = BASE_CALLBACKS | BPF_SOCK_OPS_RTT_CB_FLAG;
+fn callbacks() -> i32 {
+    let mut f = BASE_CALLBACKS;
     if fold_interval_ns() != 0 {
         f |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
     }
@@ -97,34 +107,6 @@ pub fn flow_sock_ops(ctx: SockOpsContext) -> u32 {
 fn key_of(ctx: &SockOpsContext, role: u8) -> Option<FlowKey> {
     let (local, remote) = ctx::addrs(ctx)?;
     Some(flow_key(local, remote, ctx::local_port(ctx), ctx::remote_port(ctx), role))
-}
-
-/// A new socket's state, its retransmissions counted from `retrans_base`. Only sockets with
-/// per-segment callbacks keep the time of their last fold.
-///
-/// Its zero fields are written from an opaque zero: the optimizer would merge stores of a
-/// constant 0 into a `memset` call, which in eBPF is a byte loop (five instructions a byte, ~60
-/// bytes per socket here).
-#[inline(always)]
-fn new_state(key: FlowKey, start_ns: u64, flags: u32, retrans_base: u32) -> SockState {
-    let z = core::hint::black_box(0u64);
-    let z32 = z as u32;
-    SockState {
-        key,
-        start_ns,
-        last_fold_ns: if flags & SOCK_WALKED != 0 { z } else { ctx::now_coarse_ns() },
-        folded: SockCounters {
-            bytes_acked: z,
-            bytes_received: z,
-            segs_out: z32,
-            segs_in: z32,
-            total_retrans: retrans_base,
-            _pad: z32,
-        },
-        flags,
-        _pad: z32,
-        rtt: RttPending { sum: z, count: z32, _pad: z32, buckets: z.to_ne_bytes() },
-    }
 }
 
 /// Start tracking a socket with state `init` and callbacks `cb`. False when `--max-sockets`
@@ -185,17 +167,15 @@ fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32
     let cur = payload(&ctx::raw_counters(ctx), st.flags | fin_flags(state), una, nxt);
     let delta = fold_counters(agg, &mut st.folded, &cur);
     if st.flags & SOCK_WALKED != 0 {
-        let srtt = ctx::srtt_us(ctx);
-        if delta.segs_in != 0 && srtt != 0 {
-            // SAFETY: FLOWS value pointer.
-            record(unsafe { &raw mut (*agg).rtt_us }, srtt as u64);
+        if delta.segs_in != 0 {
+            add_srtt(ctx, agg);
         }
     } else {
         if st.rtt.count != 0 {
             // SAFETY: FLOWS value pointer.
             add_rtt(unsafe { &raw mut (*agg).rtt_us }, &st.rtt);
             // Only the first `count` buckets are read: resetting count and sum empties it (a
-            // whole-struct reset would be a byte-loop `memset`, see `new_state`).
+            // whole-struct reset would be a byte-loop `memset`, see `sockets::new_state`).
             st.rtt.count = 0;
             st.rtt.sum = 0;
         }
@@ -203,11 +183,53 @@ fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32
     Some(agg)
 }
 
-/// At establishment: a walked socket's handshake segments can wait for the walk or the close
-/// (one fold fewer per connection); others fold now. Returns the flow either way.
+/// The handshake's round trip, as the kernel measured it into srtt just before establishment:
+/// SYN to SYN-ACK on the connecting side, SYN-ACK to ACK on the accepting side (of the answered
+/// SYN or SYN-ACK when one was retransmitted; the retransmissions are counted as such). None
+/// when the kernel has no sample (a retransmitted handshake without timestamps, Karn's rule).
 #[inline(always)]
-fn fold_unless_walked(ctx: &SockOpsContext, st: &mut SockState) -> Option<*mut FlowAgg> {
-    if st.flags & SOCK_WALKED != 0 { socket_flow(st) } else { fold(ctx, st) }
+fn handshake_us(ctx: &SockOpsContext) -> Option<u64> {
+    let srtt8 = ctx::srtt_us_x8(ctx);
+    if srtt8 == 0 { None } else { Some((srtt8 >> 3) as u64) }
+}
+
+/// An established connection on its flow: established, open, its handshake time.
+#[inline(always)]
+fn add_established(ctx: &SockOpsContext, agg: *mut FlowAgg) {
+    // SAFETY: FLOWS value pointer.
+    unsafe {
+        add(&raw mut (*agg).established, 1);
+        add(&raw mut (*agg).open, 1);
+        if let Some(hs) = handshake_us(ctx) {
+            record(&raw mut (*agg).handshake_us, hs);
+        }
+    }
+}
+
+/// The flow of a socket of a walked namespace, without a state entry, with socket flags `flags`.
+/// When FLOWS is full the socket gets an entry marked `SOCK_FLOW_LOST` (or its entry is marked),
+/// so that the loss is counted once, as for any other socket.
+#[inline(always)]
+fn untracked_flow(ctx: &SockOpsContext, key: &FlowKey, flags: u32) -> Option<*mut FlowAgg> {
+    let agg = flow(key);
+    if agg.is_none() {
+        flow_lost(ctx, key, flags);
+    }
+    agg
+}
+
+/// The rare path of `untracked_flow`.
+#[inline(never)]
+fn flow_lost(ctx: &SockOpsContext, key: &FlowKey, flags: u32) {
+    if let Some(st) = sockets::get(ctx) {
+        if st.flags & SOCK_FLOW_LOST == 0 {
+            st.flags |= SOCK_FLOW_LOST;
+            count(stat::FLOWS_FULL);
+        }
+        return;
+    }
+    count(stat::FLOWS_FULL);
+    let _ = sockets::insert_late(ctx::cookie(ctx), &new_state(*key, 0, flags | SOCK_FLOW_LOST, folded_none(0)));
 }
 
 fn on_connect(ctx: &SockOpsContext) {
@@ -215,8 +237,17 @@ fn on_connect(ctx: &SockOpsContext) {
     let Some(key) = key_of(ctx, ROLE_CLIENT) else {
         return;
     };
-    let flags = SOCK_CLIENT | walked(ctx);
-    if !track(ctx, &new_state(key, ctx::now_ns(), flags, 0), connecting_callbacks(flags)) {
+    if walked(ctx) {
+        let _ = ctx.set_cb_flags(cb::walked(false) as i32);
+        count(stat::SOCKETS_INSERTED);
+        if let Some(agg) = untracked_flow(ctx, &key, SOCK_CLIENT | SOCK_WALKED) {
+            // SAFETY: FLOWS value pointer.
+            add(unsafe { &raw mut (*agg).attempted }, 1);
+        }
+        return;
+    }
+    let init = new_state(key, ctx::now_coarse_ns(), SOCK_CLIENT, folded_none(0));
+    if !track(ctx, &init, BASE_CALLBACKS as i32) {
         return;
     }
     if let Some(agg) = new_socket_flow(ctx, &key) {
@@ -227,19 +258,21 @@ fn on_connect(ctx: &SockOpsContext) {
 
 fn on_active_established(ctx: &SockOpsContext) {
     count(stat::EVENTS);
-    let Some(st) = state(ctx) else { return };
-    let now = ctx::now_ns();
-    st.flags |= SOCK_ESTABLISHED;
-    let _ = ctx.set_cb_flags(callbacks(st.flags));
-    let start = st.start_ns;
-    let Some(agg) = fold_unless_walked(ctx, st) else {
+    if untracked_flags(ctx.cb_flags()).is_some() {
+        // A walked socket: its handshake segments wait for the walk or the close.
+        let Some(key) = key_of(ctx, ROLE_CLIENT) else {
+            return;
+        };
+        if let Some(agg) = untracked_flow(ctx, &key, SOCK_CLIENT | SOCK_WALKED) {
+            add_established(ctx, agg);
+        }
         return;
-    };
-    // SAFETY: FLOWS value pointer.
-    unsafe {
-        add(&raw mut (*agg).established, 1);
-        add(&raw mut (*agg).open, 1);
-        record(&raw mut (*agg).handshake_us, now.saturating_sub(start) / 1000);
+    }
+    let Some(st) = state(ctx) else { return };
+    st.flags |= SOCK_ESTABLISHED;
+    let _ = ctx.set_cb_flags(callbacks());
+    if let Some(agg) = fold(ctx, st) {
+        add_established(ctx, agg);
     }
 }
 
@@ -254,34 +287,36 @@ fn on_passive_established(ctx: &SockOpsContext) {
     // connection) there is nothing to look up.
     let inherited = ctx::raw_counters(ctx).total_retrans;
     let base = if inherited != 0 && LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() { inherited } else { 0 };
-    let flags = SOCK_ESTABLISHED | walked(ctx);
-    let mut init = new_state(key, 0, flags, base);
-    // A walked socket's handshake segments can wait for the walk or the close; others fold now,
-    // into the state as it is stored.
-    let mut delta = SockCounters::default();
-    if flags & SOCK_WALKED == 0 {
-        let (una, nxt) = ctx::snd_una_nxt(ctx);
-        let cur = payload(&ctx::raw_counters(ctx), flags, una, nxt);
-        (delta, init.folded) = fold_step(&init.folded, &cur);
-    }
-    if !track(ctx, &init, callbacks(flags)) {
-        return;
-    }
-    let Some(agg) = new_socket_flow(ctx, &key) else {
-        return;
-    };
-    add_counters(agg, &delta);
-    // The accepting side's handshake time is its SYN-ACK -> ACK round trip, which the kernel has
-    // just measured into srtt.
-    let hs = ctx::srtt_us(ctx) as u64;
-    // SAFETY: FLOWS value pointer.
-    unsafe {
-        add(&raw mut (*agg).attempted, 1);
-        add(&raw mut (*agg).established, 1);
-        add(&raw mut (*agg).open, 1);
-        if hs != 0 {
-            record(&raw mut (*agg).handshake_us, hs);
+    let walked = walked(ctx);
+    let agg = if walked && base == 0 {
+        // No state entry: the handshake segments wait for the walk or the close.
+        let _ = ctx.set_cb_flags(cb::walked(true) as i32);
+        count(stat::SOCKETS_INSERTED);
+        untracked_flow(ctx, &key, SOCK_ESTABLISHED | SOCK_WALKED)
+    } else if walked {
+        // With a retransmission base to keep, a state entry from the start.
+        if !track(ctx, &new_state(key, 0, SOCK_ESTABLISHED | SOCK_WALKED, folded_none(base)), cb::walked(true) as i32) {
+            return;
         }
+        new_socket_flow(ctx, &key)
+    } else {
+        // Folded by callbacks: the handshake segments now, into the state as it is stored.
+        let (una, nxt) = ctx::snd_una_nxt(ctx);
+        let cur = payload(&ctx::raw_counters(ctx), SOCK_ESTABLISHED, una, nxt);
+        let (delta, folded) = fold_step(&folded_none(base), &cur);
+        if !track(ctx, &new_state(key, ctx::now_coarse_ns(), SOCK_ESTABLISHED, folded), callbacks()) {
+            return;
+        }
+        let agg = new_socket_flow(ctx, &key);
+        if let Some(agg) = agg {
+            add_counters(agg, &delta);
+        }
+        agg
+    };
+    if let Some(agg) = agg {
+        // SAFETY: FLOWS value pointer.
+        add(unsafe { &raw mut (*agg).attempted }, 1);
+        add_established(ctx, agg);
     }
 }
 
@@ -301,23 +336,42 @@ fn on_rtt(ctx: &SockOpsContext) {
 fn on_retrans(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     // The count itself comes from the socket's total_retrans (folded like bytes), which the kernel
-    // bumps where it bumps TcpRetransSegs; this callback only makes the fold timely.
+    // bumps where it bumps TcpRetransSegs; this callback only makes the fold timely (sockets of
+    // walked namespaces do not have it).
     let Some(st) = state(ctx) else { return };
     let _ = fold(ctx, st);
 }
 
 fn on_rto(ctx: &SockOpsContext) {
     count(stat::EVENTS);
-    let Some(st) = state(ctx) else { return };
     // Arg 3: whether the retransmission timer gave up on this socket.
-    if ctx.arg(2) != 0 {
-        st.flags |= SOCK_RTO_EXPIRED;
-    }
-    let Some(agg) = fold(ctx, st) else {
-        return;
+    let expired = ctx.arg(2) != 0;
+    let agg = match sockets::get(ctx) {
+        Some(st) => {
+            if expired {
+                st.flags |= SOCK_RTO_EXPIRED;
+            }
+            fold(ctx, st)
+        }
+        None => {
+            let Some(flags) = untracked_flags(ctx.cb_flags()) else {
+                count(stat::UNTRACKED_EVENTS);
+                return;
+            };
+            let Some(key) = key_of(ctx, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
+                return;
+            };
+            if expired {
+                // The close that follows must know: the socket gets its state entry now.
+                let _ = sockets::insert_late(ctx::cookie(ctx), &new_state(key, 0, flags | SOCK_RTO_EXPIRED, folded_none(0)));
+            }
+            untracked_flow(ctx, &key, flags)
+        }
     };
-    // SAFETY: FLOWS value pointer.
-    add(unsafe { &raw mut (*agg).timeouts }, 1);
+    if let Some(agg) = agg {
+        // SAFETY: FLOWS value pointer.
+        add(unsafe { &raw mut (*agg).timeouts }, 1);
+    }
 }
 
 /// Every state change of a tracked socket; only FIN_WAIT1 and CLOSE (and a listener's close) do
@@ -342,8 +396,12 @@ fn on_state(ctx: &SockOpsContext) {
         }
         tcp_state::CLOSE => {
             count(stat::EVENTS);
-            if let Some(st) = state(ctx) {
-                close(ctx, st, old);
+            match sockets::get(ctx) {
+                Some(st) => close(ctx, st, old),
+                None => match untracked_flags(ctx.cb_flags()) {
+                    Some(flags) => close_untracked(ctx, flags, old),
+                    None => count(stat::UNTRACKED_EVENTS),
+                },
             }
         }
         _ => {}
@@ -353,15 +411,58 @@ fn on_state(ctx: &SockOpsContext) {
 /// The socket leaves `old` for CLOSE: its last fold (with the FINs `old` implies), how it ended.
 fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
     st.flags |= fin_seen(old, ctx.cb_flags());
+    if st.flags & SOCK_WALKED != 0 && was_established(old) {
+        st.flags |= SOCK_ESTABLISHED;
+    }
     let flags = st.flags;
     if let Some(agg) = fold_at(ctx, st, fold_clock(st), old) {
-        add_end(agg, &classify_end(old, flags));
-        if flags & SOCK_ESTABLISHED != 0 {
-            // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
-            add(unsafe { &raw mut (*agg).open }, u64::MAX);
-        }
+        add_closed(agg, old, flags);
     }
     sockets::forget(ctx);
+}
+
+/// How the connection ended, on its flow; the open gauge goes down for an established one.
+#[inline(always)]
+fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
+    add_end(agg, &classify_end(old, flags));
+    if flags & SOCK_ESTABLISHED != 0 {
+        // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
+        add(unsafe { &raw mut (*agg).open }, u64::MAX);
+    }
+}
+
+/// `close` for a socket of a walked namespace that never had a state entry (`flags` from
+/// `untracked_flags`): nothing of it was folded, so all of its counters are new.
+fn close_untracked(ctx: &SockOpsContext, mut flags: u32, old: u32) {
+    flags |= fin_seen(old, ctx.cb_flags());
+    if was_established(old) {
+        flags |= SOCK_ESTABLISHED;
+    }
+    count(stat::SOCKETS_REMOVED);
+    let Some(key) = key_of(ctx, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
+        return;
+    };
+    let Some(agg) = flow(&key) else {
+        count(stat::FLOWS_FULL);
+        return;
+    };
+    let (una, nxt) = ctx::snd_una_nxt(ctx);
+    let cur = payload(&ctx::raw_counters(ctx), flags | fin_flags(old), una, nxt);
+    add_counters(agg, &cur);
+    if cur.segs_in != 0 {
+        add_srtt(ctx, agg);
+    }
+    add_closed(agg, old, flags);
+}
+
+/// A walked socket's RTT sample: its smoothed RTT, if it has one.
+#[inline(always)]
+fn add_srtt(ctx: &SockOpsContext, agg: *mut FlowAgg) {
+    let srtt = ctx::srtt_us(ctx);
+    if srtt != 0 {
+        // SAFETY: FLOWS value pointer.
+        record(unsafe { &raw mut (*agg).rtt_us }, srtt as u64);
+    }
 }
 
 /// Incoming segments from FIN_WAIT1 on. At the peer's FIN the callback disarms itself: nothing
@@ -407,7 +508,7 @@ fn on_listen(ctx: &SockOpsContext) {
         Some(l) => unsafe {
             add32(&raw mut (*l).count, 1);
             if (*l).addr != local {
-                // Wildcard. An opaque zero, not a byte-loop `memset` (see `new_state`).
+                // Wildcard. An opaque zero, not a byte-loop `memset` (see `sockets::new_state`).
                 let z = core::hint::black_box(0u32);
                 (*l).addr = [z, z, z, z];
             }

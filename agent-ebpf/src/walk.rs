@@ -10,8 +10,11 @@
 //! fold of the same socket.
 
 use agent_common::{
-    fold::{fin_flags, payload},
-    maps::{SOCK_ESTABLISHED, SOCK_FIN_SENT, SOCK_WALKED, SockCounters, stat},
+    fold::{fin_flags, fold_step, payload, untracked_flags, was_established},
+    maps::{
+        Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT, SOCK_WALKED,
+        SockCounters, flow_key, stat, v4_mapped,
+    },
 };
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
@@ -20,8 +23,10 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 
 use crate::{
-    flows::{flow, fold_counters, record},
+    ctx::{AF_INET, AF_INET6},
+    flows::{add_counters, flow, fold_counters, record},
     maps::{SOCKETS, count},
+    sockets::{folded_none, insert_late, new_state},
 };
 
 // Offsets of `struct tcp_sock` fields, which the daemon reads from the kernel's BTF
@@ -45,6 +50,24 @@ static TCP_OFF_SRTT_US: u32 = 0;
 /// `sock_common.skc_state`, at the start of every socket.
 #[unsafe(no_mangle)]
 static TCP_OFF_STATE: u32 = 0;
+/// `tcp_sock.bpf_sock_ops_cb_flags`.
+#[unsafe(no_mangle)]
+static TCP_OFF_CB_FLAGS: u32 = 0;
+// `sock_common` addresses and ports.
+#[unsafe(no_mangle)]
+static TCP_OFF_FAMILY: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_V6_RCV_SADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_V6_DADDR: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_NUM: u32 = 0;
+#[unsafe(no_mangle)]
+static TCP_OFF_DPORT: u32 = 0;
 
 /// The iterator's context (`struct bpf_iter__tcp`): one socket of the namespace (listening,
 /// established, time-wait or request socket) and its owner's uid.
@@ -91,18 +114,55 @@ fn visit(sk: *mut u8) -> Option<()> {
     }
     // SAFETY: a full socket, as the helper checked.
     let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
-    // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
-    let st = unsafe { SOCKETS.get_ptr_mut(&cookie)?.as_mut() }?;
-    // Established sockets tracked as walked (a socket tracked before its namespace was
-    // registered keeps its per-segment callbacks, and folds from them).
-    if st.flags & (SOCK_ESTABLISHED | SOCK_WALKED) != SOCK_ESTABLISHED | SOCK_WALKED {
-        return None;
-    }
-    // Nothing moves a socket's counters but a segment in or out: an idle socket costs two reads.
+    // Nothing moves a socket's counters but a segment in or out: an idle socket costs two reads
+    // and a lookup.
     let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
-    if segs_out == st.folded.segs_out && segs_in == st.folded.segs_in {
+    // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
+    match unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) } {
+        Some(st) => {
+            // Sockets tracked as walked only (a socket tracked before its namespace was registered
+            // keeps its per-segment callbacks, and folds from them).
+            if st.flags & SOCK_WALKED == 0 || (segs_out == st.folded.segs_out && segs_in == st.folded.segs_in) {
+                return None;
+            }
+            let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+            if !was_established(state as u32) {
+                return None;
+            }
+            let agg = flow(&st.key)?;
+            let now = counters(sk, st.flags | SOCK_ESTABLISHED, state, segs_out, segs_in)?;
+            let d = fold_counters(agg, &mut st.folded, &now);
+            finish(sk, agg, &d)
+        }
+        None => first_fold(sk, cookie, segs_out, segs_in),
+    }
+}
+
+/// A socket of this namespace with no state entry: one of ours if its callback flags say so
+/// (`fold::untracked_flags`). Its first fold stores its state, with everything it did so far
+/// folded; without room in SOCKETS (counted), it is folded whole at its close instead.
+#[inline(never)]
+fn first_fold(sk: *mut u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
+    let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
+    let flags = untracked_flags(cb as u32)? | SOCK_ESTABLISHED;
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    if !was_established(state as u32) {
         return None;
     }
+    let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
+    let agg = flow(&key)?;
+    let now = counters(sk, flags, state, segs_out, segs_in)?;
+    let (d, folded) = fold_step(&folded_none(0), &now);
+    if !insert_late(cookie, &new_state(key, 0, flags, folded)) {
+        return None;
+    }
+    add_counters(agg, &d);
+    finish(sk, agg, &d)
+}
+
+/// The socket's payload counters (`fold::payload`) in TCP state `state`.
+#[inline(always)]
+fn counters(sk: *mut u8, flags: u32, state: u8, segs_out: u32, segs_in: u32) -> Option<SockCounters> {
     let raw = SockCounters {
         bytes_acked: field(sk, off(&TCP_OFF_BYTES_ACKED))?,
         bytes_received: field(sk, off(&TCP_OFF_BYTES_RECEIVED))?,
@@ -111,7 +171,6 @@ fn visit(sk: *mut u8) -> Option<()> {
         total_retrans: field(sk, off(&TCP_OFF_TOTAL_RETRANS))?,
         _pad: 0,
     };
-    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     let fins = fin_flags(state as u32);
     // snd_una and snd_nxt only matter once our FIN is out (was it acked?).
     let (una, nxt): (u32, u32) = if fins & SOCK_FIN_SENT != 0 {
@@ -119,9 +178,12 @@ fn visit(sk: *mut u8) -> Option<()> {
     } else {
         (0, 0)
     };
-    let now = payload(&raw, st.flags | fins, una, nxt);
-    let agg = flow(&st.key)?;
-    let d = fold_counters(agg, &mut st.folded, &now);
+    Some(payload(&raw, flags | fins, una, nxt))
+}
+
+/// After a fold that added `d`: an RTT sample if segments came in, and the event.
+#[inline(always)]
+fn finish(sk: *mut u8, agg: *mut FlowAgg, d: &SockCounters) -> Option<()> {
     if d.segs_in != 0 {
         let srtt: u32 = field(sk, off(&TCP_OFF_SRTT_US))?;
         if srtt >> 3 != 0 {
@@ -129,8 +191,26 @@ fn visit(sk: *mut u8) -> Option<()> {
             record(unsafe { &raw mut (*agg).rtt_us }, (srtt >> 3) as u64);
         }
     }
-    if d != SockCounters::default() {
+    if *d != SockCounters::default() {
         count(stat::EVENTS);
     }
     Some(())
+}
+
+/// The socket's flow key, from its addresses and ports as `ctx::addrs` reads them in sock_ops
+/// (IPv4 v4-mapped).
+#[inline(always)]
+fn key_of(sk: *mut u8, role: u8) -> Option<FlowKey> {
+    let family: u16 = field(sk, off(&TCP_OFF_FAMILY))?;
+    let (local, remote) = match family as u32 {
+        AF_INET => (
+            v4_mapped(field(sk, off(&TCP_OFF_RCV_SADDR))?),
+            v4_mapped(field(sk, off(&TCP_OFF_DADDR))?),
+        ),
+        AF_INET6 => (field::<Addr>(sk, off(&TCP_OFF_V6_RCV_SADDR))?, field::<Addr>(sk, off(&TCP_OFF_V6_DADDR))?),
+        _ => return None,
+    };
+    let local_port: u16 = field(sk, off(&TCP_OFF_NUM))?;
+    let remote_port: u16 = field(sk, off(&TCP_OFF_DPORT))?;
+    Some(flow_key(local, remote, local_port, u16::from_be(remote_port), role))
 }

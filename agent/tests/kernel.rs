@@ -6,7 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use agent_common::report::Role;
+use agent_common::report::{Report, Role};
+use serde_json::Value;
 use support::{Agent, Lab, delta, flow, local, privileged, totals};
 
 /// The agent's flags for callback mode (per-segment callbacks instead of the walk).
@@ -102,26 +103,28 @@ fn bytes_and_opens_match_the_traffic_in_callback_mode() {
 #[test]
 fn open_connections_are_folded_every_window_and_exactly() {
     let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly") else { return };
+    open_connections_folded(false);
+}
+
+/// The same over IPv6: the walk's first fold of a socket builds its flow key from the socket
+/// itself, which must be the key its connect or accept counted on.
+#[test]
+fn open_ipv6_connections_are_folded_every_window_and_exactly() {
+    let Some(_g) = privileged("open_ipv6_connections_are_folded_every_window_and_exactly") else { return };
+    open_connections_folded(true);
+}
+
+fn open_connections_folded(v6: bool) {
     let lab = Lab::new();
+    let (ca, sb) = if v6 { (lab.a6, lab.b6) } else { (lab.a4, lab.b4) };
     lab.lose_data_segments_both_ways(5);
     let agent = Agent::start(&lab, &[]);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
-    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5031", "--conns", "6", "--echo"]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", "5031", "--conns", "6", "--echo"]);
     let clients: Vec<_> = (0..6)
         .map(|_| {
-            let args = [
-                "pingpong",
-                "--addr",
-                lab.b4,
-                "--port",
-                "5031",
-                "--secs",
-                "4",
-                "--size",
-                "30000",
-                "--interval-ms",
-                "5",
-            ];
+            let args =
+                ["pingpong", "--addr", sb, "--port", "5031", "--secs", "4", "--size", "30000", "--interval-ms", "5"];
             lab.traffic(&lab.a, &args)
         })
         .collect();
@@ -132,8 +135,8 @@ fn open_connections_are_folded_every_window_and_exactly() {
     let reports = agent.stop();
 
     let sum = |k: &str| clients.iter().map(|c| c[k].as_u64().unwrap()).sum::<u64>();
-    let c = totals(&reports, flow(lab.a4, lab.b4, 5031, Role::Client));
-    let s = totals(&reports, flow(lab.b4, lab.a4, 5031, Role::Server));
+    let c = totals(&reports, flow(ca, sb, 5031, Role::Client));
+    let s = totals(&reports, flow(sb, ca, 5031, Role::Server));
     eprintln!("client {c:?}\nserver {s:?}");
     assert_eq!((c.bytes_sent, c.bytes_received), (sum("sent"), sum("received")));
     assert_eq!(
@@ -153,8 +156,8 @@ fn open_connections_are_folded_every_window_and_exactly() {
             let w = |pred: &dyn Fn(&agent_common::report::FlowRecord) -> bool| {
                 r.flows.iter().filter(|f| pred(f)).map(|f| f.metrics.clone()).collect::<Vec<_>>()
             };
-            let cw = w(&flow(lab.a4, lab.b4, 5031, Role::Client));
-            let sw = w(&flow(lab.b4, lab.a4, 5031, Role::Server));
+            let cw = w(&flow(ca, sb, 5031, Role::Client));
+            let sw = w(&flow(sb, ca, 5031, Role::Server));
             !cw.is_empty()
                 && cw.iter().all(|m| m.connections.closed == 0 && m.connections.active == 6 && m.bytes_sent > 0)
                 && sw.iter().all(|m| m.connections.closed == 0 && m.bytes_received > 0 && m.bytes_sent > 0)
@@ -350,36 +353,17 @@ fn rtt_agrees_with_ss_in_callback_mode() {
     rtt_agrees_with_ss(CALLBACKS);
 }
 
-/// With a socket map of 4 entries, 10 concurrent connections (20 sockets) overflow it by exactly
-/// 16; the agent keeps running and counts later connections whole.
-#[test]
-fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
-    let Some(_g) = privileged("full_socket_map_is_counted_exactly_and_capture_goes_on") else { return };
-    let lab = Lab::new();
-    let agent = Agent::start(&lab, &["--max-sockets", "4"]);
+/// Ten concurrent connections (20 sockets) held open for `hold_s`, with a socket map of 4
+/// entries; then two more connections. Returns the reports, what the ten moved (client side) and
+/// what the two did.
+fn ten_held_connections_four_slots(lab: &Lab, mode: &[&str], hold_s: &str) -> (Vec<Report>, Value, Value) {
+    let agent = Agent::start(lab, &[mode, &["--max-sockets", "4"]].concat());
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5005", "--conns", "10", "--reply", "10"]);
-    let client = lab
-        .traffic(
-            &lab.a,
-            &[
-                "connect",
-                "--addr",
-                lab.b4,
-                "--port",
-                "5005",
-                "--conns",
-                "10",
-                "--parallel",
-                "--hold",
-                "1",
-                "--send",
-                "10",
-            ],
-        )
-        .result();
+    let args = ["connect", "--addr", lab.b4, "--port", "5005", "--conns", "10", "--parallel", "--hold", hold_s];
+    let client = lab.traffic(&lab.a, &[&args[..], &["--send", "10"]].concat()).result();
     server.result();
     lab.wait_sockets_closed(Duration::from_secs(10));
-    // After the storm: two connections, each fully tracked.
+    // After the storm: two connections.
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5006", "--conns", "2", "--reply", "777"]);
     let after = lab
         .traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5006", "--conns", "2", "--send", "1234"])
@@ -388,6 +372,16 @@ fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
     lab.wait_sockets_closed(Duration::from_secs(10));
     let reports = agent.stop();
     assert_eq!(client["ok"], 10);
+    (reports, client, after)
+}
+
+/// Folded by callbacks, with a socket map of 4 entries, 10 concurrent connections (20 sockets)
+/// overflow it by exactly 16; the agent keeps running and counts later connections whole.
+#[test]
+fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
+    let Some(_g) = privileged("full_socket_map_is_counted_exactly_and_capture_goes_on") else { return };
+    let lab = Lab::new();
+    let (reports, _, after) = ten_held_connections_four_slots(&lab, CALLBACKS, "1");
     let full: u64 = reports.iter().map(|r| r.agent_stats.map_full.sockets).sum();
     let untracked: u64 = reports.iter().map(|r| r.agent_stats.untracked_events).sum();
     assert_eq!(full, 16, "20 sockets, 4 slots");
@@ -399,6 +393,35 @@ fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
         (after["sent"].as_u64().unwrap(), after["received"].as_u64().unwrap())
     );
     assert!(reports.len() >= 3, "reports kept coming: {}", reports.len());
+}
+
+/// In a walked namespace a socket needs an entry only once the walk folds it: with 4 entries for
+/// 20 sockets held open across walks, the walk counts every socket it could not store (16 per
+/// walk), and those are folded whole at their close: nothing is lost, on either side.
+#[test]
+fn full_socket_map_loses_nothing_in_a_walked_namespace() {
+    let Some(_g) = privileged("full_socket_map_loses_nothing_in_a_walked_namespace") else { return };
+    let lab = Lab::new();
+    let (reports, client, after) = ten_held_connections_four_slots(&lab, &[], "2");
+    let full: u64 = reports.iter().map(|r| r.agent_stats.map_full.sockets).sum();
+    let untracked: u64 = reports.iter().map(|r| r.agent_stats.untracked_events).sum();
+    assert!(full >= 16, "at least one walk while the 20 sockets were open: {full}");
+    assert_eq!(untracked, 0);
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5005, Role::Client));
+    let s = totals(&reports, flow(lab.b4, lab.a4, 5005, Role::Server));
+    assert_eq!((c.attempted, c.established, c.closed, c.failed), (10, 10, 10, 0), "{c:?}");
+    assert_eq!((s.attempted, s.established, s.closed, s.failed), (10, 10, 10, 0), "{s:?}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (100, 100), "{c:?}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (s.bytes_received, s.bytes_sent));
+    assert_eq!(client["sent"], 100);
+    let a = totals(&reports, flow(lab.a4, lab.b4, 5006, Role::Client));
+    assert_eq!(
+        (a.attempted, a.established, a.closed, a.bytes_sent, a.bytes_received),
+        (2, 2, 2, after["sent"].as_u64().unwrap(), after["received"].as_u64().unwrap())
+    );
+    // Every socket's tracking ended: none left open.
+    let last = reports.last().unwrap();
+    assert_eq!(last.agent_stats.sockets_tracked, 0, "{:?}", last.agent_stats);
 }
 
 /// With a flow map of 2 entries, connections to three ports need six keys: the four sockets whose

@@ -268,11 +268,24 @@ pub struct TcpOffsets {
     pub srtt_us: u32,
     /// `sock_common.skc_state` (the TCP state), which every socket starts with.
     pub state: u32,
+    /// `tcp_sock.bpf_sock_ops_cb_flags`: which sock_ops callbacks the socket makes (one byte).
+    pub cb_flags: u32,
+    /// `sock_common` addressing, for the flow key of a socket the walk folds first:
+    /// `skc_family`, `skc_rcv_saddr`, `skc_daddr`, `skc_v6_rcv_saddr`, `skc_v6_daddr`,
+    /// `skc_num` (local port, host order), `skc_dport` (remote port, network order).
+    pub family: u32,
+    pub rcv_saddr: u32,
+    pub daddr: u32,
+    pub v6_rcv_saddr: u32,
+    pub v6_daddr: u32,
+    pub num: u32,
+    pub dport: u32,
 }
 
 impl TcpOffsets {
     pub fn from_btf(btf: &Btf) -> Result<TcpOffsets, BtfError> {
         let f = |name, size| btf.field_offset("tcp_sock", name, size);
+        let c = |name, size| btf.field_offset("sock_common", name, size);
         Ok(TcpOffsets {
             bytes_acked: f("bytes_acked", 8)?,
             bytes_received: f("bytes_received", 8)?,
@@ -283,6 +296,14 @@ impl TcpOffsets {
             snd_nxt: f("snd_nxt", 4)?,
             srtt_us: f("srtt_us", 4)?,
             state: btf.field_offset("sock_common", "skc_state", 1)?,
+            cb_flags: f("bpf_sock_ops_cb_flags", 1)?,
+            family: c("skc_family", 2)?,
+            rcv_saddr: c("skc_rcv_saddr", 4)?,
+            daddr: c("skc_daddr", 4)?,
+            v6_rcv_saddr: c("skc_v6_rcv_saddr", 16)?,
+            v6_daddr: c("skc_v6_daddr", 16)?,
+            num: c("skc_num", 2)?,
+            dport: c("skc_dport", 2)?,
         })
     }
 }
@@ -378,8 +399,13 @@ mod tests {
         // distinct fields.
         let all =
             [o.bytes_acked, o.bytes_received, o.segs_out, o.segs_in, o.total_retrans, o.snd_una, o.snd_nxt, o.srtt_us];
-        // The TCP state is in the first bytes of every socket (struct sock_common).
+        // The TCP state and the addressing are in the first bytes of every socket (struct
+        // sock_common), the callback flags in tcp_sock's own part.
         assert!(o.state < 64, "{o:?}");
+        for a in [o.family, o.rcv_saddr, o.daddr, o.v6_rcv_saddr, o.v6_daddr, o.num, o.dport] {
+            assert!(a < 128, "{o:?}");
+        }
+        assert!(o.cb_flags > 512, "{o:?}");
         assert!(all.iter().all(|&x| x > 512), "{o:?}");
         let mut sorted = all.to_vec();
         sorted.sort();

@@ -64,7 +64,7 @@ impl Capture {
             FoldMode::Walk => Btf::from_sys().and_then(|b| walk_btf(&b)).map(Some).map_err(|e| e.to_string()),
             FoldMode::Callbacks => Ok(None),
         };
-        let mut ebpf = load(cfg, &offsets, tcp.as_ref().ok().and_then(|t| t.as_ref()).map(|(t, _)| t))?;
+        let mut ebpf = load(cfg, &offsets, tcp.as_ref().ok().and_then(Option::as_ref).map(|(t, _)| t))?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let folding = match tcp {
@@ -198,6 +198,14 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
         .override_global("TCP_OFF_SND_NXT", &t.snd_nxt, true)
         .override_global("TCP_OFF_SRTT_US", &t.srtt_us, true)
         .override_global("TCP_OFF_STATE", &t.state, true)
+        .override_global("TCP_OFF_CB_FLAGS", &t.cb_flags, true)
+        .override_global("TCP_OFF_FAMILY", &t.family, true)
+        .override_global("TCP_OFF_RCV_SADDR", &t.rcv_saddr, true)
+        .override_global("TCP_OFF_DADDR", &t.daddr, true)
+        .override_global("TCP_OFF_V6_RCV_SADDR", &t.v6_rcv_saddr, true)
+        .override_global("TCP_OFF_V6_DADDR", &t.v6_daddr, true)
+        .override_global("TCP_OFF_NUM", &t.num, true)
+        .override_global("TCP_OFF_DPORT", &t.dport, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
         .override_global("SYNACK_OFF_FAMILY", &synack.family, true)
