@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# sock_ops run time per call in one 6-s connection storm (storm_env.sh), kernel.bpf_stats_enabled
+# on for the run: ns per call, calls per request, and wrk's rate.
+# usage (root): docs/tools/sockops_ns.sh PROGRAM [both|server] [perf]
+#   PROGRAM  a flow-agent binary (walk mode, the storm's namespace walked), or `empty` / `flags`
+#            (sockops_floor.py: the measurement's floor, and the agent's callback flags alone)
+#   both     wrk in the monitored cgroup too (default); server: nginx's side only
+#   perf     also `perf record -a -g` for 5 s of the storm, then the top symbols
+# See docs/performance.md, "Where the storm's cost goes now".
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+prog=${1:?usage: sockops_ns.sh PROGRAM [both|server] [perf]}
+side=${2:-both}
+. "$here/storm_env.sh"
+if [ -x "$prog" ]; then
+  "$prog" --dry-run --report-interval 10s --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
+    --cgroup "$cg" --walk-netns "/run/netns/$ns" > /dev/null 2> "$dir/agent.log" &
+else
+  python3 "$here/sockops_floor.py" "$cg" "$prog" > /dev/null &
+fi
+pid=$!
+stats_was=$(sysctl -n kernel.bpf_stats_enabled)
+finish() { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; storm_cleanup; }
+trap finish EXIT
+sleep 1.5
+# Sum run_time_ns and run_cnt over the process's sock_ops program fds (prog_type 13).
+sample() {
+  local t=0 c=0 f
+  for f in /proc/"$pid"/fdinfo/*; do
+    grep -q "^prog_type:[[:space:]]*13$" "$f" 2>/dev/null || continue
+    t=$((t + $(awk '/^run_time_ns:/ {print $2}' "$f")))
+    c=$((c + $(awk '/^run_cnt:/ {print $2}' "$f")))
+  done
+  echo "$t $c"
+}
+sysctl -q -w kernel.bpf_stats_enabled=1
+read -r t0 c0 < <(sample)
+client=""; [ "$side" = server ] && client=none
+if [ "${3:-}" = perf ]; then
+  (sleep 0.5; perf record -q -a -g -o "$dir/perf.data" -- sleep 5 > /dev/null 2>&1) &
+  perfpid=$!
+fi
+rate=$(storm 6 $client | awk '{print $2}')
+read -r t1 c1 < <(sample)
+sysctl -q -w kernel.bpf_stats_enabled=0
+calls=$((c1 - c0))
+reqs=$(awk -v r="$rate" 'BEGIN {printf "%d", r * 6}')
+awk -v t=$((t1 - t0)) -v c="$calls" -v r="$rate" -v q="$reqs" -v p="$prog" -v s="$side" \
+  'BEGIN {printf "%s (%s): %.0f ns/call, %d calls, %.2f calls/request, %s req/s\n", p, s, c ? t / c : 0, c, q ? c / q : 0, r}'
+if [ -n "${perfpid:-}" ]; then
+  wait "$perfpid" || true
+  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -v "^$" | head -40
+  perf report -q -i "$dir/perf.data" --children -g none --sort symbol 2>/dev/null | grep -E "bpf|sock_ops" | head -20
+fi
