@@ -16,10 +16,7 @@ use agent_common::{
         SockCounters, flow_key, stat, v4_mapped,
     },
 };
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
-};
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
 use core::ffi::c_void;
 
 use crate::{
@@ -84,12 +81,15 @@ fn off(v: &'static u32) -> usize {
     unsafe { core::ptr::read_volatile(v) as usize }
 }
 
-/// A field of the socket at a BTF offset.
+/// A field of the socket at a BTF offset: a plain load, no helper call. `tp` is the kernel's
+/// own typed pointer to the socket (`bpf_skc_to_tcp_sock`), and the offset a load-time constant
+/// the verifier knows (a frozen `.rodata` global), so the verifier checks the access against
+/// `struct tcp_sock`'s layout and turns it into a fault-tolerant load.
 #[inline(always)]
-fn field<T>(sk: *mut u8, offset: usize) -> Option<T> {
-    // SAFETY: a bounded read through the kernel's fault-tolerant copy; `sk` is the iterator's
-    // socket, held (and locked) for the duration of this invocation.
-    unsafe { bpf_probe_read_kernel(sk.wrapping_add(offset).cast::<T>()).ok() }
+fn field<T>(tp: *const u8, offset: usize) -> Option<T> {
+    // SAFETY: `tp` is the iterator's socket, held (and locked) for the duration of this
+    // invocation; the verifier bounds the access by the field's BTF type.
+    Some(unsafe { core::ptr::read_volatile(tp.wrapping_add(offset).cast::<T>()) })
 }
 
 #[unsafe(no_mangle)]
@@ -114,6 +114,8 @@ fn visit(sk: *mut u8) -> Option<()> {
     }
     // SAFETY: a full socket, as the helper checked.
     let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
+    // Every field is read through the typed pointer (see `field`).
+    let sk = tp.cast::<u8>().cast_const();
     // Nothing moves a socket's counters but a segment in or out: an idle socket costs two reads
     // and a lookup.
     let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
@@ -142,7 +144,7 @@ fn visit(sk: *mut u8) -> Option<()> {
 /// (`fold::untracked_flags`). Its first fold stores its state, with everything it did so far
 /// folded; without room in SOCKETS (counted), it is folded whole at its close instead.
 #[inline(never)]
-fn first_fold(sk: *mut u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
+fn first_fold(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
     let flags = untracked_flags(cb as u32)? | SOCK_ESTABLISHED;
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
@@ -162,7 +164,7 @@ fn first_fold(sk: *mut u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<(
 
 /// The socket's payload counters (`fold::payload`) in TCP state `state`.
 #[inline(always)]
-fn counters(sk: *mut u8, flags: u32, state: u8, segs_out: u32, segs_in: u32) -> Option<SockCounters> {
+fn counters(sk: *const u8, flags: u32, state: u8, segs_out: u32, segs_in: u32) -> Option<SockCounters> {
     let raw = SockCounters {
         bytes_acked: field(sk, off(&TCP_OFF_BYTES_ACKED))?,
         bytes_received: field(sk, off(&TCP_OFF_BYTES_RECEIVED))?,
@@ -183,7 +185,7 @@ fn counters(sk: *mut u8, flags: u32, state: u8, segs_out: u32, segs_in: u32) -> 
 
 /// After a fold that added `d`: an RTT sample if segments came in, and the event.
 #[inline(always)]
-fn finish(sk: *mut u8, agg: *mut FlowAgg, d: &SockCounters) -> Option<()> {
+fn finish(sk: *const u8, agg: *mut FlowAgg, d: &SockCounters) -> Option<()> {
     if d.segs_in != 0 {
         let srtt: u32 = field(sk, off(&TCP_OFF_SRTT_US))?;
         if srtt >> 3 != 0 {
@@ -200,7 +202,7 @@ fn finish(sk: *mut u8, agg: *mut FlowAgg, d: &SockCounters) -> Option<()> {
 /// The socket's flow key, from its addresses and ports as `ctx::addrs` reads them in sock_ops
 /// (IPv4 v4-mapped).
 #[inline(always)]
-fn key_of(sk: *mut u8, role: u8) -> Option<FlowKey> {
+fn key_of(sk: *const u8, role: u8) -> Option<FlowKey> {
     let family: u16 = field(sk, off(&TCP_OFF_FAMILY))?;
     let (local, remote) = match family as u32 {
         AF_INET => (
