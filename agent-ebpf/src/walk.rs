@@ -205,10 +205,7 @@ fn finish(sk: *const u8, agg: *mut FlowAgg, d: &SockCounters) -> Option<()> {
 fn key_of(sk: *const u8, role: u8) -> Option<FlowKey> {
     let family: u16 = field(sk, off(&TCP_OFF_FAMILY))?;
     let (local, remote) = match family as u32 {
-        AF_INET => (
-            v4_mapped(field(sk, off(&TCP_OFF_RCV_SADDR))?),
-            v4_mapped(field(sk, off(&TCP_OFF_DADDR))?),
-        ),
+        AF_INET => (v4_mapped(field(sk, off(&TCP_OFF_RCV_SADDR))?), v4_mapped(field(sk, off(&TCP_OFF_DADDR))?)),
         AF_INET6 => (field::<Addr>(sk, off(&TCP_OFF_V6_RCV_SADDR))?, field::<Addr>(sk, off(&TCP_OFF_V6_DADDR))?),
         _ => return None,
     };

@@ -6,6 +6,8 @@
 #            (sockops_floor.py: the measurement's floor, and the agent's callback flags alone)
 #   both     wrk in the monitored cgroup too (default); server: nginx's side only
 #   perf     also `perf record -a -g` for 5 s of the storm, then the top symbols
+# STATS=0 leaves kernel.bpf_stats_enabled off (no ns per call then; for profiles without its
+# clock reads).
 # See docs/performance.md, "Where the storm's cost goes now".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -33,7 +35,7 @@ sample() {
   done
   echo "$t $c"
 }
-sysctl -q -w kernel.bpf_stats_enabled=1
+sysctl -q -w kernel.bpf_stats_enabled="${STATS:-1}"
 read -r t0 c0 < <(sample)
 client=""; [ "$side" = server ] && client=none
 if [ "${3:-}" = perf ]; then
