@@ -48,7 +48,8 @@ sysctl -q -w kernel.bpf_stats_enabled=0
 calls=$((c1 - c0))
 reqs=$(awk -v r="$rate" 'BEGIN {printf "%d", r * 6}')
 awk -v t=$((t1 - t0)) -v c="$calls" -v r="$rate" -v q="$reqs" -v p="$prog" -v s="$side" \
-  'BEGIN {printf "%s (%s): %.0f ns/call, %d calls, %.2f calls/request, %s req/s\n", p, s, c ? t / c : 0, c, q ? c / q : 0, r}'
+  'BEGIN {if (c) printf "%s (%s): %.0f ns/call, %d calls, %.2f calls/request, %s req/s\n", p, s, t / c, c, q ? c / q : 0, r;
+         else printf "%s (%s): no run figures (kernel.bpf_stats_enabled off), %s req/s\n", p, s, r}'
 if [ -n "${perfpid:-}" ]; then
   wait "$perfpid" || true
   perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -v "^$" | head -40
