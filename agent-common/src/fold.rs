@@ -4,8 +4,8 @@
 use crate::{
     hist::bucket_index,
     maps::{
-        RTT_PENDING, RttPending, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT, SOCK_RTO_EXPIRED,
-        SOCK_WALKED, SockCounters,
+        RTT_PENDING, RttPending, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_RCVD, SOCK_FIN_SENT,
+        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters,
     },
 };
 
@@ -104,16 +104,48 @@ pub fn was_established(state: u32) -> bool {
     )
 }
 
+/// The connection attempt of a client socket of a walked namespace is counted once, by the
+/// first of: the walk at a window end while the socket is still connecting (SYN_SENT; the state
+/// entry it makes says `SOCK_ATTEMPTED`), the establishment, or a close without establishment.
+/// So its connect costs no flow lookup, and every attempt still lands in the window it was made
+/// in: the walk runs at every window end, before the window's counters are read.
+///
+/// At establishment, with the socket's state entry flags if it has an entry: whether the
+/// attempt is still to be counted.
+#[inline(always)]
+pub fn attempt_due_at_establishment(entry_flags: Option<u32>) -> bool {
+    entry_flags.is_none_or(|f| f & SOCK_ATTEMPTED == 0)
+}
+
+/// At the close of a socket with flags `flags` leaving `old_state` (see
+/// `attempt_due_at_establishment`): whether its attempt is still to be counted. Only a walked
+/// client that never got established and that the walk did not count.
+#[inline(always)]
+pub fn attempt_due_at_close(flags: u32, old_state: u32) -> bool {
+    flags & (SOCK_WALKED | SOCK_CLIENT | SOCK_ATTEMPTED) == SOCK_WALKED | SOCK_CLIENT && !was_established(old_state)
+}
+
 /// Whether the peer's FIN arrived, for a socket that leaves `old_state` for CLOSE with callback
 /// flags `cb_flags`: `SOCK_FIN_RCVD` or 0. From FIN_WAIT1 on, the socket parses incoming
 /// segments (`PARSE_ALL_HDR_OPT_CB_FLAG`), and the parse callback disarms itself at the peer's
 /// FIN: a socket leaving FIN_WAIT1 or FIN_WAIT2 disarmed got it, one still armed did not (a reset,
 /// or the FIN_WAIT2 timeout). Later states say so themselves (`fin_flags`). The flag is the only
 /// memory the parse callback needs, so it does no lookup.
+///
+/// Sockets of walked namespaces parse nothing: the kernel marks the socket itself when the FIN
+/// arrives (`SOCK_DONE`, read at the close), which spares the FIN_WAIT1 callback its work and
+/// the socket its parse callbacks: `fin_seen_done`.
 #[inline(always)]
 pub fn fin_seen(old_state: u32, cb_flags: u32) -> u32 {
+    fin_seen_done(old_state, cb_flags & PARSE_ALL_HDR_OPT_CB_FLAG == 0)
+}
+
+/// `fin_seen` from whether the peer's FIN arrived (`done`: the socket's `SOCK_DONE`, or the
+/// parse callback's disarmed flag), for a socket leaving `old_state` for CLOSE.
+#[inline(always)]
+pub fn fin_seen_done(old_state: u32, done: bool) -> u32 {
     match old_state {
-        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 if cb_flags & PARSE_ALL_HDR_OPT_CB_FLAG == 0 => SOCK_FIN_RCVD,
+        tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 if done => SOCK_FIN_RCVD,
         _ => 0,
     }
 }
@@ -227,6 +259,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_walked_clients_attempt_is_counted_once() {
+        use crate::maps::SOCK_FLOW_LOST;
+        let walked_client = SOCK_WALKED | SOCK_CLIENT;
+        // Established before any walk saw it: counted at establishment, never at close.
+        assert!(attempt_due_at_establishment(None));
+        for old in [ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING] {
+            assert!(!attempt_due_at_close(walked_client, old), "{old}");
+            assert!(!attempt_due_at_close(walked_client | SOCK_ESTABLISHED, old), "{old}");
+        }
+        // Seen connecting by the walk: counted there, neither at establishment nor at close.
+        assert!(!attempt_due_at_establishment(Some(walked_client | SOCK_ATTEMPTED)));
+        assert!(!attempt_due_at_close(walked_client | SOCK_ATTEMPTED, SYN_SENT));
+        // An entry for another reason (the RTO gave up, the flow did not fit): still due.
+        assert!(attempt_due_at_establishment(Some(walked_client | SOCK_RTO_EXPIRED)));
+        assert!(attempt_due_at_close(walked_client | SOCK_RTO_EXPIRED, SYN_SENT));
+        assert!(attempt_due_at_close(walked_client | SOCK_FLOW_LOST, SYN_SENT));
+        // Never established, not seen by a walk: counted at close.
+        assert!(attempt_due_at_close(walked_client, SYN_SENT));
+        // Servers, and clients folded by callbacks, count theirs at accept and connect.
+        assert!(!attempt_due_at_close(SOCK_WALKED, SYN_RECV));
+        assert!(!attempt_due_at_close(SOCK_CLIENT, SYN_SENT));
+    }
+
+    #[test]
     fn fold_adds_what_is_new_and_never_goes_back() {
         let a =
             SockCounters { bytes_acked: 100, bytes_received: 50, segs_out: 3, segs_in: 2, total_retrans: 1, _pad: 0 };
@@ -290,6 +346,18 @@ mod tests {
         let raw = SockCounters { bytes_acked: 12347, bytes_received: 5001, ..Default::default() };
         let p = payload(&raw, SOCK_CLIENT | SOCK_ESTABLISHED | fin_flags(LAST_ACK), 7, 7);
         assert_eq!((p.bytes_acked, p.bytes_received), (12345, 5000));
+    }
+
+    #[test]
+    fn a_walked_sockets_fin_is_seen_from_sock_done() {
+        use crate::maps::SOCK_FIN_RCVD;
+        assert_eq!(fin_seen_done(FIN_WAIT2, true), SOCK_FIN_RCVD);
+        assert_eq!(fin_seen_done(FIN_WAIT1, true), SOCK_FIN_RCVD);
+        assert_eq!((fin_seen_done(FIN_WAIT2, false), fin_seen_done(FIN_WAIT1, false)), (0, 0));
+        // Elsewhere the state says it (`fin_flags`), whatever the flag.
+        for old in [ESTABLISHED, SYN_SENT, SYN_RECV, CLOSE_WAIT, LAST_ACK, CLOSING] {
+            assert_eq!(fin_seen_done(old, true), 0, "state {old}");
+        }
     }
 
     #[test]

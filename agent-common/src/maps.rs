@@ -10,9 +10,51 @@ pub const FLOWS_MAP: &str = "FLOWS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const STATS_MAP: &str = "STATS";
 pub const WALKED_NETNS_MAP: &str = "WALKED_NETNS";
+pub const WALKED_NETNS_LIST_MAP: &str = "WALKED_NETNS_LIST";
 
 /// Network namespaces the daemon walks (own one plus `--walk-netns`), at most.
 pub const MAX_WALKED_NETNS: u32 = 256;
+
+/// Walked namespaces the sock_ops program finds in a list (`WalkedNetns`) rather than in the
+/// WALKED_NETNS hash.
+pub const WALKED_NETNS_LISTED: usize = 8;
+
+/// The walked namespaces' cookies as a list, the one value of WALKED_NETNS_LIST: the check a
+/// connect or accept makes ("is this socket's namespace walked?") is then a few compares, with
+/// no hash lookup. With more than `WALKED_NETNS_LISTED` namespaces `count` says so and the
+/// WALKED_NETNS hash answers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WalkedNetns {
+    pub count: u64,
+    pub cookies: [u64; WALKED_NETNS_LISTED],
+}
+
+impl WalkedNetns {
+    /// The list of `cookies`; `count` above `WALKED_NETNS_LISTED` when they do not fit.
+    pub fn of(cookies: &[u64]) -> WalkedNetns {
+        let mut l = WalkedNetns { count: cookies.len() as u64, cookies: [0; WALKED_NETNS_LISTED] };
+        if let Some(c) = cookies.get(..WALKED_NETNS_LISTED.min(cookies.len())) {
+            l.cookies[..c.len()].copy_from_slice(c);
+        }
+        l
+    }
+
+    /// Whether namespace `cookie` is walked; `None` when the list does not hold every walked
+    /// namespace (ask the hash).
+    #[inline(always)]
+    pub fn walked(&self, cookie: u64) -> Option<bool> {
+        if self.count > WALKED_NETNS_LISTED as u64 {
+            return None;
+        }
+        for i in 0..WALKED_NETNS_LISTED {
+            if (i as u64) < self.count && self.cookies[i] == cookie {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+}
 
 /// Default map sizes (`--max-sockets`, `--max-flows`).
 pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
@@ -154,6 +196,9 @@ pub const SOCK_FLOW_LOST: u32 = 32;
 /// The socket's network namespace is walked (`WALKED_NETNS`): it has no per-segment callbacks,
 /// the walk folds it while open, and its RTT samples are its smoothed RTT at each fold.
 pub const SOCK_WALKED: u32 = 64;
+/// A walked client's connection attempt is counted (by the walk, which found it still
+/// connecting at a window end); see `fold::attempt_due_at_close`.
+pub const SOCK_ATTEMPTED: u32 = 128;
 
 /// The cumulative per-socket counters the kernel exposes in `bpf_sock_ops`.
 #[repr(C)]
@@ -210,6 +255,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowAgg {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Listener {}
+    unsafe impl aya::Pod for super::WalkedNetns {}
 }
 
 #[cfg(all(test, feature = "user"))]
@@ -223,6 +269,23 @@ mod tests {
         assert_eq!(core::mem::size_of::<RttPending>(), 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<SockState>(), 40 + 8 + 32 + 8 + 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
+    }
+
+    #[test]
+    fn walked_namespaces_are_found_in_the_list_or_sent_to_the_hash() {
+        assert_eq!(WalkedNetns::default().walked(0), Some(false), "nothing walked, not even cookie 0");
+        let l = WalkedNetns::of(&[7, 9]);
+        assert_eq!(
+            (l.walked(7), l.walked(9), l.walked(8), l.walked(0)),
+            (Some(true), Some(true), Some(false), Some(false))
+        );
+        let full: Vec<u64> = (1..=WALKED_NETNS_LISTED as u64).collect();
+        let l = WalkedNetns::of(&full);
+        assert!(full.iter().all(|&c| l.walked(c) == Some(true)));
+        assert_eq!(l.walked(0), Some(false));
+        let over: Vec<u64> = (1..=WALKED_NETNS_LISTED as u64 + 1).collect();
+        let l = WalkedNetns::of(&over);
+        assert_eq!((l.walked(1), l.walked(100)), (None, None), "too many: the hash answers");
     }
 
     #[test]

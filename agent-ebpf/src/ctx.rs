@@ -5,7 +5,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_ktime_get_coarse_ns,
-        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_skc_to_tcp_sock},
     },
     programs::SockOpsContext,
 };
@@ -76,6 +76,14 @@ pub fn addrs(ctx: &SockOpsContext) -> Option<(Addr, Addr)> {
     }
 }
 
+/// Whether the socket is IPv4 or IPv6 (what `addrs` reads addresses of).
+#[inline(always)]
+pub fn is_inet(ctx: &SockOpsContext) -> bool {
+    // SAFETY: plain read of a `bpf_sock_ops` field (rewritten by the verifier into a safe load).
+    let family = unsafe { (*ctx.ops).family };
+    family == AF_INET || family == AF_INET6
+}
+
 #[inline(always)]
 pub fn local_port(ctx: &SockOpsContext) -> u16 {
     ctx.local_port() as u16
@@ -130,4 +138,29 @@ pub fn snd_una_nxt(ctx: &SockOpsContext) -> (u32, u32) {
 pub fn skb_tcp_flags(ctx: &SockOpsContext) -> u32 {
     // SAFETY: as in `srtt_us`.
     unsafe { (*ctx.ops).skb_tcp_flags }
+}
+
+/// `SOCK_DONE` in `sock.sk_flags` (`enum sock_flags`, include/net/sock.h: `SOCK_DEAD`, then
+/// `SOCK_DONE`): TCP sets it in `tcp_fin`, when the peer's FIN arrives, and nowhere else.
+const SOCK_DONE_BIT: u64 = 1 << 1;
+
+/// Whether the peer's FIN arrived (`SOCK_DONE`), read through the kernel's typed socket pointer
+/// at the BTF offset the daemon loaded (`walk::TCP_OFF_SK_FLAGS`; walked sockets only: the walk,
+/// and so the offset, exists wherever they do). `None` when there is no full TCP socket.
+#[inline(always)]
+pub fn fin_received(ctx: &SockOpsContext) -> Option<bool> {
+    // SAFETY: a `bpf_sock_ops` field: the socket, null unless a full socket (the verifier
+    // requires the check before the helper takes it).
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null socket; the helper returns null unless it is a TCP socket.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
+    if tp.is_null() {
+        return None;
+    }
+    let flags: u64 =
+        crate::walk::field(tp.cast::<u8>().cast_const(), crate::walk::off(&crate::walk::TCP_OFF_SK_FLAGS))?;
+    Some(flags & SOCK_DONE_BIT != 0)
 }

@@ -1,9 +1,9 @@
 //! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
 
-use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, MAX_WALKED_NETNS, SockState, stat};
+use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, MAX_WALKED_NETNS, SockState, WalkedNetns, stat};
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 
 /// Per-socket state of the tracked sockets, by socket cookie (preallocated; see `sockets`).
@@ -22,6 +22,16 @@ pub static LISTENERS: HashMap<u32, Listener> = HashMap::with_max_entries(MAX_LIS
 /// no per-segment callbacks.
 #[map(name = "WALKED_NETNS")]
 pub static WALKED_NETNS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_WALKED_NETNS, 0);
+
+/// The same namespaces as a short list (`WalkedNetns`), which spares the hash lookup.
+#[map(name = "WALKED_NETNS_LIST")]
+pub static WALKED_NETNS_LIST: Array<WalkedNetns> = Array::with_max_entries(1, 0);
+
+/// How many SOCKETS entries belong to sockets of walked namespaces (`SOCK_WALKED`), one shared
+/// atomic counter (see `sockets::walked_entries`): while it is 0, as it is most of the time, the
+/// close of such a socket knows without a lookup that it has no entry.
+#[map(name = "WALKED_ENTRIES")]
+pub static WALKED_ENTRIES: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counters of the programs' own health (see `agent_common::maps::stat`).
 #[map(name = "STATS")]

@@ -2,8 +2,8 @@
 
 use agent_common::{
     fold::{
-        cb, classify_end, fin_flags, fin_seen, fold_due, fold_step, payload, rtt_push, tcp_state, untracked_flags,
-        was_established,
+        attempt_due_at_close, attempt_due_at_establishment, cb, classify_end, fin_flags, fin_seen, fin_seen_done,
+        fold_due, fold_step, payload, rtt_push, tcp_state, untracked_flags, was_established,
     },
     maps::{
         FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
@@ -25,7 +25,7 @@ use aya_ebpf::{
 use crate::{
     ctx,
     flows::{add, add_counters, add_end, add_rtt, add32, flow, fold_counters, record, socket_flow},
-    maps::{LISTENERS, WALKED_NETNS, count},
+    maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count},
     sockets::{self, folded_none, new_state},
 };
 
@@ -49,10 +49,14 @@ fn fold_interval_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&FOLD_INTERVAL_NS) }
 }
 
-/// Whether the socket's network namespace is walked.
+/// Whether the socket's network namespace is walked: a few compares with the listed ones, the
+/// hash only when there are too many to list.
 #[inline(always)]
 fn walked(ctx: &SockOpsContext) -> bool {
     let cookie = ctx::netns_cookie(ctx);
+    if let Some(w) = WALKED_NETNS_LIST.get(0).and_then(|l| l.walked(cookie)) {
+        return w;
+    }
     // SAFETY: lookup in a map of plain integers.
     unsafe { WALKED_NETNS.get(cookie) }.is_some()
 }
@@ -234,18 +238,19 @@ fn flow_lost(ctx: &SockOpsContext, key: &FlowKey, flags: u32) {
 
 fn on_connect(ctx: &SockOpsContext) {
     count(stat::EVENTS);
+    if !ctx::is_inet(ctx) {
+        return;
+    }
+    if walked(ctx) {
+        // No flow lookup: the attempt is counted by the walk, the establishment or the close,
+        // whichever comes first (`fold::attempt_due_at_close`).
+        let _ = ctx.set_cb_flags(cb::walked(false) as i32);
+        count(stat::SOCKETS_INSERTED);
+        return;
+    }
     let Some(key) = key_of(ctx, ROLE_CLIENT) else {
         return;
     };
-    if walked(ctx) {
-        let _ = ctx.set_cb_flags(cb::walked(false) as i32);
-        count(stat::SOCKETS_INSERTED);
-        if let Some(agg) = untracked_flow(ctx, &key, SOCK_CLIENT | SOCK_WALKED) {
-            // SAFETY: FLOWS value pointer.
-            add(unsafe { &raw mut (*agg).attempted }, 1);
-        }
-        return;
-    }
     let init = new_state(key, ctx::now_coarse_ns(), SOCK_CLIENT, folded_none(0));
     if !track(ctx, &init, BASE_CALLBACKS as i32) {
         return;
@@ -259,11 +264,17 @@ fn on_connect(ctx: &SockOpsContext) {
 fn on_active_established(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     if untracked_flags(ctx.cb_flags()).is_some() {
-        // A walked socket: its handshake segments wait for the walk or the close.
+        // A walked socket: its handshake segments wait for the walk or the close. Its attempt
+        // is counted now, unless the walk found it connecting (then it has a state entry).
         let Some(key) = key_of(ctx, ROLE_CLIENT) else {
             return;
         };
+        let entry = if sockets::walked_entries() { sockets::get(ctx).map(|st| st.flags) } else { None };
         if let Some(agg) = untracked_flow(ctx, &key, SOCK_CLIENT | SOCK_WALKED) {
+            if attempt_due_at_establishment(entry) {
+                // SAFETY: FLOWS value pointer.
+                add(unsafe { &raw mut (*agg).attempted }, 1);
+            }
             add_established(ctx, agg);
         }
         return;
@@ -394,14 +405,25 @@ fn on_state(ctx: &SockOpsContext) {
             // incoming segments' flags is how we know it arrived (it is one byte of
             // bytes_received; see `fin_seen`). The other FINs follow from the states
             // (`fin_flags`), so no transition but this and CLOSE needs the socket's state.
-            count(stat::EVENTS);
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32);
+            // A walked socket's close reads the FIN from the socket itself (`fin_arrived`).
+            let cbf = ctx.cb_flags();
+            if untracked_flags(cbf).is_none() {
+                count(stat::EVENTS);
+                let _ = ctx.set_cb_flags((cbf | BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG) as i32);
+            }
         }
         tcp_state::CLOSE => {
             count(stat::EVENTS);
+            let untracked = untracked_flags(ctx.cb_flags());
+            if let Some(flags) = untracked
+                && !sockets::walked_entries()
+            {
+                // A walked socket, and no walked socket has an entry: not this one either.
+                return close_untracked(ctx, flags, old);
+            }
             match sockets::get(ctx) {
                 Some(st) => close(ctx, st, old),
-                None => match untracked_flags(ctx.cb_flags()) {
+                None => match untracked {
                     Some(flags) => close_untracked(ctx, flags, old),
                     None => count(stat::UNTRACKED_EVENTS),
                 },
@@ -413,7 +435,7 @@ fn on_state(ctx: &SockOpsContext) {
 
 /// The socket leaves `old` for CLOSE: its last fold (with the FINs `old` implies), how it ended.
 fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
-    st.flags |= fin_seen(old, ctx.cb_flags());
+    st.flags |= fin_arrived(ctx, old);
     if st.flags & SOCK_WALKED != 0 && was_established(old) {
         st.flags |= SOCK_ESTABLISHED;
     }
@@ -421,12 +443,33 @@ fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
     if let Some(agg) = fold_at(ctx, st, fold_clock(st), old) {
         add_closed(agg, old, flags);
     }
-    sockets::forget(ctx);
+    sockets::forget(ctx, flags);
 }
 
-/// How the connection ended, on its flow; the open gauge goes down for an established one.
+/// `SOCK_FIN_RCVD` if the peer's FIN arrived at a socket leaving `old` for CLOSE, where its state
+/// does not say so (`fold::fin_seen_done`): a walked socket's own `SOCK_DONE` flag, or for a
+/// socket folded by callbacks the parse callback's disarmed flag (`fold::fin_seen`).
+#[inline(always)]
+fn fin_arrived(ctx: &SockOpsContext, old: u32) -> u32 {
+    if old != tcp_state::FIN_WAIT1 && old != tcp_state::FIN_WAIT2 {
+        return 0;
+    }
+    let cbf = ctx.cb_flags();
+    if untracked_flags(cbf).is_some() {
+        fin_seen_done(old, ctx::fin_received(ctx).unwrap_or(false))
+    } else {
+        fin_seen(old, cbf)
+    }
+}
+
+/// How the connection ended, on its flow; the open gauge goes down for an established one. A
+/// walked client's attempt not counted yet is counted now (`fold::attempt_due_at_close`).
 #[inline(always)]
 fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
+    if attempt_due_at_close(flags, old) {
+        // SAFETY: FLOWS value pointer.
+        add(unsafe { &raw mut (*agg).attempted }, 1);
+    }
     add_end(agg, &classify_end(old, flags));
     if flags & SOCK_ESTABLISHED != 0 {
         // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
@@ -437,7 +480,7 @@ fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
 /// `close` for a socket of a walked namespace that never had a state entry (`flags` from
 /// `untracked_flags`): nothing of it was folded, so all of its counters are new.
 fn close_untracked(ctx: &SockOpsContext, mut flags: u32, old: u32) {
-    flags |= fin_seen(old, ctx.cb_flags());
+    flags |= fin_arrived(ctx, old);
     if was_established(old) {
         flags |= SOCK_ESTABLISHED;
     }
@@ -473,7 +516,8 @@ fn add_srtt(ctx: &SockOpsContext, agg: *mut FlowAgg) {
 /// (`fold::fin_seen`), so the socket's state is not looked up here.
 fn on_parse_hdr(ctx: &SockOpsContext) {
     const TCP_FIN: u32 = 0x01;
-    if ctx::skb_tcp_flags(ctx) & TCP_FIN == 0 {
+    // Not armed: a walked server's role bit (`cb::UNTRACKED_SERVER`) and an unknown option.
+    if ctx::skb_tcp_flags(ctx) & TCP_FIN == 0 || ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0 {
         return;
     }
     count(stat::EVENTS);

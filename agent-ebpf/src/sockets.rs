@@ -5,14 +5,15 @@
 //!
 //! Sockets folded by callbacks have an entry from their connect or accept to their close.
 //! Sockets of walked namespaces get one only when it is needed (`fold::untracked_flags`):
-//! `insert_late`.
+//! `insert_late`. Those entries are counted in `WALKED_ENTRIES`, so that the close of a walked
+//! socket skips the lookup (and the socket cookie) while no walked socket has one.
 
-use agent_common::maps::{FlowKey, RttPending, SockCounters, SockState, stat};
+use agent_common::maps::{FlowKey, RttPending, SOCK_WALKED, SockCounters, SockState, stat};
 use aya_ebpf::programs::SockOpsContext;
 
 use crate::{
     ctx,
-    maps::{SOCKETS, count},
+    maps::{SOCKETS, WALKED_ENTRIES, count},
 };
 
 const BPF_ANY: u64 = 0;
@@ -66,6 +67,9 @@ pub fn track(ctx: &SockOpsContext, init: &SockState) -> bool {
     match SOCKETS.insert(cookie, init, BPF_NOEXIST) {
         Ok(()) => {
             count(stat::SOCKETS_INSERTED);
+            if init.flags & SOCK_WALKED != 0 {
+                walked_entry(1);
+            }
             true
         }
         // Replacing an entry takes no free one (the preallocated hash swaps in a spare).
@@ -82,7 +86,11 @@ pub fn track(ctx: &SockOpsContext, init: &SockState) -> bool {
 #[inline(always)]
 pub fn insert_late(cookie: u64, init: &SockState) -> bool {
     match SOCKETS.insert(cookie, init, BPF_NOEXIST) {
-        Ok(()) => true,
+        Ok(()) => {
+            // Only sockets of walked namespaces get late entries.
+            walked_entry(1);
+            true
+        }
         Err(e) if e == -EEXIST => false,
         Err(_) => {
             count(stat::SOCKETS_FULL);
@@ -91,10 +99,39 @@ pub fn insert_late(cookie: u64, init: &SockState) -> bool {
     }
 }
 
-/// Stop tracking the socket (counted in `SOCKETS_REMOVED`).
+/// Stop tracking the socket, whose state has flags `flags` (counted in `SOCKETS_REMOVED`).
 #[inline(always)]
-pub fn forget(ctx: &SockOpsContext) {
+pub fn forget(ctx: &SockOpsContext, flags: u32) {
     if SOCKETS.remove(ctx::cookie(ctx)).is_ok() {
         count(stat::SOCKETS_REMOVED);
+        if flags & SOCK_WALKED != 0 {
+            walked_entry(u64::MAX);
+        }
+    }
+}
+
+/// Add `delta` (wrapping: `u64::MAX` is -1) to the count of SOCKETS entries of walked sockets.
+///
+/// The count only has to be right for the socket that reads it: an entry is inserted and later
+/// looked for at the socket's close, both while the socket is locked (its callbacks and the walk
+/// all run so), and the lock orders them, so the close sees the count of every insert made for
+/// its own socket. Added after an insert and taken off after a removal, the count is too high
+/// at worst, which costs a lookup, never a missed entry.
+#[inline(always)]
+fn walked_entry(delta: u64) {
+    if let Some(p) = WALKED_ENTRIES.get_ptr_mut(0) {
+        // SAFETY: the one value of an array map; atomic, every CPU shares it.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, delta) };
+    }
+}
+
+/// Whether any socket of a walked namespace may have a SOCKETS entry. When false, a walked
+/// socket (`fold::untracked_flags`) has none, and its close needs no lookup.
+#[inline(always)]
+pub fn walked_entries() -> bool {
+    match WALKED_ENTRIES.get_ptr(0) {
+        // SAFETY: the one value of an array map; a plain load (see `walked_entry`).
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
     }
 }

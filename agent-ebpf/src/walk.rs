@@ -10,10 +10,10 @@
 //! fold of the same socket.
 
 use agent_common::{
-    fold::{fin_flags, fold_step, payload, untracked_flags, was_established},
+    fold::{fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
     maps::{
-        Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT, SOCK_WALKED,
-        SockCounters, flow_key, stat, v4_mapped,
+        Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT,
+        SOCK_WALKED, SockCounters, flow_key, stat, v4_mapped,
     },
 };
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
@@ -21,7 +21,7 @@ use core::ffi::c_void;
 
 use crate::{
     ctx::{AF_INET, AF_INET6},
-    flows::{add_counters, flow, fold_counters, record},
+    flows::{add, add_counters, flow, fold_counters, record},
     maps::{SOCKETS, count},
     sockets::{folded_none, insert_late, new_state},
 };
@@ -65,6 +65,10 @@ static TCP_OFF_V6_DADDR: u32 = 0;
 static TCP_OFF_NUM: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_OFF_DPORT: u32 = 0;
+/// `sock.sk_flags`, at the same offset in a `tcp_sock` (which starts with its `sock`); read by
+/// sock_ops at the close of a walked socket (`ctx::fin_received`).
+#[unsafe(no_mangle)]
+pub static TCP_OFF_SK_FLAGS: u32 = 0;
 
 /// The iterator's context (`struct bpf_iter__tcp`): one socket of the namespace (listening,
 /// established, time-wait or request socket) and its owner's uid.
@@ -76,7 +80,7 @@ pub struct TcpIterCtx {
 }
 
 #[inline(always)]
-fn off(v: &'static u32) -> usize {
+pub fn off(v: &'static u32) -> usize {
     // SAFETY: read of a load-time global; volatile so it is not constant-folded.
     unsafe { core::ptr::read_volatile(v) as usize }
 }
@@ -86,7 +90,7 @@ fn off(v: &'static u32) -> usize {
 /// the verifier knows (a frozen `.rodata` global), so the verifier checks the access against
 /// `struct tcp_sock`'s layout and turns it into a fault-tolerant load.
 #[inline(always)]
-fn field<T>(tp: *const u8, offset: usize) -> Option<T> {
+pub fn field<T>(tp: *const u8, offset: usize) -> Option<T> {
     // SAFETY: `tp` is the iterator's socket, held (and locked) for the duration of this
     // invocation; the verifier bounds the access by the field's BTF type.
     Some(unsafe { core::ptr::read_volatile(tp.wrapping_add(offset).cast::<T>()) })
@@ -136,21 +140,34 @@ fn visit(sk: *mut u8) -> Option<()> {
             let d = fold_counters(agg, &mut st.folded, &now);
             finish(sk, agg, &d)
         }
-        None => first_fold(sk, cookie, segs_out, segs_in),
+        None => untracked(sk, cookie, segs_out, segs_in),
     }
 }
 
 /// A socket of this namespace with no state entry: one of ours if its callback flags say so
-/// (`fold::untracked_flags`). Its first fold stores its state, with everything it did so far
-/// folded; without room in SOCKETS (counted), it is folded whole at its close instead.
-#[inline(never)]
-fn first_fold(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
+/// (`fold::untracked_flags`), folded for the first time once established, or its attempt
+/// counted while it connects. (Two frames of their own, not nested: the verifier limits the
+/// stack of a call chain to 512 bytes.)
+#[inline(always)]
+fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
-    let flags = untracked_flags(cb as u32)? | SOCK_ESTABLISHED;
+    let flags = untracked_flags(cb as u32)?;
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    if state as u32 == tcp_state::SYN_SENT && flags & SOCK_CLIENT != 0 {
+        return attempt_seen(sk, cookie, flags);
+    }
     if !was_established(state as u32) {
         return None;
     }
+    first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
+}
+
+/// The first fold of an established socket of ours with no state entry (flags `flags`) stores
+/// its state, with everything it did so far folded; without room in SOCKETS (counted), it is
+/// folded whole at its close instead.
+#[inline(never)]
+fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
     let agg = flow(&key)?;
     let now = counters(sk, flags, state, segs_out, segs_in)?;
@@ -160,6 +177,23 @@ fn first_fold(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option
     }
     add_counters(agg, &d);
     finish(sk, agg, &d)
+}
+
+/// A client still connecting at a window end, whose connect did not count its attempt
+/// (`fold::attempt_due_at_close`): it is counted in this window, and the state entry made for
+/// it (`SOCK_ATTEMPTED`) tells its establishment or close that it was. Without room in SOCKETS
+/// (counted) the establishment or close counts it instead.
+#[inline(never)]
+fn attempt_seen(sk: *const u8, cookie: u64, flags: u32) -> Option<()> {
+    let key = key_of(sk, ROLE_CLIENT)?;
+    let agg = flow(&key)?;
+    if !insert_late(cookie, &new_state(key, 0, flags | SOCK_ATTEMPTED, folded_none(0))) {
+        return None;
+    }
+    // SAFETY: FLOWS value pointer.
+    add(unsafe { &raw mut (*agg).attempted }, 1);
+    count(stat::EVENTS);
+    Some(())
 }
 
 /// The socket's payload counters (`fold::payload`) in TCP state `state`.

@@ -15,7 +15,7 @@ use agent_common::report::{DestinationCategory as Cat, Enrichment, FlowRecord, R
 use support::{
     Agent, Lab,
     fake_imds::{FakeImds, Identity, Interface},
-    privileged, sh,
+    flow, privileged, sh, totals,
 };
 
 fn data(name: &str) -> String {
@@ -55,12 +55,16 @@ fn lab_imds(lab: &Lab) -> FakeImds {
 }
 
 fn find<'a>(reports: &'a [Report], local: &str, remote: &str, port: u16, role: Role) -> &'a FlowRecord {
-    let (l, r) = (local.parse::<std::net::IpAddr>().unwrap(), remote.parse::<std::net::IpAddr>().unwrap());
-    reports
-        .iter()
-        .flat_map(|r| &r.flows)
-        .find(|f| f.local_ip == l && f.remote_ip == r && f.target_port == port && f.role == role)
-        .unwrap_or_else(|| panic!("no {role:?} flow {local} -> {remote}:{port} in {reports:#?}"))
+    every(reports, local, remote, port, role)[0]
+}
+
+/// Every record of one flow key, one per window it appeared in (connections of one test may
+/// straddle a window end: the tests run 1-s windows); at least one.
+fn every<'a>(reports: &'a [Report], local: &str, remote: &str, port: u16, role: Role) -> Vec<&'a FlowRecord> {
+    let key = flow(local, remote, port, role);
+    let found: Vec<_> = reports.iter().flat_map(|r| &r.flows).filter(|f| key(f)).collect();
+    assert!(!found.is_empty(), "no {role:?} flow {local} -> {remote}:{port} in {reports:#?}");
+    found
 }
 
 fn free_port() -> u16 {
@@ -209,11 +213,12 @@ fn off_ec2_capture_does_not_wait_for_imds() {
         lab.wait_sockets_closed(Duration::from_secs(10));
         let reports = agent.stop();
         eprintln!("IMDS {endpoint}: {to_capture:?} from spawn to capturing");
-        let f = find(&reports, lab.a4, lab.b4, 5403, Role::Client);
-        assert_eq!(f.metrics.connections.established, 2);
-        assert_eq!(f.enrichment.local_instance_id, None);
-        // Without metadata nothing is classified relative to this instance; never guessed.
-        assert_eq!(f.enrichment.destination_category, Some(Cat::Unclassified));
+        assert_eq!(totals(&reports, flow(lab.a4, lab.b4, 5403, Role::Client)).established, 2);
+        for f in every(&reports, lab.a4, lab.b4, 5403, Role::Client) {
+            assert_eq!(f.enrichment.local_instance_id, None);
+            // Without metadata nothing is classified relative to this instance; never guessed.
+            assert_eq!(f.enrichment.destination_category, Some(Cat::Unclassified));
+        }
     }
     assert!(imds.token_requests() >= 1, "the agent did ask the silent IMDS");
     // AWS_EC2_METADATA_DISABLED=true and no other input: no enrichment at all.
@@ -323,14 +328,16 @@ fn conntrack_reports_dnat_and_snat_and_classifies_the_real_remote() {
     assert!(server.wait().unwrap().success());
     lab.wait_sockets_closed(Duration::from_secs(10));
     let reports = agent.stop();
-    let f = find(&reports, lab.a4, "10.96.0.10", 80, Role::Client);
-    let e = &f.enrichment;
-    eprintln!("{e:?}");
-    assert_eq!(f.metrics.connections.established, 3);
-    assert_eq!(e.dnat_ip.as_deref(), Some("10.88.0.2"), "{e:?}");
-    assert_eq!(e.snat_ip.as_deref(), Some("10.88.0.1"), "{e:?}");
-    assert_eq!(e.remote_subnet_id.as_deref(), Some("subnet-0e8e8e8e8e8e8e8e8"), "classified by the real remote");
-    assert_eq!(e.remote_az.as_deref(), Some("us-east-1c"));
+    // The three connections may straddle a window end: every window's record is enriched.
+    assert_eq!(totals(&reports, flow(lab.a4, "10.96.0.10", 80, Role::Client)).established, 3);
+    for f in every(&reports, lab.a4, "10.96.0.10", 80, Role::Client) {
+        let e = &f.enrichment;
+        eprintln!("{e:?}");
+        assert_eq!(e.dnat_ip.as_deref(), Some("10.88.0.2"), "{e:?}");
+        assert_eq!(e.snat_ip.as_deref(), Some("10.88.0.1"), "{e:?}");
+        assert_eq!(e.remote_subnet_id.as_deref(), Some("subnet-0e8e8e8e8e8e8e8e8"), "classified by the real remote");
+        assert_eq!(e.remote_az.as_deref(), Some("us-east-1c"));
+    }
 }
 
 struct NetnsGuard(String);

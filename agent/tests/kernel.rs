@@ -58,6 +58,50 @@ fn bytes_and_opens(v6: bool, mode: &[&str]) {
     }
 }
 
+/// The server closes first, as an HTTP server with "Connection: close" does, and the client
+/// closes a moment later: the server's socket, closed by its application, leaves FIN_WAIT2 for
+/// CLOSE when the client acknowledges its FIN, before the client's FIN exists (that one reaches
+/// the time-wait socket). Its bytes_received holds no FIN then, unlike a socket that leaves
+/// FIN_WAIT2 because the FIN arrived; both sides still count exactly the bytes moved. Walk mode
+/// (the FIN read from the socket's SOCK_DONE) and callback mode (from parsing the segments).
+fn server_closing_first_is_counted_exactly(mode: &[&str]) {
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, mode);
+    let (ca, sb) = (lab.a4, lab.b4);
+    let server = lab.traffic(
+        &lab.b,
+        &["serve", "--addr", sb, "--port", "5008", "--conns", "10", "--expect", "700", "--reply", "3000"],
+    );
+    let client = lab
+        .traffic(
+            &lab.a,
+            &["connect", "--addr", sb, "--port", "5008", "--conns", "10", "--send", "700", "--server-closes", "0.2"],
+        )
+        .result();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let reports = agent.stop();
+    assert_eq!(client["ok"], 10, "client: {client}");
+    let c = totals(&reports, flow(ca, sb, 5008, Role::Client));
+    let s = totals(&reports, flow(sb, ca, 5008, Role::Server));
+    eprintln!("client flow {c:?}\nserver flow {s:?}");
+    assert_eq!((s.bytes_received, s.bytes_sent), (7000, 30000), "server: {server}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (7000, 30000), "client: {client}");
+    assert_eq!((c.established, c.closed, c.reset, s.established, s.closed, s.reset), (10, 10, 0, 10, 10, 0));
+}
+
+#[test]
+fn server_closing_first_is_counted_exactly_in_walk_mode() {
+    let Some(_g) = privileged("server_closing_first_is_counted_exactly_in_walk_mode") else { return };
+    server_closing_first_is_counted_exactly(&[]);
+}
+
+#[test]
+fn server_closing_first_is_counted_exactly_in_callback_mode() {
+    let Some(_g) = privileged("server_closing_first_is_counted_exactly_in_callback_mode") else { return };
+    server_closing_first_is_counted_exactly(&["--fold-mode", "callbacks"]);
+}
+
 /// An IPv6 socket talking to an IPv4 peer through a v4-mapped address is the IPv4 flow.
 #[test]
 fn v4_mapped_ipv6_sockets_are_reported_as_ipv4() {
@@ -278,6 +322,11 @@ fn refused_and_syn_timeouts_are_failed_connections() {
     assert_eq!((r.attempted, r.established, r.failed, r.refused, r.timed_out), (3, 0, 3, 3, 0), "{r:?}");
     let t = totals(&reports, flow(lab.a4, lab.b4, 5003, Role::Client));
     assert_eq!((t.attempted, t.established, t.failed, t.refused, t.timed_out), (1, 0, 1, 0, 1), "{t:?}");
+    // The attempt is in the window of its connect, seconds before its failure: the walk found
+    // the socket connecting at that window's end (its connect made no flow update).
+    let first = reports.iter().flat_map(|r| &r.flows).find(|f| flow(lab.a4, lab.b4, 5003, Role::Client)(f));
+    let c = &first.expect("the 5003 flow").metrics.connections;
+    assert_eq!((c.attempted, c.failed), (1, 0), "the first window of the SYN-timed-out connection: {c:?}");
     // SYN retransmissions until the timer gave up (one more timeout than retransmissions), as
     // the kernel counted them.
     assert_eq!(t.retransmissions, delta(&na0, &na1, "TcpRetransSegs"));

@@ -280,6 +280,9 @@ pub struct TcpOffsets {
     pub v6_daddr: u32,
     pub num: u32,
     pub dport: u32,
+    /// `sk_flags` (`enum sock_flags` bits): `SOCK_DONE` is set by the peer's FIN (`tcp_fin`),
+    /// which is how the close of a walked socket knows the FIN arrived.
+    pub sk_flags: u32,
 }
 
 impl TcpOffsets {
@@ -304,6 +307,9 @@ impl TcpOffsets {
             v6_daddr: c("skc_v6_daddr", 16)?,
             num: c("skc_num", 2)?,
             dport: c("skc_dport", 2)?,
+            // `sock_common.skc_flags` since 6.x (`sk_flags` is a macro for it), before that
+            // `sock.sk_flags`; both at the same place in a tcp_sock, which starts with its sock.
+            sk_flags: c("skc_flags", 8).or_else(|_| btf.field_offset("sock", "sk_flags", 8))?,
         })
     }
 }
@@ -406,6 +412,8 @@ mod tests {
             assert!(a < 128, "{o:?}");
         }
         assert!(o.cb_flags > 512, "{o:?}");
+        // In struct sock (its sock_common or its own fields), before inet_sock's.
+        assert!(o.sk_flags < 1024 && o.sk_flags.is_multiple_of(8), "{o:?}");
         assert!(all.iter().all(|&x| x > 512), "{o:?}");
         let mut sorted = all.to_vec();
         sorted.sort();

@@ -4,11 +4,11 @@ use std::{fs::File, os::fd::AsFd, time::Instant};
 
 use agent_common::maps::{
     FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
-    WALKED_NETNS_MAP, stat,
+    WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, WalkedNetns, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{CgroupAttachMode, Iter, SockOps, TracePoint},
 };
 
@@ -206,6 +206,7 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
         .override_global("TCP_OFF_V6_DADDR", &t.v6_daddr, true)
         .override_global("TCP_OFF_NUM", &t.num, true)
         .override_global("TCP_OFF_DPORT", &t.dport, true)
+        .override_global("TCP_OFF_SK_FLAGS", &t.sk_flags, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
         .override_global("SYNACK_OFF_FAMILY", &synack.family, true)
@@ -239,9 +240,15 @@ fn start_walk(ebpf: &mut Ebpf, cfg: &Config, iter_id: u32) -> Result<Walk, Strin
         ebpf.map_mut(WALKED_NETNS_MAP).ok_or_else(|| format!("map {WALKED_NETNS_MAP} is missing from the object"))?,
     )
     .map_err(|e| format!("map {WALKED_NETNS_MAP}: {e}"))?;
-    for c in cookies {
+    for &c in &cookies {
         walked.insert(c, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))?;
     }
+    let mut list: Array<&mut MapData, WalkedNetns> = Array::try_from(
+        ebpf.map_mut(WALKED_NETNS_LIST_MAP)
+            .ok_or_else(|| format!("map {WALKED_NETNS_LIST_MAP} is missing from the object"))?,
+    )
+    .map_err(|e| format!("map {WALKED_NETNS_LIST_MAP}: {e}"))?;
+    list.set(0, WalkedNetns::of(&cookies), 0).map_err(|e| format!("listing the walked namespaces: {e}"))?;
     Ok(walk)
 }
 

@@ -2,8 +2,13 @@
 """Traffic for flow-agent's kernel tests. Each mode prints one JSON line with what it moved, so the
 test compares the agent's report against the bytes this program itself wrote and read.
 
-  serve   --addr A --port P --conns N [--reply BYTES] [--echo]
+  serve   --addr A --port P --conns N [--reply BYTES] [--echo] [--expect BYTES]
   connect --addr A --port P --conns N --send BYTES [--parallel] [--hold SECS] [--timeout SECS]
+          [--server-closes SECS]
+
+With `serve --expect N` the server reads N bytes (not to the end), replies and closes first, as
+an HTTP server with "Connection: close" does; the client then gives `connect --server-closes
+SECS`: it sends without shutting its side, reads to the end and closes SECS later.
   pingpong --addr A --port P --secs S [--size B] [--interval-ms M]
 """
 import argparse, errno, json, socket, sys, threading, time
@@ -41,6 +46,15 @@ def serve(a):
                 got += len(d)
                 c.sendall(d)
                 sent += len(d)
+        elif a.expect:
+            got = 0
+            while got < a.expect:
+                d = c.recv(min(1 << 16, a.expect - got))
+                if not d:
+                    break
+                got += len(d)
+            c.sendall(b"r" * a.reply)
+            sent = a.reply
         else:
             got = read_all(c)
             c.sendall(b"r" * a.reply)
@@ -82,8 +96,12 @@ def connect(a):
         if a.hold:
             time.sleep(a.hold)
         c.sendall(b"s" * a.send)
-        c.shutdown(socket.SHUT_WR)
-        got = read_all(c)
+        if a.server_closes:
+            got = read_all(c)
+            time.sleep(a.server_closes)
+        else:
+            c.shutdown(socket.SHUT_WR)
+            got = read_all(c)
         c.close()
         with lock:
             out["sent"] += a.send
@@ -137,6 +155,8 @@ def main():
     p.add_argument("--send", type=int, default=0)
     p.add_argument("--parallel", action="store_true")
     p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--expect", type=int, default=0)
+    p.add_argument("--server-closes", type=float, default=0)
     p.add_argument("--timeout", type=float, default=30)
     p.add_argument("--secs", type=float, default=3)
     p.add_argument("--size", type=int, default=100)
