@@ -27,8 +27,9 @@ pub mod tcp_state {
 /// What a socket's TCP state says of its FINs: `SOCK_FIN_SENT` once this side has sent its FIN
 /// (FIN_WAIT1 and later, LAST_ACK, CLOSING), `SOCK_FIN_RCVD` once the peer's has arrived
 /// (CLOSE_WAIT, LAST_ACK, CLOSING). A FIN that arrives in FIN_WAIT2 closes the socket without a
-/// state of its own: that one is seen by parsing incoming segments (`fin_seen`). Deriving the
-/// rest from the state spares a callback a lookup per transition.
+/// state of its own: that one is read from the socket's `SOCK_DONE` flag (walked sockets) or
+/// seen by parsing incoming segments (`fin_seen_done`, `fin_seen`). Deriving the rest from the
+/// state spares a callback a lookup per transition.
 #[inline(always)]
 pub fn fin_flags(state: u32) -> u32 {
     match state {
@@ -47,7 +48,8 @@ pub mod cb {
     pub const RETRANS: u32 = 1 << 1;
     pub const STATE: u32 = 1 << 2;
     pub const RTT: u32 = 1 << 3;
-    /// A callback for every incoming segment, armed at FIN_WAIT1 to catch the peer's FIN.
+    /// A callback for every incoming segment, armed at FIN_WAIT1 to catch the peer's FIN
+    /// (sockets folded by callbacks; walked ones read `SOCK_DONE` at close instead).
     pub const PARSE_ALL_HDR_OPT: u32 = 1 << 4;
     /// A callback for incoming segments with unknown TCP options. Sockets of walked namespaces
     /// use it as their role bit (`UNTRACKED_SERVER`): segments with unknown options are rare,
