@@ -167,6 +167,7 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
 /// folded whole at its close instead.
 #[inline(never)]
 fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
+    // Read again rather than passed: a BPF function takes at most five arguments.
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
     let agg = flow(&key)?;

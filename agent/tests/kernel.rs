@@ -99,7 +99,7 @@ fn server_closing_first_is_counted_exactly_in_walk_mode() {
 #[test]
 fn server_closing_first_is_counted_exactly_in_callback_mode() {
     let Some(_g) = privileged("server_closing_first_is_counted_exactly_in_callback_mode") else { return };
-    server_closing_first_is_counted_exactly(&["--fold-mode", "callbacks"]);
+    server_closing_first_is_counted_exactly(CALLBACKS);
 }
 
 /// An IPv6 socket talking to an IPv4 peer through a v4-mapped address is the IPv4 flow.
