@@ -105,18 +105,26 @@ pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u
     }
 }
 
-/// A latency histogram in the kernel: cumulative count/sum and per-bucket counts.
+/// A latency histogram in the kernel: cumulative sum and per-bucket counts. No count of its own:
+/// it is the sum of the buckets (`count`), one atomic add less per sample in the kernel.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Hist {
-    pub count: u64,
     pub sum: u64,
     pub buckets: [u32; HIST_BUCKETS],
 }
 
 impl Default for Hist {
     fn default() -> Self {
-        Hist { count: 0, sum: 0, buckets: [0; HIST_BUCKETS] }
+        Hist { sum: 0, buckets: [0; HIST_BUCKETS] }
+    }
+}
+
+impl Hist {
+    /// Samples in the histogram: the sum of its buckets (each may have wrapped; the daemon takes
+    /// counts from bucket deltas, which stay exact).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|&b| b as u64).sum()
     }
 }
 
@@ -136,8 +144,6 @@ pub struct FlowAgg {
     pub timed_out: u64,
     /// Established connections ended by a reset.
     pub reset: u64,
-    /// Established minus closed: a gauge kept with signed adds (wrapping u64).
-    pub open: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub segments_sent: u64,
@@ -146,6 +152,15 @@ pub struct FlowAgg {
     pub timeouts: u64,
     pub rtt_us: Hist,
     pub handshake_us: Hist,
+}
+
+impl FlowAgg {
+    /// Connections open now: established minus closed (the kernel counts a close as `closed`
+    /// exactly when it was established, so no gauge of its own is kept). Wrapping: negative
+    /// when connections counted established before the key was last inserted closed since.
+    pub fn open(&self) -> u64 {
+        self.established.wrapping_sub(self.closed)
+    }
 }
 
 /// RTT samples a socket holds between two folds (see `fold::rtt_push`).
@@ -268,7 +283,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<SockCounters>(), 32);
         assert_eq!(core::mem::size_of::<RttPending>(), 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<SockState>(), 40 + 8 + 32 + 8 + 16 + RTT_PENDING);
-        assert_eq!(core::mem::size_of::<Hist>(), 16 + 4 * crate::hist::HIST_BUCKETS);
+        assert_eq!(core::mem::size_of::<Hist>(), 8 + 4 * crate::hist::HIST_BUCKETS);
+        assert_eq!(core::mem::size_of::<FlowAgg>(), 13 * 8 + 2 * core::mem::size_of::<Hist>());
     }
 
     #[test]

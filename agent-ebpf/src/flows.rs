@@ -54,7 +54,6 @@ pub fn record(h: *mut Hist, v: u64) {
     let i = core::hint::black_box(bucket_index(v));
     // SAFETY: as in `add`; `get_mut` bounds-checks `i`.
     unsafe {
-        add(&raw mut (*h).count, 1);
         add(&raw mut (*h).sum, v);
         if let Some(b) = (*h).buckets.get_mut(i) {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(b, 1);
@@ -67,7 +66,6 @@ pub fn record(h: *mut Hist, v: u64) {
 pub fn add_rtt(h: *mut Hist, p: &RttPending) {
     // SAFETY: as in `add`; `get_mut` bounds-checks every index.
     unsafe {
-        add(&raw mut (*h).count, p.count as u64);
         add(&raw mut (*h).sum, p.sum);
         for i in 0..RTT_PENDING {
             if i as u32 >= p.count {

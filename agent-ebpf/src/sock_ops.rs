@@ -197,13 +197,13 @@ fn handshake_us(ctx: &SockOpsContext) -> Option<u64> {
     if srtt8 == 0 { None } else { Some((srtt8 >> 3) as u64) }
 }
 
-/// An established connection on its flow: established, open, its handshake time.
+/// An established connection on its flow: established (open is established - closed, see
+/// `FlowAgg::open`), its handshake time.
 #[inline(always)]
 fn add_established(ctx: &SockOpsContext, agg: *mut FlowAgg) {
     // SAFETY: FLOWS value pointer.
     unsafe {
         add(&raw mut (*agg).established, 1);
-        add(&raw mut (*agg).open, 1);
         if let Some(hs) = handshake_us(ctx) {
             record(&raw mut (*agg).handshake_us, hs);
         }
@@ -462,8 +462,9 @@ fn fin_arrived(ctx: &SockOpsContext, old: u32) -> u32 {
     }
 }
 
-/// How the connection ended, on its flow; the open gauge goes down for an established one. A
-/// walked client's attempt not counted yet is counted now (`fold::attempt_due_at_close`).
+/// How the connection ended, on its flow (an established one's `closed` is what takes it off the
+/// open count, `FlowAgg::open`). A walked client's attempt not counted yet is counted now
+/// (`fold::attempt_due_at_close`).
 #[inline(always)]
 fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
     if attempt_due_at_close(flags, old) {
@@ -471,10 +472,6 @@ fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
         add(unsafe { &raw mut (*agg).attempted }, 1);
     }
     add_end(agg, &classify_end(old, flags));
-    if flags & SOCK_ESTABLISHED != 0 {
-        // SAFETY: FLOWS value pointer. Wrapping add of -1: the open gauge goes down.
-        add(unsafe { &raw mut (*agg).open }, u64::MAX);
-    }
 }
 
 /// `close` for a socket of a walked namespace that never had a state entry (`flags` from

@@ -21,11 +21,12 @@ commands:
   test             setup, then every test: fmt, clippy, unit and kernel integration tests,
                    backend tests against SQLite and PostgreSQL, boto3 end to end
                    (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
-  bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--soak]
+  bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]
                    benchmarks, printed as markdown (agent figures also in target/bench/agent.json):
-                   the agent off/on under each workload (root), and the backend; default all but
-                   the soak; --quick: one short off/on pair each; --soak: a 10-minute storm (RSS)
-                   (60 s with --quick); see docs/performance.md
+                   the agent off/on under each workload (root), alternating, then as twins (two
+                   copies at once, the agent on one), and the backend; default all but the soak;
+                   --quick: one short off/on pair and two twin runs each; --soak: a 10-minute
+                   storm (RSS) (60 s with --quick); see docs/performance.md
   bench enrich     enrichment cost per report window of 500 flows (release-mode unit test)
   package [--smoke] .deb and .rpm in target/package/ (installs cargo-deb, cargo-generate-rpm);
                    --smoke: then install the .deb, run and verify it, remove and purge (root)";

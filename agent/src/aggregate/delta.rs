@@ -21,12 +21,14 @@ impl Default for HistAcc {
 }
 
 impl HistAcc {
-    /// Add what `cur` gained over `prev` (kernel counters only grow; u32 buckets may wrap).
+    /// Add what `cur` gained over `prev` (kernel counters only grow; u32 buckets may wrap). The
+    /// count is the buckets' (the kernel keeps none, `Hist`).
     pub fn add_delta(&mut self, prev: &Hist, cur: &Hist) {
-        self.count += cur.count.wrapping_sub(prev.count);
         self.sum += cur.sum.wrapping_sub(prev.sum);
         for (acc, (p, c)) in self.buckets.iter_mut().zip(prev.buckets.iter().zip(cur.buckets.iter())) {
-            *acc += c.wrapping_sub(*p) as u64;
+            let n = c.wrapping_sub(*p) as u64;
+            *acc += n;
+            self.count += n;
         }
     }
 
@@ -65,9 +67,10 @@ impl FlowWindow {
         c.refused += d(prev.refused, cur.refused);
         c.timed_out += d(prev.timed_out, cur.timed_out);
         c.reset += d(prev.reset, cur.reset);
-        // The kernel keeps `open` as a wrapping sum of +1/-1; a negative reading (a socket that
-        // closed after being counted open by an earlier agent run) is shown as 0.
-        c.active = if (cur.open as i64) < 0 { 0 } else { cur.open };
+        // Established minus closed, wrapping; a negative reading (a socket that closed after
+        // being counted open by an earlier agent run) is shown as 0.
+        let open = cur.open();
+        c.active = if (open as i64) < 0 { 0 } else { open };
         self.bytes_sent += d(prev.bytes_sent, cur.bytes_sent);
         self.bytes_received += d(prev.bytes_received, cur.bytes_received);
         self.segments_sent += d(prev.segments_sent, cur.segments_sent);
@@ -124,9 +127,9 @@ mod tests {
     use agent_common::hist::bucket_index;
 
     fn agg(bytes: u64, rtts: &[u64], open: i64) -> FlowAgg {
-        let mut a = FlowAgg { bytes_sent: bytes, open: open as u64, ..Default::default() };
+        let (established, closed) = if open >= 0 { (open as u64, 0) } else { (0, open.unsigned_abs()) };
+        let mut a = FlowAgg { bytes_sent: bytes, established, closed, ..Default::default() };
         for &r in rtts {
-            a.rtt_us.count += 1;
             a.rtt_us.sum += r;
             a.rtt_us.buckets[bucket_index(r)] += 1;
         }
@@ -159,12 +162,16 @@ mod tests {
         let mut w = FlowWindow::default();
         w.add_delta(&p, &c);
         assert_eq!(w.rtt_us.buckets[3], 5);
+        assert_eq!(w.rtt_us.count, 5, "the count is the buckets' deltas, wrapped ones too");
     }
 
     #[test]
     fn negative_open_gauge_reads_as_zero() {
         let mut w = FlowWindow::default();
-        w.add_delta(&FlowAgg::default(), &agg(0, &[], -1));
+        // One more close than establishments on the key (its establishment was counted before the
+        // key was last inserted), in an earlier window: nothing new, nothing open.
+        let (prev, cur) = (agg(0, &[], -1), agg(0, &[], -1));
+        w.add_delta(&prev, &cur);
         assert_eq!(w.connections.active, 0);
         assert!(w.is_idle());
     }

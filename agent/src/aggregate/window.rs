@@ -63,10 +63,10 @@ impl Aggregator {
         for (key, cur) in snap.flows {
             let t = self.tracked.entry(key).or_insert_with(|| Tracked { last: Box::new(zero), idle_ticks: 0 });
             let changed = *t.last != cur;
-            if changed || cur.open != 0 {
+            if changed || cur.open() != 0 {
                 self.window.entry(key).or_default().add_delta(&t.last, &cur);
             }
-            if changed || cur.open != 0 {
+            if changed || cur.open() != 0 {
                 t.idle_ticks = 0;
             } else {
                 t.idle_ticks += 1;
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn open_connections_stay_reported_while_quiet() {
         let mut a = Aggregator::new(1);
-        let f = FlowAgg { established: 1, open: 1, ..Default::default() };
+        let f = FlowAgg { established: 1, ..Default::default() };
         a.ingest(snap(vec![(key(9), f)], 0));
         a.close_window();
         assert!(a.ingest(snap(vec![(key(9), f)], 0)).is_empty(), "open keys are never evicted");

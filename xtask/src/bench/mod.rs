@@ -4,6 +4,12 @@
 //! cancels; every load process lives in a cgroup of the benchmark's own, which is what the agent
 //! attaches to, inside network namespaces the benchmark creates. Figures are printed as a
 //! markdown table and written to `target/bench/agent.json`; targets are judged there, not in tests.
+//!
+//! On a VM whose speed drifts by several percent from one run to the next, alternating runs cannot
+//! resolve a 1% cost. So each throughput workload also runs as twins (`twins`): two identical
+//! copies at the same time, sharing the CPUs, with the agent on one of them, the other one in
+//! turn. Drift then hits both copies alike, and the monitored copy's share of the throughput says
+//! what the agent costs it.
 
 mod measure;
 mod report;
@@ -27,7 +33,8 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--secs=N] [--soak]";
+pub const USAGE: &str =
+    "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]";
 
 /// Debian packages the agent workloads use (installed by `bench`, not by `setup`).
 const BENCH_APT: &[&str] = &["nginx-light", "wrk", "iperf3", "iproute2", "procps"];
@@ -44,6 +51,14 @@ pub struct Run {
     /// figures, and which is left out of the throughput comparison (the kernel then reads the
     /// clock twice per program invocation, a cost the agent does not have in production).
     pub ebpf_stats: bool,
+}
+
+/// One twin run (`twins`): both copies' throughput, the monitored one's first.
+pub struct Twin {
+    pub monitored: f64,
+    pub unmonitored: f64,
+    /// The agent's CPU, percent of one core.
+    pub agent_cpu_pct: f64,
 }
 
 /// What the agent cost and saw during one run.
@@ -71,13 +86,16 @@ struct Options {
     quick: bool,
     /// Off/on pairs per workload (default 3; 1 with --quick).
     pairs: Option<usize>,
+    /// Twin runs per throughput workload (default 6; 2 with --quick; 0: none).
+    twins: Option<usize>,
     /// Seconds per run (default 10; 5 with --quick).
     secs: Option<u64>,
     soak: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, secs: None, soak: false };
+    let mut o =
+        Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, twins: None, secs: None, soak: false };
     let mut any = false;
     for a in args {
         match a.as_str() {
@@ -90,6 +108,12 @@ fn parse(args: &[String]) -> Result<Options> {
                     .filter(|n| *n > 0)
                     .ok_or_else(|| anyhow::anyhow!("{p:?}: --pairs takes a positive number, e.g. --pairs=5"))?;
                 o.pairs = Some(n);
+            }
+            p if p.starts_with("--twins=") => {
+                let n: usize = p["--twins=".len()..].parse().map_err(|_| {
+                    anyhow::anyhow!("{p:?}: --twins takes a number of twin runs (0 for none), e.g. --twins=6")
+                })?;
+                o.twins = Some(n);
             }
             p if p.starts_with("--secs=") => {
                 let n: u64 = p["--secs=".len()..].parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -155,12 +179,12 @@ fn agent_bench(o: &Options) -> Result<String> {
     let result = (|| {
         // Off for the alternating pairs; on for one more agent run per workload (see `Run`).
         let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-        let (pairs, secs) = if o.quick { (1, 5) } else { (3, 10) };
-        let (pairs, secs) = (o.pairs.unwrap_or(pairs), o.secs.unwrap_or(secs));
+        let (pairs, twin_runs, secs) = if o.quick { (1, 2, 5) } else { (3, 6, 10) };
+        let (pairs, twin_runs, secs) = (o.pairs.unwrap_or(pairs), o.twins.unwrap_or(twin_runs), o.secs.unwrap_or(secs));
         let mut results = Vec::new();
         for &kind in &o.kinds {
             eprintln!("bench: {} ({pairs} x off/on, {secs} s each)", kind.name());
-            let mut env = Env::new(kind, &dir)?;
+            let mut env = Env::new(kind, &dir, false)?;
             let mut runs = Vec::new();
             for i in 0..pairs {
                 for on in [false, true] {
@@ -187,7 +211,12 @@ fn agent_bench(o: &Options) -> Result<String> {
             r.ebpf_stats = true;
             eprintln!("bench:   {} on, bpf_stats: {}", kind.id(), run_line(kind, &r));
             runs.push(r);
-            results.push((kind, runs));
+            let twins = if kind.twinned() && twin_runs > 0 && baseline.is_none() {
+                twins(&mut env, &bin, &dir, twin_runs, secs)?
+            } else {
+                Vec::new()
+            };
+            results.push((kind, runs, twins));
         }
         let soak = if o.soak { Some(soak(&bin, &dir, if o.quick { 60 } else { SOAK_SECS })?) } else { None };
         let table = report::markdown(&results, soak.as_ref(), secs, pairs);
@@ -233,6 +262,43 @@ fn run_line(kind: Kind, r: &Run) -> String {
     format!("{:.1}{}", r.load.throughput, agent.unwrap_or_default())
 }
 
+/// `runs` twin runs of `env`'s workload: a second copy of it runs at the same time, and the agent
+/// watches one copy, the first and the second in turn (so that a difference between the copies
+/// cancels too).
+fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Result<Vec<Twin>> {
+    let kind = env.kind;
+    eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy)", kind.name());
+    let mut twin = Env::new(kind, dir, true)?;
+    let mut out = Vec::new();
+    for i in 0..runs {
+        let (watched, other) = if i % 2 == 0 { (&mut *env, &mut twin) } else { (&mut twin, &mut *env) };
+        let agent = Agent::start(bin, &watched.cgroup, &watched.netns(), kind.max_sockets(), watched.dir())?;
+        let cpu0 = agent.cpu_seconds()?;
+        let t = Instant::now();
+        let (a, b) = std::thread::scope(|s| {
+            let h = s.spawn(|| watched.run(secs));
+            let b = other.run(secs);
+            (h.join(), b)
+        });
+        let elapsed = t.elapsed().as_secs_f64();
+        let cpu = agent.cpu_seconds()? - cpu0;
+        agent.stop()?;
+        let a = a.map_err(|_| anyhow::anyhow!("the monitored copy's load thread panicked"))??;
+        let r = Twin { monitored: a.throughput, unmonitored: b?.throughput, agent_cpu_pct: 100.0 * cpu / elapsed };
+        eprintln!(
+            "bench:   {} twin #{}: monitored {:.1}, other {:.1} ({:.4}), agent {:.1}% CPU",
+            kind.id(),
+            i + 1,
+            r.monitored,
+            r.unmonitored,
+            r.monitored / r.unmonitored.max(1e-9),
+            r.agent_cpu_pct
+        );
+        out.push(r);
+    }
+    Ok(out)
+}
+
 fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
     let agent = match agent_bin {
         Some(bin) => Some(Agent::start(bin, &env.cgroup, &env.netns(), env.kind.max_sockets(), env.dir())?),
@@ -262,7 +328,7 @@ fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
 /// A long storm with the agent on, sampling its RSS every 10 s.
 fn soak(bin: &Path, dir: &Path, secs: u64) -> Result<Soak> {
     eprintln!("bench: soak, connection storm for {secs} s with the agent on");
-    let mut env = Env::new(Kind::Storm, dir)?;
+    let mut env = Env::new(Kind::Storm, dir, false)?;
     let agent = Agent::start(bin, &env.cgroup, &env.netns(), Kind::Storm.max_sockets(), dir)?;
     let pid = agent.pid();
     let cpu0 = agent.cpu_seconds()?;

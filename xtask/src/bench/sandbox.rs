@@ -87,26 +87,30 @@ impl Drop for Netns {
     }
 }
 
-/// Two namespaces joined by a veth pair: `a` holds 10.201.0.1, `b` 10.201.0.2.
+/// Two namespaces joined by a veth pair: `a` holds 10.201.N.1, `b` (the server) 10.201.N.2, where
+/// N is the pair's `subnet` (a twin workload's pair is another one, see `Env::new`).
 pub struct VethPair {
     pub a: Netns,
     pub b: Netns,
+    /// `b`'s address.
+    pub server: String,
 }
 
-pub const VETH_A: &str = "10.201.0.1";
-pub const VETH_B: &str = "10.201.0.2";
-
 impl VethPair {
-    pub fn new() -> Result<VethPair> {
-        let (a, b) = (Netns::new("a")?, Netns::new("b")?);
-        let (va, vb) = (format!("fb{}a", std::process::id()), format!("fb{}b", std::process::id()));
+    /// `tag` tells the names of a twin's pair apart (netns and devices), `subnet` its addresses.
+    pub fn new(tag: &str, subnet: u8) -> Result<VethPair> {
+        let (a, b) = (Netns::new(&format!("{tag}a"))?, Netns::new(&format!("{tag}b"))?);
+        let pid = std::process::id();
+        // Interface names have at most 15 bytes: "fb" + pid (<= 7 digits) + tag + 1.
+        let (va, vb) = (format!("fb{pid}{tag}a"), format!("fb{pid}{tag}b"));
         output(Command::new("ip").args(["link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb]))?;
         output(Command::new("ip").args(["link", "set", &vb, "netns", &b.name]))?;
-        for (ns, dev, ip) in [(&a, &va, VETH_A), (&b, &vb, VETH_B)] {
+        let (ipa, ipb) = (format!("10.201.{subnet}.1"), format!("10.201.{subnet}.2"));
+        for (ns, dev, ip) in [(&a, &va, &ipa), (&b, &vb, &ipb)] {
             ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", dev])?;
             ns.exec(&["ip", "link", "set", dev, "up"])?;
         }
-        Ok(VethPair { a, b })
+        Ok(VethPair { a, b, server: ipb })
     }
 }
 

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::sandbox::{Cgroup, Netns, Proc, VETH_B, VethPair, command_in, wait_for};
+use super::sandbox::{Cgroup, Netns, Proc, VethPair, command_in, wait_for};
 
 const NGINX_PORT: u16 = 8080;
 const WRK_CONNECTIONS: u32 = 64;
@@ -67,6 +67,12 @@ impl Kind {
         self != Kind::StormServer
     }
 
+    /// Whether the workload also runs as twins (`Env::new`, `twin`): two copies at once, one
+    /// monitored. Not the idle sockets: their figure is memory, not throughput.
+    pub fn twinned(self) -> bool {
+        self != Kind::Idle
+    }
+
     /// SOCKETS map size for the agent: both ends of every idle connection are in the cgroup.
     pub fn max_sockets(self) -> u32 {
         match self {
@@ -95,29 +101,38 @@ pub struct Env {
     unmonitored: Cgroup,
     ns: Vec<Netns>,
     dir: PathBuf,
+    /// The bulk server's address (the veth pair's `b` end).
+    server_ip: String,
 }
 
 impl Env {
-    pub fn new(kind: Kind, dir: &Path) -> Result<Env> {
-        let cgroup = Cgroup::new("")?;
-        let unmonitored = Cgroup::new("-load")?;
+    /// The workload's namespaces, cgroups and servers. A `twin` is a second copy with names,
+    /// addresses and files of its own, to run at the same time as the first (`bench::twins`).
+    pub fn new(kind: Kind, dir: &Path, twin: bool) -> Result<Env> {
+        let tag = if twin { "twin" } else { "" };
+        let cgroup = Cgroup::new(tag)?;
+        let unmonitored = Cgroup::new(&format!("{tag}-load"))?;
+        let dir = if twin { dir.join("twin") } else { dir.to_path_buf() };
+        fs::create_dir_all(&dir)?;
+        let mut server_ip = String::new();
         let ns = match kind {
             Kind::Bulk(_) => {
-                let p = VethPair::new()?;
+                let p = if twin { VethPair::new("t", 1)? } else { VethPair::new("", 0)? };
+                server_ip = p.server;
                 vec![p.a, p.b]
             }
-            _ => vec![Netns::new(&kind.id())?],
+            _ => vec![Netns::new(&format!("{}{tag}", kind.id()))?],
         };
-        let mut env = Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir: dir.to_path_buf() };
+        let mut env = Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir, server_ip };
         match kind {
             Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
-                let conf = nginx_conf(dir)?;
-                let nginx = command_in(&env.ns[0], &env.cgroup, "nginx", &["-p", &path(dir), "-c", &path(&conf)]);
+                let conf = nginx_conf(&env.dir)?;
+                let nginx = command_in(&env.ns[0], &env.cgroup, "nginx", &["-p", &path(&env.dir), "-c", &path(&conf)]);
                 env.servers.push(Proc::quiet(nginx, "nginx")?);
                 env.wait_port(&env.ns[0], NGINX_PORT)?;
             }
             Kind::Bulk(_) => {
-                let iperf = command_in(&env.ns[1], &env.cgroup, "iperf3", &["-s", "-B", VETH_B, "-p", "5201"]);
+                let iperf = command_in(&env.ns[1], &env.cgroup, "iperf3", &["-s", "-B", &env.server_ip, "-p", "5201"]);
                 env.servers.push(Proc::quiet(iperf, "iperf3 -s")?);
                 env.wait_port(&env.ns[1], 5201)?;
             }
@@ -174,7 +189,7 @@ impl Env {
     }
 
     fn iperf(&self, secs: u64, streams: u32) -> Result<Load> {
-        let args = ["-c", VETH_B, "-p", "5201", "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"];
+        let args = ["-c", &self.server_ip, "-p", "5201", "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"];
         let out = command_in(&self.ns[0], &self.cgroup, "iperf3", &args).output().context("running iperf3")?;
         let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output is not JSON")?;
         if let Some(e) = v["error"].as_str() {
