@@ -106,7 +106,8 @@ pub fn flow_key(local_ip: Addr, remote_ip: Addr, local_port: u16, remote_port: u
 }
 
 /// A latency histogram in the kernel: cumulative sum and per-bucket counts. No count of its own:
-/// it is the sum of the buckets (`count`), one atomic add less per sample in the kernel.
+/// it is the sum of the buckets, one atomic add less per sample in the kernel (the daemon counts
+/// a window's samples from the bucket deltas, which stay exact when a u32 bucket wraps).
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Hist {
@@ -117,14 +118,6 @@ pub struct Hist {
 impl Default for Hist {
     fn default() -> Self {
         Hist { sum: 0, buckets: [0; HIST_BUCKETS] }
-    }
-}
-
-impl Hist {
-    /// Samples in the histogram: the sum of its buckets (each may have wrapped; the daemon takes
-    /// counts from bucket deltas, which stay exact).
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|&b| b as u64).sum()
     }
 }
 
@@ -156,10 +149,11 @@ pub struct FlowAgg {
 
 impl FlowAgg {
     /// Connections open now: established minus closed (the kernel counts a close as `closed`
-    /// exactly when it was established, so no gauge of its own is kept). Wrapping: negative
-    /// when connections counted established before the key was last inserted closed since.
+    /// exactly when it was established, so no gauge of its own is kept). 0 when more closed than
+    /// were counted established: connections established before the key was last inserted (by
+    /// an earlier agent run, or before an eviction) that closed since.
     pub fn open(&self) -> u64 {
-        self.established.wrapping_sub(self.closed)
+        self.established.saturating_sub(self.closed)
     }
 }
 

@@ -67,10 +67,7 @@ impl FlowWindow {
         c.refused += d(prev.refused, cur.refused);
         c.timed_out += d(prev.timed_out, cur.timed_out);
         c.reset += d(prev.reset, cur.reset);
-        // Established minus closed, wrapping; a negative reading (a socket that closed after
-        // being counted open by an earlier agent run) is shown as 0.
-        let open = cur.open();
-        c.active = if (open as i64) < 0 { 0 } else { open };
+        c.active = cur.open();
         self.bytes_sent += d(prev.bytes_sent, cur.bytes_sent);
         self.bytes_received += d(prev.bytes_received, cur.bytes_received);
         self.segments_sent += d(prev.segments_sent, cur.segments_sent);

@@ -62,11 +62,12 @@ impl Aggregator {
         let mut evict = Vec::new();
         for (key, cur) in snap.flows {
             let t = self.tracked.entry(key).or_insert_with(|| Tracked { last: Box::new(zero), idle_ticks: 0 });
-            let changed = *t.last != cur;
-            if changed || cur.open() != 0 {
+            // A key that changed, or whose established and closed counts differ (connections
+            // open, or closes of connections counted before the key was inserted, see
+            // `FlowAgg::open`), is accounted and not evicted.
+            let live = *t.last != cur || cur.established != cur.closed;
+            if live {
                 self.window.entry(key).or_default().add_delta(&t.last, &cur);
-            }
-            if changed || cur.open() != 0 {
                 t.idle_ticks = 0;
             } else {
                 t.idle_ticks += 1;

@@ -31,7 +31,7 @@ fn flow(key: &FlowKey, v: &FlowAgg) -> Flow {
         segments_received: v.segments_received,
         connections_attempted: v.attempted,
         connections_established: v.established,
-        connections_open: if (v.open() as i64) < 0 { 0 } else { v.open() },
+        connections_open: v.open(),
     }
 }
 
