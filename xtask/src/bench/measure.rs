@@ -55,14 +55,20 @@ impl Agent {
                 cmd.arg("--walk-netns").arg(format!("/run/netns/{n}"));
             }
         }
-        cmd.args(["--dry-run", "--report-interval", "10s", "--metrics-address", "127.0.0.1:0", "--top-flows", "10000"])
+        // Extra agent flags for comparisons, e.g. FLOW_BENCH_AGENT_ARGS="--fold-interval 0s"; a
+        // --report-interval among them replaces the bench's 10 s.
+        let extra = std::env::var("FLOW_BENCH_AGENT_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        if !extra.iter().any(|a| a.starts_with("--report-interval")) {
+            cmd.args(["--report-interval", "10s"]);
+        }
+        cmd.args(["--dry-run", "--metrics-address", "127.0.0.1:0", "--top-flows", "10000"])
             .arg("--control-socket")
             .arg(dir.join("control.sock"))
             .arg("--cgroup")
             .arg(&cgroup.path)
             .args(["--max-sockets", &max_sockets.to_string()])
-            // Extra agent flags for comparisons, e.g. FLOW_BENCH_AGENT_ARGS="--fold-interval 0s".
-            .args(std::env::var("FLOW_BENCH_AGENT_ARGS").unwrap_or_default().split_whitespace())
+            .args(&extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

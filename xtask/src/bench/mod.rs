@@ -269,6 +269,20 @@ fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Resul
     let kind = env.kind;
     eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy)", kind.name());
     let mut twin = Env::new(kind, dir, true)?;
+    // Bulk copies are pinned, each to half of the CPUs. Unpinned, the scheduler moves the
+    // streams' senders, receivers and softirqs between CPUs, and with 16 streams a pair of runs'
+    // ratio (`report::TwinSummary`) varied by 3.4% (standard deviation, 2026-12-05); pinned, by
+    // 1.1-1.8%. What one half of the CPUs has over the other (10-13% for one stream on this VM)
+    // cancels in each pair. The nginx copies stay unpinned: wrk and nginx of one copy on one CPU
+    // would be another workload than the storm they stand for.
+    if kind.pinned_twins() {
+        let n = report::cpus();
+        if n >= 2 {
+            let half = n / 2;
+            env.pin(Some(&format!("0-{}", half - 1)))?;
+            twin.pin(Some(&format!("{half}-{}", n - 1)))?;
+        }
+    }
     let mut out = Vec::new();
     for i in 0..runs {
         let (watched, other) = if i % 2 == 0 { (&mut *env, &mut twin) } else { (&mut twin, &mut *env) };
@@ -296,6 +310,7 @@ fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Resul
         );
         out.push(r);
     }
+    env.pin(None)?;
     Ok(out)
 }
 

@@ -41,9 +41,18 @@ pub struct Summary {
 /// The twin runs of a workload: the monitored copy's throughput over the other's, and the
 /// agent's CPU, which a twin's ratio does not show (the agent takes its CPU from both copies
 /// alike): it is added to the cost as if all of it came out of the monitored copy's share.
+///
+/// The runs alternate the agent between the copies (`bench::twins`: the first copy in even
+/// runs, the second in odd ones), and each such pair of runs gives one ratio, the geometric mean
+/// of its two: a copy that is faster by a factor `s` for reasons of its own (a vCPU the host
+/// serves better, a luckier placement) reads `s (1 - c)` in one run and `(1 - c) / s` in the
+/// other, so the pair's figure is `1 - c` whatever `s` is, and the spread of `s` from copy to
+/// copy leaves the estimate and its noise. (The mean of the single runs' ratios would keep
+/// `(s + 1/s) / 2 - 1` of it, a bias towards a lower cost, and all of its spread.)
 pub struct TwinSummary {
+    /// Twin runs that went into the figure: both runs of every complete pair.
     pub runs: usize,
-    /// Mean and standard error of the per-run ratios.
+    /// Mean and standard error of the pairs' ratios.
     pub ratio: (f64, f64),
     /// Mean agent CPU, percent of one core.
     pub cpu_pct: f64,
@@ -53,10 +62,11 @@ pub struct TwinSummary {
 
 impl TwinSummary {
     pub fn of(twins: &[Twin], cpus: usize) -> Option<TwinSummary> {
+        let ratio = |t: &Twin| (t.monitored > 0.0 && t.unmonitored > 0.0).then(|| t.monitored / t.unmonitored);
         let ratios: Vec<f64> =
-            twins.iter().filter(|t| t.unmonitored > 0.0).map(|t| t.monitored / t.unmonitored).collect();
+            twins.chunks_exact(2).filter_map(|p| Some((ratio(&p[0])? * ratio(&p[1])?).sqrt())).collect();
         Some(TwinSummary {
-            runs: ratios.len(),
+            runs: 2 * ratios.len(),
             ratio: mean_se(&ratios)?,
             cpu_pct: mean(twins.iter().map(|t| t.agent_cpu_pct)),
             cpus: cpus.max(1),
@@ -137,7 +147,7 @@ fn side<'a>(runs: impl Iterator<Item = &'a Run> + Clone) -> Side {
     }
 }
 
-fn cpus() -> usize {
+pub fn cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
@@ -380,7 +390,8 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
         md.push_str(
             "\n### Twin runs\n\nTwo copies of the workload at once (namespaces, cgroups, servers and load generators of \
              their own), sharing the CPUs; the agent watches one copy, the first and the second in turn. Cost: 1 - \
-             monitored/other throughput, plus the agent's CPU as a share of one copy's half of the CPUs; ± two \
+             monitored/other throughput (each pair of runs, one with the agent on each copy, gives the geometric \
+             mean of its two ratios, which cancels whatever one copy has over the other), plus the agent's CPU as a share of one copy's half of the CPUs; ± two \
              standard errors. With both CPUs busy this is a cost in CPU time; a load bound by one thread, as wrk \
              is, can lose more alone when the agent's work lands on that thread's CPU, so the alternating pairs \
              stay the measure of the workload alone and the twins are judged on a row of their own.\n\n\
@@ -390,9 +401,10 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
             if let Some(t) = &s.twins {
                 let (c, n) = t.cost_pct();
                 md.push_str(&format!(
-                    "| {} | {} | {:.4} ± {:.4} | {:.2}% | {c:.2}% ± {n:.2} |\n",
+                    "| {} | {} ({}) | {:.4} ± {:.4} | {:.2}% | {c:.2}% ± {n:.2} |\n",
                     s.kind.name(),
                     t.runs,
+                    t.runs / 2,
                     t.ratio.0,
                     2.0 * t.ratio.1,
                     t.cpu_pct
@@ -517,16 +529,38 @@ mod tests {
     fn twin_cost_adds_the_agents_cpu_share() {
         let twin = |m: f64, o: f64| Twin { monitored: m, unmonitored: o, agent_cpu_pct: 0.5 };
         assert!(TwinSummary::of(&[], 2).is_none());
-        // Two runs at 0.99 and 0.97: 2% lost; 0.5% of one core is 0.5% of one copy's half of 2 CPUs.
-        let t = TwinSummary::of(&[twin(99.0, 100.0), twin(97.0, 100.0)], 2).unwrap();
+        assert!(TwinSummary::of(&[twin(99.0, 100.0)], 2).is_none(), "one run is no pair");
+        // Two pairs at 0.99 and 0.97: 2% lost; 0.5% of one core is 0.5% of one copy's half of 2 CPUs.
+        let runs = [twin(99.0, 100.0), twin(99.0, 100.0), twin(97.0, 100.0), twin(97.0, 100.0)];
+        let t = TwinSummary::of(&runs, 2).unwrap();
+        assert_eq!(t.runs, 4);
         let (cost, noise) = t.cost_pct();
         assert!((cost - 2.5).abs() < 1e-9, "{cost}");
         assert!((noise - 2.0).abs() < 1e-9, "{noise}");
         // On 8 CPUs one copy has 4: the same agent CPU is an eighth of a percent of it.
-        let t8 = TwinSummary::of(&[twin(99.0, 100.0), twin(97.0, 100.0)], 8).unwrap();
+        let t8 = TwinSummary::of(&runs, 8).unwrap();
         assert!((t8.cost_pct().0 - 2.125).abs() < 1e-9);
-        // A copy that did nothing has no ratio.
-        assert_eq!(TwinSummary::of(&[twin(99.0, 0.0), twin(97.0, 100.0)], 2).unwrap().runs, 1);
+        // A pair with a copy that did nothing has no ratio; an odd last run is left out.
+        let t = TwinSummary::of(&[twin(99.0, 0.0), twin(97.0, 100.0), twin(98.0, 100.0), twin(98.0, 100.0)], 2);
+        assert_eq!(t.unwrap().runs, 2);
+        assert_eq!(TwinSummary::of(&runs[..3], 2).unwrap().runs, 2);
+    }
+
+    #[test]
+    fn a_pair_of_twin_runs_cancels_what_one_copy_has_over_the_other() {
+        // The first copy is 13% faster than the second in every run; the agent costs 2%.
+        let (s, keep) = (1.13, 0.98);
+        let pair = [
+            Twin { monitored: 100.0 * s * keep, unmonitored: 100.0, agent_cpu_pct: 0.0 },
+            Twin { monitored: 100.0 * keep, unmonitored: 100.0 * s, agent_cpu_pct: 0.0 },
+        ];
+        let runs: Vec<Twin> = pair.iter().chain(pair.iter()).map(|t| Twin { ..*t }).collect();
+        let t = TwinSummary::of(&runs, 2).unwrap();
+        let (cost, noise) = t.cost_pct();
+        assert!((cost - 2.0).abs() < 1e-9 && noise.abs() < 1e-9, "{cost} ± {noise}");
+        // The runs' own mean would read 1.3% with noise of its own.
+        let single = mean(runs.iter().map(|t| t.monitored / t.unmonitored));
+        assert!((100.0 * (1.0 - single) - 1.26).abs() < 0.01, "{single}");
     }
 
     #[test]

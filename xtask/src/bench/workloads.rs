@@ -15,7 +15,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -73,6 +73,11 @@ impl Kind {
         self != Kind::Idle
     }
 
+    /// Whether the twins' copies are pinned to a half of the CPUs each (`bench::twins`).
+    pub fn pinned_twins(self) -> bool {
+        matches!(self, Kind::Bulk(_))
+    }
+
     /// SOCKETS map size for the agent: both ends of every idle connection are in the cgroup.
     pub fn max_sockets(self) -> u32 {
         match self {
@@ -103,6 +108,8 @@ pub struct Env {
     dir: PathBuf,
     /// The bulk server's address (the veth pair's `b` end).
     server_ip: String,
+    /// CPUs the load is pinned to (a `taskset` list), if any: see `pin`.
+    cpus: Option<String>,
 }
 
 impl Env {
@@ -123,7 +130,7 @@ impl Env {
             }
             _ => vec![Netns::new(&format!("{}{tag}", kind.id()))?],
         };
-        let mut env = Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir, server_ip };
+        let mut env = Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir, server_ip, cpus: None };
         match kind {
             Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
                 let conf = nginx_conf(&env.dir)?;
@@ -139,6 +146,34 @@ impl Env {
             Kind::Idle => {}
         }
         Ok(env)
+    }
+
+    /// Pin the workload (its servers now, its load generators at each run) to the CPUs `cpus`
+    /// (a `taskset` list), or let it run anywhere again (`None`).
+    pub fn pin(&mut self, cpus: Option<&str>) -> Result<()> {
+        let list = cpus.map_or_else(|| format!("0-{}", crate::bench::report::cpus().max(1) - 1), str::to_string);
+        for s in &self.servers {
+            let pid = s.child.id().to_string();
+            let out =
+                Command::new("taskset").args(["-a", "-p", "-c", &list, &pid]).output().context("running taskset")?;
+            if !out.status.success() {
+                bail!("taskset -a -p -c {list} {pid}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+        }
+        self.cpus = cpus.map(str::to_string);
+        Ok(())
+    }
+
+    /// `command_in`, pinned to `self.cpus` if set.
+    fn load_command(&self, ns: &Netns, cgroup: &Cgroup, program: &str, args: &[&str]) -> Command {
+        match &self.cpus {
+            None => command_in(ns, cgroup, program, args),
+            Some(c) => {
+                let mut a = vec!["-c", c.as_str(), program];
+                a.extend_from_slice(args);
+                command_in(ns, cgroup, "taskset", &a)
+            }
+        }
     }
 
     /// Names of the workload's network namespaces.
@@ -181,7 +216,7 @@ impl Env {
         args.push(format!("http://127.0.0.1:{NGINX_PORT}/"));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cg = if self.kind.client_monitored() { &self.cgroup } else { &self.unmonitored };
-        let out = command_in(&self.ns[0], cg, "wrk", &args).output().context("running wrk")?;
+        let out = self.load_command(&self.ns[0], cg, "wrk", &args).output().context("running wrk")?;
         if !out.status.success() {
             bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -190,7 +225,7 @@ impl Env {
 
     fn iperf(&self, secs: u64, streams: u32) -> Result<Load> {
         let args = ["-c", &self.server_ip, "-p", "5201", "-t", &secs.to_string(), "-P", &streams.to_string(), "-J"];
-        let out = command_in(&self.ns[0], &self.cgroup, "iperf3", &args).output().context("running iperf3")?;
+        let out = self.load_command(&self.ns[0], &self.cgroup, "iperf3", &args).output().context("running iperf3")?;
         let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output is not JSON")?;
         if let Some(e) = v["error"].as_str() {
             bail!("iperf3: {e}");
