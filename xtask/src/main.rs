@@ -24,7 +24,8 @@ commands:
   bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]
                    benchmarks, printed as markdown (agent figures also in target/bench/agent.json):
                    the agent off/on under each workload (root), alternating, then as twins (two
-                   copies at once, the agent on one), and the backend; default all but the soak;
+                   copies at once, the agent on one, then on the other: --twins=N is even), and
+                   the backend; default all but the soak;
                    --quick: one short off/on pair and two twin runs each; --soak: a 10-minute
                    storm (RSS) (60 s with --quick); see docs/performance.md
   bench enrich     enrichment cost per report window of 500 flows (release-mode unit test)

@@ -86,7 +86,7 @@ struct Options {
     quick: bool,
     /// Off/on pairs per workload (default 3; 1 with --quick).
     pairs: Option<usize>,
-    /// Twin runs per throughput workload (default 6; 2 with --quick; 0: none).
+    /// Twin runs per throughput workload, an even number (default 6; 2 with --quick; 0: none).
     twins: Option<usize>,
     /// Seconds per run (default 10; 5 with --quick).
     secs: Option<u64>,
@@ -110,8 +110,11 @@ fn parse(args: &[String]) -> Result<Options> {
                 o.pairs = Some(n);
             }
             p if p.starts_with("--twins=") => {
-                let n: usize = p["--twins=".len()..].parse().map_err(|_| {
-                    anyhow::anyhow!("{p:?}: --twins takes a number of twin runs (0 for none), e.g. --twins=6")
+                let n: usize = p["--twins=".len()..].parse().ok().filter(|n| n % 2 == 0).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "{p:?}: --twins takes an even number of twin runs (they pair up, one with the agent \
+                         on each copy; 0 for none), e.g. --twins=6"
+                    )
                 })?;
                 o.twins = Some(n);
             }
@@ -389,4 +392,24 @@ fn rss_of(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let l = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     Some(l.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn twin_runs_come_in_pairs() {
+        let o = parse(&args(&["storm", "--twins=8"])).unwrap();
+        assert_eq!(o.twins, Some(8));
+        assert_eq!(parse(&args(&["storm", "--twins=0"])).unwrap().twins, Some(0), "0: no twins");
+        for bad in ["--twins=7", "--twins=x", "--twins=-2"] {
+            let e = parse(&args(&["storm", bad])).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad) && e.contains("even number"), "{bad}: {e}");
+        }
+    }
 }
