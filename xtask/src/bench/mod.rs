@@ -57,7 +57,8 @@ pub struct Run {
 pub struct Twin {
     pub monitored: f64,
     pub unmonitored: f64,
-    /// The agent's CPU, percent of one core.
+    /// The agent's CPU, percent of one core (in an A/B of two builds, less the baseline agent's,
+    /// which watched the other copy).
     pub agent_cpu_pct: f64,
 }
 
@@ -214,8 +215,8 @@ fn agent_bench(o: &Options) -> Result<String> {
             r.ebpf_stats = true;
             eprintln!("bench:   {} on, bpf_stats: {}", kind.id(), run_line(kind, &r));
             runs.push(r);
-            let twins = if kind.twinned() && twin_runs > 0 && baseline.is_none() {
-                twins(&mut env, &bin, &dir, twin_runs, secs)?
+            let twins = if kind.twinned() && twin_runs > 0 {
+                twins(&mut env, &bin, baseline.as_deref(), &dir, twin_runs, secs)?
             } else {
                 Vec::new()
             };
@@ -268,9 +269,12 @@ fn run_line(kind: Kind, r: &Run) -> String {
 /// `runs` twin runs of `env`'s workload: a second copy of it runs at the same time, and the agent
 /// watches one copy, the first and the second in turn (so that a difference between the copies
 /// cancels too).
-fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Result<Vec<Twin>> {
+/// `runs` twin runs of `env`'s workload, the agent `bin` on one copy and, in an A/B of two
+/// builds, the `baseline` agent on the other (with no baseline the other copy runs no agent).
+fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: usize, secs: u64) -> Result<Vec<Twin>> {
     let kind = env.kind;
-    eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy)", kind.name());
+    let other_side = if baseline.is_some() { "the baseline agent on the other" } else { "no agent on the other" };
+    eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy, {other_side})", kind.name());
     let mut twin = Env::new(kind, dir, true)?;
     // Bulk copies are pinned, each to half of the CPUs. Unpinned, the scheduler moves the
     // streams' senders, receivers and softirqs between CPUs, and with 16 streams a pair of runs'
@@ -290,7 +294,12 @@ fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Resul
     for i in 0..runs {
         let (watched, other) = if i % 2 == 0 { (&mut *env, &mut twin) } else { (&mut twin, &mut *env) };
         let agent = Agent::start(bin, &watched.cgroup, &watched.netns(), kind.max_sockets(), watched.dir())?;
+        let base = match baseline {
+            Some(b) => Some(Agent::start(b, &other.cgroup, &other.netns(), kind.max_sockets(), other.dir())?),
+            None => None,
+        };
         let cpu0 = agent.cpu_seconds()?;
+        let base_cpu0 = base.as_ref().map(Agent::cpu_seconds).transpose()?.unwrap_or(0.0);
         let t = Instant::now();
         let (a, b) = std::thread::scope(|s| {
             let h = s.spawn(|| watched.run(secs));
@@ -298,18 +307,28 @@ fn twins(env: &mut Env, bin: &Path, dir: &Path, runs: usize, secs: u64) -> Resul
             (h.join(), b)
         });
         let elapsed = t.elapsed().as_secs_f64();
-        let cpu = agent.cpu_seconds()? - cpu0;
+        // In an A/B the baseline's CPU comes out of the same CPUs: the difference is what counts.
+        let base_cpu = match base {
+            Some(b) => {
+                let c = b.cpu_seconds()? - base_cpu0;
+                b.stop()?;
+                c
+            }
+            None => 0.0,
+        };
+        let cpu = agent.cpu_seconds()? - cpu0 - base_cpu;
         agent.stop()?;
         let a = a.map_err(|_| anyhow::anyhow!("the monitored copy's load thread panicked"))??;
         let r = Twin { monitored: a.throughput, unmonitored: b?.throughput, agent_cpu_pct: 100.0 * cpu / elapsed };
         eprintln!(
-            "bench:   {} twin #{}: monitored {:.1}, other {:.1} ({:.4}), agent {:.1}% CPU",
+            "bench:   {} twin #{}: monitored {:.1}, other {:.1} ({:.4}), agent {:.1}% CPU{}",
             kind.id(),
             i + 1,
             r.monitored,
             r.unmonitored,
             r.monitored / r.unmonitored.max(1e-9),
-            r.agent_cpu_pct
+            r.agent_cpu_pct,
+            if baseline.is_some() { " more than the baseline's" } else { "" }
         );
         out.push(r);
     }

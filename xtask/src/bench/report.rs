@@ -394,9 +394,15 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
              mean of its two ratios, which cancels whatever one copy has over the other), plus the agent's CPU as a share of one copy's half of the CPUs; ± two \
              standard errors. With both CPUs busy this is a cost in CPU time; a load bound by one thread, as wrk \
              is, can lose more alone when the agent's work lands on that thread's CPU, so the alternating pairs \
-             stay the measure of the workload alone and the twins are judged on a row of their own.\n\n\
-             | workload | runs | monitored / other | agent CPU | cost |\n|---|---|---|---|---|\n",
+             stay the measure of the workload alone and the twins are judged on a row of their own.\n\n",
         );
+        if std::env::var_os("FLOW_BENCH_BASELINE_BIN").is_some() {
+            md.push_str(
+                "A/B of two builds: the other copy runs the baseline agent, so \"cost\" is this build's over the \
+                 baseline's, and \"agent CPU\" the difference of the two agents' CPU.\n\n",
+            );
+        }
+        md.push_str("| workload | runs (pairs) | monitored / other | agent CPU | cost |\n|---|---|---|---|---|\n");
         for s in sums {
             if let Some(t) = &s.twins {
                 let (c, n) = t.cost_pct();
