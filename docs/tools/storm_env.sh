@@ -16,23 +16,9 @@ storm_cleanup() {
   rm -rf "$dir"
 }
 trap storm_cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip netns exec "$ns" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 net.core.somaxconn=65535
-mkdir -p "$cg" "$dir"/{body,proxy,fastcgi,uwsgi,scgi}
-cat > "$dir/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384;
-pid $dir/nginx.pid; error_log $dir/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $dir/body; proxy_temp_path $dir/proxy; fastcgi_temp_path $dir/fastcgi; uwsgi_temp_path $dir/uwsgi; scgi_temp_path $dir/scgi;
-  server { listen 127.0.0.1:8080 backlog=4096; location / { return 200 "ok\n"; } }
-}
-CONF
-bash -c "echo \$\$ > $cg/cgroup.procs; exec ip netns exec $ns nginx -p $dir -c $dir/nginx.conf" &
-nginx=$!
-disown "$nginx"
+. "$(dirname "${BASH_SOURCE[0]}")/nginx_copy.sh"
+nginx_copy "$ns" "$cg" "$dir"
+nginx=$nginx_pid
 sleep 1
 storm() {
   local secs=$1 join="echo \$\$ > $cg/cgroup.procs;"

@@ -18,25 +18,11 @@ d=$(mktemp -d)
 cgroot=/sys/fs/cgroup/unified
 [ -d "$cgroot" ] || cgroot=/sys/fs/cgroup
 pids=()
+. "$here/nginx_copy.sh"
 setup() {
   local n=$1 ns=twin$1-$$ cg=$cgroot/twin$1-$$
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip netns exec "$ns" sysctl -q -w net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 net.core.somaxconn=65535
-  mkdir -p "$cg" "$d/$n"/{body,proxy,fastcgi,uwsgi,scgi}
-  cat > "$d/$n/nginx.conf" <<CONF
-daemon off; master_process off; worker_processes 1; worker_rlimit_nofile 16384;
-pid $d/$n/nginx.pid; error_log $d/$n/error.log warn;
-events { worker_connections 8192; multi_accept on; }
-http {
-  access_log off; keepalive_requests 100000000;
-  client_body_temp_path $d/$n/body; proxy_temp_path $d/$n/proxy; fastcgi_temp_path $d/$n/fastcgi; uwsgi_temp_path $d/$n/uwsgi; scgi_temp_path $d/$n/scgi;
-  server { listen 127.0.0.1:8080 backlog=4096; location / { return 200 "ok\n"; } }
-}
-CONF
-  bash -c "echo \$\$ > $cg/cgroup.procs; exec ip netns exec $ns nginx -p $d/$n -c $d/$n/nginx.conf" &
-  pids+=($!)
-  disown "$!"
+  nginx_copy "$ns" "$cg" "$d/$n"
+  pids+=("$nginx_pid")
 }
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true

@@ -267,10 +267,9 @@ fn run_line(kind: Kind, r: &Run) -> String {
 }
 
 /// `runs` twin runs of `env`'s workload: a second copy of it runs at the same time, and the agent
-/// watches one copy, the first and the second in turn (so that a difference between the copies
-/// cancels too).
-/// `runs` twin runs of `env`'s workload, the agent `bin` on one copy and, in an A/B of two
-/// builds, the `baseline` agent on the other (with no baseline the other copy runs no agent).
+/// `bin` watches one copy, the first and the second in turn (so that a difference between the
+/// copies cancels too). In an A/B of two builds the `baseline` agent watches the other copy;
+/// without one the other copy runs no agent.
 fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: usize, secs: u64) -> Result<Vec<Twin>> {
     let kind = env.kind;
     let other_side = if baseline.is_some() { "the baseline agent on the other" } else { "no agent on the other" };

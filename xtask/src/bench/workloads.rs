@@ -151,7 +151,7 @@ impl Env {
     /// Pin the workload (its servers now, its load generators at each run) to the CPUs `cpus`
     /// (a `taskset` list), or let it run anywhere again (`None`).
     pub fn pin(&mut self, cpus: Option<&str>) -> Result<()> {
-        let list = cpus.map_or_else(|| format!("0-{}", crate::bench::report::cpus().max(1) - 1), str::to_string);
+        let list = cpus.map_or_else(|| format!("0-{}", crate::bench::report::cpus() - 1), str::to_string);
         for s in &self.servers {
             let pid = s.child.id().to_string();
             let out =
