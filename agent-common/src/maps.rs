@@ -253,7 +253,11 @@ pub mod stat {
     pub const SOCKETS_REMOVED: u32 = 6;
     /// Ring buffer reservations that failed (no ring buffer is used today; kept for the schema).
     pub const RINGBUF_DROPS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Program runs the kernel skipped (each program's `recursion_misses`, which the daemon reads
+    /// from the kernel's program info into this slot; the programs never write it): the events
+    /// those runs would have counted are missing.
+    pub const MISSED_RUNS: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 #[cfg(feature = "user")]

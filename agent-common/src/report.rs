@@ -225,6 +225,11 @@ pub struct AgentStats {
     pub map_full: MapFull,
     /// Events on sockets the agent could not track (SOCKETS was full when they opened).
     pub untracked_events: u64,
+    /// Runs of the agent's kernel programs that the kernel skipped, because another BPF program
+    /// or a BPF system call held the CPU (the programs' `recursion_misses`): what they would
+    /// have counted is missing. Absent in reports of older agents.
+    #[serde(default)]
+    pub missed_runs: u64,
     /// Flow keys in the kernel map at window end.
     pub flows_tracked: u64,
     /// Open sockets in the kernel map at window end.

@@ -50,21 +50,21 @@ static TCP_OFF_STATE: u32 = 0;
 /// `tcp_sock.bpf_sock_ops_cb_flags`.
 #[unsafe(no_mangle)]
 static TCP_OFF_CB_FLAGS: u32 = 0;
-// `sock_common` addresses and ports.
+// `sock_common` addresses and ports (of a request socket too: `synack`).
 #[unsafe(no_mangle)]
-static TCP_OFF_FAMILY: u32 = 0;
+pub static TCP_OFF_FAMILY: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_RCV_SADDR: u32 = 0;
+pub static TCP_OFF_RCV_SADDR: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_DADDR: u32 = 0;
+pub static TCP_OFF_DADDR: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_V6_RCV_SADDR: u32 = 0;
+pub static TCP_OFF_V6_RCV_SADDR: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_V6_DADDR: u32 = 0;
+pub static TCP_OFF_V6_DADDR: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_NUM: u32 = 0;
+pub static TCP_OFF_NUM: u32 = 0;
 #[unsafe(no_mangle)]
-static TCP_OFF_DPORT: u32 = 0;
+pub static TCP_OFF_DPORT: u32 = 0;
 /// `sock.sk_flags`, at the same offset in a `tcp_sock` (which starts with its `sock`); read by
 /// sock_ops at the close of a walked socket (`ctx::fin_received`).
 #[unsafe(no_mangle)]

@@ -66,6 +66,22 @@ pub enum FoldMode {
     Callbacks,
 }
 
+/// Which program counts the SYN-ACK retransmissions of request sockets (no sock_ops callback
+/// sees them).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynackHook {
+    /// A BTF tracepoint program (`tp_btf/tcp_retransmit_synack`), skipped by the kernel only
+    /// while the same program runs on the CPU. Falls back to `tracepoint` (logged) where the
+    /// kernel refuses it.
+    #[default]
+    Btf,
+    /// The classic tracepoint `tcp:tcp_retransmit_synack` (through tracefs), which the kernel
+    /// skips whenever any BPF program or BPF map system call holds the CPU; skipped runs are
+    /// counted in `agent_stats.missed_runs`.
+    Tracepoint,
+}
+
 /// Compression of OTLP requests.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,6 +131,12 @@ pub struct RunArgs {
     /// /proc/PID/ns/net; entered at start, which needs CAP_SYS_ADMIN). Repeatable [default: none].
     #[arg(long, value_name = "PATH")]
     pub walk_netns: Vec<PathBuf>,
+    /// Program for SYN-ACK retransmissions: "btf" (a BTF tracepoint, falling back to "tracepoint"
+    /// where the kernel refuses it) or "tracepoint" (the classic tracepoint, which the kernel skips
+    /// while another BPF program or BPF system call holds the CPU; counted as missed_runs)
+    /// [default: btf].
+    #[arg(long, value_enum)]
+    pub synack_hook: Option<SynackHook>,
     /// Callback mode: longest an open socket's bytes wait before they reach its flow; "0s" folds
     /// them only on RTT/retransmit/close events [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -277,6 +299,7 @@ struct FileConfig {
     top_flows: Option<usize>,
     fold_mode: Option<FoldMode>,
     walk_netns: Option<Vec<PathBuf>>,
+    synack_hook: Option<SynackHook>,
     fold_interval: Option<String>,
     metrics_address: Option<String>,
     flow_log_destination: Option<String>,
@@ -326,6 +349,7 @@ pub struct Config {
     pub top_flows: usize,
     pub fold_mode: FoldMode,
     pub walk_netns: Vec<PathBuf>,
+    pub synack_hook: SynackHook,
     pub fold_interval: Duration,
     pub metrics_address: SocketAddr,
     pub flow_log_destination: Option<FlowLogDestination>,
@@ -415,6 +439,7 @@ impl Config {
             } else {
                 args.walk_netns.clone()
             },
+            synack_hook: args.synack_hook.or(file.synack_hook).unwrap_or_default(),
             fold_interval: args
                 .fold_interval
                 .or(file_duration("fold_interval", &file.fold_interval)?)

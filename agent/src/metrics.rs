@@ -33,6 +33,7 @@ pub struct Metrics {
     pub map_full_flows: AtomicU64,
     pub map_full_listeners: AtomicU64,
     pub untracked_events: AtomicU64,
+    pub missed_runs: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
     pub spool_reports: AtomicU64,
@@ -59,6 +60,7 @@ impl Metrics {
         self.map_full_flows.fetch_add(s.map_full.flows, Relaxed);
         self.map_full_listeners.fetch_add(s.map_full.listeners, Relaxed);
         self.untracked_events.fetch_add(s.untracked_events, Relaxed);
+        self.missed_runs.fetch_add(s.missed_runs, Relaxed);
         self.flows_tracked.store(s.flows_tracked, Relaxed);
         self.sockets_tracked.store(s.sockets_tracked, Relaxed);
     }
@@ -97,6 +99,12 @@ impl Metrics {
             "counter",
             "Events on sockets the agent could not track.",
             &[("", g(&self.untracked_events))],
+        );
+        metric(
+            "missed_runs_total",
+            "counter",
+            "Kernel program runs the kernel skipped (another BPF program or BPF syscall held the CPU).",
+            &[("", g(&self.missed_runs))],
         );
         metric(
             "flows_tracked",

@@ -77,6 +77,7 @@ pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_f
                 listeners: s(stat::LISTENERS_FULL),
             },
             untracked_events: s(stat::UNTRACKED_EVENTS),
+            missed_runs: s(stat::MISSED_RUNS),
             flows_tracked: closed.flows_tracked,
             sockets_tracked: closed.sockets_tracked,
             cpu_seconds: usage.cpu_seconds,

@@ -114,6 +114,7 @@ pub fn capset(keep: u64) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_TRACE_ITER: u32 = 28;
@@ -146,6 +147,34 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
     }
     // SAFETY: see above.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+struct ObjInfo {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// How many runs of the loaded program `prog` the kernel skipped (`bpf_prog_info.recursion_misses`):
+/// a run is skipped when the program's recursion guard is taken on that CPU (for a classic
+/// tracepoint program: whenever any BPF program or BPF map system call holds the CPU).
+/// Needs no capability for a program fd this process holds.
+pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: a plain C struct of integers; all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr =
+        ObjInfo { bpf_fd: prog.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: &raw mut info as u64 };
+    // SAFETY: `attr` is a valid `union bpf_attr` prefix; the kernel writes at most `info_len`
+    // bytes to `info`, which lives until the call returns.
+    let r = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size_of::<ObjInfo>() as libc::c_uint)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.recursion_misses)
 }
 
 /// BPF_LINK_CREATE for a loaded iterator program (`iter/tcp`, say). aya's `Iter::attach` makes

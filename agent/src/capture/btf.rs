@@ -13,8 +13,6 @@ pub enum BtfError {
     Malformed(String),
     #[error("struct {0} is not in the kernel's BTF")]
     NoStruct(String),
-    #[error("function {0} is not in the kernel's BTF (this kernel has no such BPF iterator)")]
-    NoFunc(String),
     #[error("struct {strukt} has no field {field} in the kernel's BTF")]
     NoField { strukt: String, field: String },
     #[error("{strukt}.{field} is {got} bytes in this kernel, not {want}")]
@@ -205,10 +203,16 @@ impl Btf {
 
     /// The type id of the function `name` (a FUNC), e.g. an iterator's `bpf_iter_tcp`.
     pub fn func_id(&self, name: &str) -> Option<u32> {
-        self.types
-            .iter()
-            .position(|t| t.kind() == kind::FUNC && self.name(t.name_off) == name.as_bytes())
-            .map(|i| i as u32)
+        self.id_of(kind::FUNC, name)
+    }
+
+    /// The type id of the typedef `name`, e.g. a BTF tracepoint's `btf_trace_tcp_retransmit_synack`.
+    pub fn typedef_id(&self, name: &str) -> Option<u32> {
+        self.id_of(kind::TYPEDEF, name)
+    }
+
+    fn id_of(&self, k: u32, name: &str) -> Option<u32> {
+        self.types.iter().position(|t| t.kind() == k && self.name(t.name_off) == name.as_bytes()).map(|i| i as u32)
     }
 
     fn struct_id(&self, name: &str) -> Option<usize> {
@@ -234,13 +238,23 @@ impl Btf {
 /// by name in a parsed BTF. Parsing the kernel's whole BTF a second time for that one id would
 /// raise the agent's peak memory by as much again.
 pub fn stand_in_for_func(id: u32, name: &str) -> Vec<u8> {
+    stand_in(id, name, kind::FUNC)
+}
+
+/// The same for the typedef `name`: what aya's `BtfTracePoint::load` looks up
+/// (`btf_trace_<tracepoint>`).
+pub fn stand_in_for_typedef(id: u32, name: &str) -> Vec<u8> {
+    stand_in(id, name, kind::TYPEDEF)
+}
+
+fn stand_in(id: u32, name: &str, k: u32) -> Vec<u8> {
     let mut types = Vec::with_capacity(12 * id as usize);
     for _ in 1..id {
         for w in [0u32, kind::PTR << 24, 0] {
             types.extend_from_slice(&w.to_le_bytes());
         }
     }
-    for w in [1u32, kind::FUNC << 24, 0] {
+    for w in [1u32, k << 24, 0] {
         types.extend_from_slice(&w.to_le_bytes());
     }
     let strings = [b"\0", name.as_bytes(), b"\0"].concat();
@@ -376,6 +390,11 @@ mod tests {
         // aya reads it to the same id.
         let aya = aya::Btf::parse(&stand_in_for_func(7, "bpf_iter_tcp"), aya::Endianness::default()).unwrap();
         assert_eq!(aya.id_by_type_name_kind("bpf_iter_tcp", aya_obj::btf::BtfKind::Func).unwrap(), 7);
+        let name = "btf_trace_tcp_retransmit_synack";
+        let b = Btf::parse(stand_in_for_typedef(9, name)).unwrap();
+        assert_eq!((b.typedef_id(name), b.func_id(name)), (Some(9), None));
+        let aya = aya::Btf::parse(&stand_in_for_typedef(9, name), aya::Endianness::default()).unwrap();
+        assert_eq!(aya.id_by_type_name_kind(name, aya_obj::btf::BtfKind::Typedef).unwrap(), 9);
     }
 
     #[test]
@@ -401,6 +420,7 @@ mod tests {
         let btf = Btf::from_sys().expect("the kernel's BTF at /sys/kernel/btf/vmlinux");
         let o = TcpOffsets::from_btf(&btf).unwrap();
         assert!(btf.func_id("bpf_iter_tcp").is_some_and(|id| id > 1000));
+        assert!(btf.typedef_id("btf_trace_tcp_retransmit_synack").is_some_and(|id| id > 1000));
         // tcp_sock starts with inet_connection_sock, far larger than 512 bytes; the counters are
         // distinct fields.
         let all =

@@ -27,6 +27,8 @@ pub enum CaptureError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("the walk of open sockets: {0}")]
     Walk(String),
+    #[error("duplicating a loaded program's file descriptor: {0}")]
+    DupProgram(#[source] std::io::Error),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
 }

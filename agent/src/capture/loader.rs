@@ -1,6 +1,11 @@
 //! Load the embedded eBPF object with the configured map sizes, attach it, and read its maps.
 
-use std::{fs::File, os::fd::AsFd, time::Instant};
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+    time::Instant,
+};
 
 use agent_common::maps::{
     FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
@@ -9,7 +14,7 @@ use agent_common::maps::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, Iter, SockOps, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, Iter, ProgramFd, SockOps, TracePoint},
 };
 
 use super::{
@@ -19,7 +24,10 @@ use super::{
     tracefs::{self, SynackOffsets},
     walk::Walk,
 };
-use crate::config::{Config, FoldMode};
+use crate::{
+    config::{Config, FoldMode, SynackHook},
+    sys,
+};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf.o"));
 
@@ -37,7 +45,68 @@ pub struct Capture {
     flows: HashMap<MapData, FlowKey, FlowAgg>,
     stats: PerCpuArray<MapData, u64>,
     folding: Folding,
+    synack: Attached,
+    /// The attached programs, whose skipped runs are read into `stat::MISSED_RUNS`.
+    progs: Vec<ProgramFd>,
+    /// Their skipped runs at the last reading that worked.
+    missed_runs: AtomicU64,
+    /// Whether a failed reading of them was logged (once is enough).
+    missed_runs_failed: AtomicBool,
 }
+
+/// Which SYN-ACK program is attached.
+pub enum Attached {
+    /// The BTF tracepoint.
+    Btf,
+    /// The classic tracepoint: configured (`None`) or because the BTF one failed (why).
+    Tracepoint(Option<String>),
+}
+
+impl std::fmt::Display for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attached::Btf => f.write_str("tp_btf/tcp_retransmit_synack"),
+            Attached::Tracepoint(_) => f.write_str("tcp:tcp_retransmit_synack"),
+        }
+    }
+}
+
+/// What the kernel's BTF gives: the walk's offsets (which the SYN-ACK BTF program reads too),
+/// the iterator's type id (walk mode) and the SYN-ACK tracepoint's; or why it gives nothing.
+struct KernelTypes {
+    tcp: Result<TcpOffsets, String>,
+    iter_id: Result<u32, String>,
+    synack_id: Result<u32, String>,
+}
+
+impl KernelTypes {
+    fn read(fold_mode: FoldMode) -> KernelTypes {
+        let btf = match Btf::from_sys() {
+            Ok(b) => b,
+            Err(e) => {
+                let e = e.to_string();
+                return KernelTypes { tcp: Err(e.clone()), iter_id: Err(e.clone()), synack_id: Err(e) };
+            }
+        };
+        let tcp = TcpOffsets::from_btf(&btf).map_err(|e| e.to_string());
+        let need = |id: Option<u32>, missing: &str| {
+            let id = id.ok_or_else(|| format!("{missing} is not in the kernel's BTF"))?;
+            tcp.as_ref().map(|_| id).map_err(Clone::clone)
+        };
+        let iter_id = match fold_mode {
+            FoldMode::Walk => need(
+                btf.func_id(ITER_TARGET),
+                &format!("function {ITER_TARGET} (this kernel has no such BPF iterator)"),
+            ),
+            FoldMode::Callbacks => Err("fold_mode = callbacks".into()),
+        };
+        let synack_id = need(btf.typedef_id(SYNACK_BTF_TYPE), &format!("tracepoint type {SYNACK_BTF_TYPE}"));
+        KernelTypes { tcp, iter_id, synack_id }
+    }
+}
+
+const SYNACK_TRACEPOINT: &str = "tcp_retransmit_synack";
+pub(super) const SYNACK_BTF_TYPE: &str = "btf_trace_tcp_retransmit_synack";
 
 /// How open sockets are folded.
 enum Folding {
@@ -59,18 +128,20 @@ impl Capture {
     pub fn start(cfg: &Config) -> Result<Capture, CaptureError> {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
-        let offsets = tracefs::synack_offsets()?;
-        let tcp = match cfg.fold_mode {
-            FoldMode::Walk => Btf::from_sys().and_then(|b| walk_btf(&b)).map(Some).map_err(|e| e.to_string()),
-            FoldMode::Callbacks => Ok(None),
+        let kernel = KernelTypes::read(cfg.fold_mode);
+        // Needed only if the classic tracepoint is attached; read (and tracefs mounted) up front,
+        // as the offsets are set when the object loads.
+        let tracepoint = match (tracefs::synack_offsets(), cfg.synack_hook) {
+            (Err(e), SynackHook::Tracepoint) => return Err(e),
+            (r, _) => r,
         };
-        let mut ebpf = load(cfg, &offsets, tcp.as_ref().ok().and_then(Option::as_ref).map(|(t, _)| t))?;
+        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok())?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
-        let folding = match tcp {
-            Ok(Some((_, iter_id))) => start_walk(&mut ebpf, cfg, iter_id).map_or_else(Folding::FellBack, Folding::Walk),
-            Ok(None) => Folding::Callbacks,
-            Err(reason) => Folding::FellBack(reason),
+        let folding = match (&kernel.iter_id, cfg.fold_mode) {
+            (_, FoldMode::Callbacks) => Folding::Callbacks,
+            (Ok(id), FoldMode::Walk) => start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, Folding::Walk),
+            (Err(reason), FoldMode::Walk) => Folding::FellBack(reason.clone()),
         };
         if let Folding::FellBack(reason) = &folding {
             tracing::warn!(
@@ -102,15 +173,37 @@ impl Capture {
                 " (is it a cgroup v2 directory?)",
             )
         })?;
-        let tp: &mut TracePoint = program(&mut ebpf, "flow_synack_retrans")?;
-        tp.load().map_err(|e| prog_err("loading tracepoint program", e, ""))?;
-        tp.attach("tcp", "tcp_retransmit_synack").map_err(|e| {
-            prog_err("attaching tcp:tcp_retransmit_synack", e, " (is tracefs mounted at /sys/kernel/tracing?)")
-        })?;
+        let mut progs = vec![prog.fd().map_err(|e| prog_err("sock_ops program", e, ""))?.try_clone().map_err(dup_err)?];
+        let synack = match cfg.synack_hook {
+            SynackHook::Btf => match attach_synack_btf(&mut ebpf, &kernel.synack_id) {
+                Ok(fd) => {
+                    progs.push(fd);
+                    Attached::Btf
+                }
+                Err(reason) => {
+                    tracing::warn!(
+                        "the BTF tracepoint for SYN-ACK retransmissions is not available ({reason}): using the classic \
+                         tracepoint, which the kernel skips while another BPF program or BPF system call holds the \
+                         CPU (counted in agent_stats.missed_runs)"
+                    );
+                    tracepoint?;
+                    progs.push(attach_synack_tracepoint(&mut ebpf)?);
+                    Attached::Tracepoint(Some(reason))
+                }
+            },
+            SynackHook::Tracepoint => {
+                progs.push(attach_synack_tracepoint(&mut ebpf)?);
+                Attached::Tracepoint(None)
+            }
+        };
+        if let Folding::Walk(_) = &folding {
+            let walk: &mut Iter = program(&mut ebpf, "flow_walk")?;
+            progs.push(walk.fd().map_err(|e| prog_err("walk program", e, ""))?.try_clone().map_err(dup_err)?);
+        }
         tracing::info!(
             cgroup = %cgroup.display(),
             walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
-            "sock_ops and tcp:tcp_retransmit_synack attached"
+            "sock_ops and {synack} attached"
         );
 
         let flows = HashMap::try_from(ebpf.take_map(FLOWS_MAP).ok_or(CaptureError::MissingMap(FLOWS_MAP))?)
@@ -118,7 +211,21 @@ impl Capture {
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
         let _ = LISTENERS_MAP;
-        Ok(Capture { _ebpf: ebpf, flows, stats, folding })
+        Ok(Capture {
+            _ebpf: ebpf,
+            flows,
+            stats,
+            folding,
+            synack,
+            progs,
+            missed_runs: AtomicU64::new(0),
+            missed_runs_failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Which SYN-ACK program is attached.
+    pub fn synack(&self) -> &Attached {
+        &self.synack
     }
 
     /// How many network namespaces the walk covers, or why there is no walk (`None` with
@@ -159,7 +266,31 @@ impl Capture {
             let v = self.stats.get(&(i as u32), 0).map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
             *slot = v.iter().copied().fold(0u64, u64::wrapping_add);
         }
+        // The programs never write this slot: the kernel counts their skipped runs itself.
+        stats[stat::MISSED_RUNS as usize] = self.missed_runs();
         Ok(Snapshot { flows, stats })
+    }
+
+    /// Runs of the attached programs that the kernel skipped, in all. If the kernel will not say
+    /// (logged), the last count stands and the flows are read all the same.
+    fn missed_runs(&self) -> u64 {
+        let mut n = 0u64;
+        for p in &self.progs {
+            match sys::prog_recursion_misses(p.as_fd()) {
+                Ok(m) => n = n.wrapping_add(m),
+                Err(e) => {
+                    if !self.missed_runs_failed.swap(true, Relaxed) {
+                        tracing::warn!(
+                            "cannot read how many program runs the kernel skipped (BPF_OBJ_GET_INFO_BY_FD: {e}): \
+                             agent_stats.missed_runs stays at its last count"
+                        );
+                    }
+                    return self.missed_runs.load(Relaxed);
+                }
+            }
+        }
+        self.missed_runs.store(n, Relaxed);
+        n
     }
 
     /// Remove an idle flow key. Returns the value it held at removal if it changed since `seen`
@@ -179,11 +310,13 @@ impl Capture {
     }
 }
 
-/// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: the walk's; without
-/// them the walk is not started).
-fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Result<Ebpf, CaptureError> {
+/// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
+/// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
+/// tracepoint's, which is not attached without them).
+fn load(cfg: &Config, synack: Option<&SynackOffsets>, tcp: Option<&TcpOffsets>) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
     let t = tcp.copied().unwrap_or_default();
+    let synack = synack.copied().unwrap_or_default();
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
@@ -217,11 +350,30 @@ fn load(cfg: &Config, synack: &SynackOffsets, tcp: Option<&TcpOffsets>) -> Resul
     loader.load(EBPF_OBJECT).map_err(CaptureError::Load)
 }
 
-/// What the walk needs of the kernel's BTF: the `tcp_sock` offsets and the type id of the
-/// `iter/tcp` target.
-fn walk_btf(btf: &Btf) -> Result<(TcpOffsets, u32), super::btf::BtfError> {
-    let id = btf.func_id(ITER_TARGET).ok_or_else(|| super::btf::BtfError::NoFunc(ITER_TARGET.into()))?;
-    Ok((TcpOffsets::from_btf(btf)?, id))
+/// Load and attach the SYN-ACK BTF tracepoint program (the tracepoint's BTF type has id `id`).
+/// The error says why it is unavailable.
+fn attach_synack_btf(ebpf: &mut Ebpf, id: &Result<u32, String>) -> Result<ProgramFd, String> {
+    let id = id.clone()?;
+    let btf = aya::Btf::parse(&super::btf::stand_in_for_typedef(id, SYNACK_BTF_TYPE), aya::Endianness::default())
+        .map_err(|e| format!("building the tracepoint's BTF stand-in: {e}"))?;
+    let prog: &mut BtfTracePoint = program(ebpf, "flow_synack_retrans_btf").map_err(|e| e.to_string())?;
+    prog.load(SYNACK_TRACEPOINT, &btf).map_err(|e| format!("loading: {}", error_chain(&e)))?;
+    prog.attach().map_err(|e| format!("attaching: {}", error_chain(&e)))?;
+    prog.fd().map_err(|e| e.to_string())?.try_clone().map_err(|e| e.to_string())
+}
+
+/// Load and attach the classic SYN-ACK tracepoint program.
+fn attach_synack_tracepoint(ebpf: &mut Ebpf) -> Result<ProgramFd, CaptureError> {
+    let tp: &mut TracePoint = program(ebpf, "flow_synack_retrans")?;
+    tp.load().map_err(|e| prog_err("loading tracepoint program", e, ""))?;
+    tp.attach("tcp", SYNACK_TRACEPOINT).map_err(|e| {
+        prog_err("attaching tcp:tcp_retransmit_synack", e, " (is tracefs mounted at /sys/kernel/tracing?)")
+    })?;
+    tp.fd().map_err(|e| prog_err("tracepoint program", e, ""))?.try_clone().map_err(dup_err)
+}
+
+fn dup_err(e: std::io::Error) -> CaptureError {
+    CaptureError::DupProgram(e)
 }
 
 const ITER_TARGET: &str = "bpf_iter_tcp";

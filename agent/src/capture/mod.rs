@@ -11,5 +11,5 @@ mod tracefs;
 mod walk;
 
 pub use error::CaptureError;
-pub use loader::{Capture, Snapshot};
+pub use loader::{Attached, Capture, Snapshot};
 pub use privileges::drop_all as drop_privileges;

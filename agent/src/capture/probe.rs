@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Capture, cgroup, privileges, tracefs};
+use super::{Attached, Capture, btf::Btf, cgroup, privileges, tracefs};
 use crate::config::Config;
 
 /// A failed requirement: what is wrong, and how to fix it.
@@ -53,9 +53,26 @@ pub fn cgroup2(explicit: Option<&Path>) -> Result<PathBuf, Failure> {
     Ok(path)
 }
 
-/// The SYN-ACK tracepoint's format is readable and has the fields the program reads. tracefs is
-/// mounted first if it is not, as the agent does at start (that needs CAP_SYS_ADMIN).
+/// The SYN-ACK tracepoint: its BTF type (for the BTF tracepoint program), and the classic
+/// tracepoint's format, readable and with the fields its program reads (tracefs is mounted
+/// first if it is not, as the agent does at start, which needs CAP_SYS_ADMIN). Either is enough.
 pub fn tracepoint() -> Result<String, Failure> {
+    let btf = Btf::from_sys().ok().and_then(|b| b.typedef_id(super::loader::SYNACK_BTF_TYPE));
+    match (btf, classic_tracepoint()) {
+        (Some(_), Ok(c)) => Ok(format!("BTF tracepoint tcp_retransmit_synack found; fallback: {c}")),
+        (Some(_), Err(f)) => Ok(format!(
+            "BTF tracepoint tcp_retransmit_synack found; no fallback (tcp:tcp_retransmit_synack: {})",
+            f.problem
+        )),
+        (None, Ok(c)) => Ok(format!(
+            "{c}; no BTF tracepoint (its runs are skipped while another BPF program or BPF system call holds the CPU, \
+             counted as missed_runs)"
+        )),
+        (None, Err(f)) => Err(f),
+    }
+}
+
+fn classic_tracepoint() -> Result<String, Failure> {
     let mounted_before = Path::new(tracefs::TRACEFS).join("events").exists();
     let fix = "mount tracefs (`mount -t tracefs nodev /sys/kernel/tracing`; in a container, a hostPath volume) \
                and run as root or with CAP_DAC_READ_SEARCH";
@@ -76,6 +93,12 @@ pub fn attach(cfg: &Config) -> Result<String, Failure> {
     match Capture::start(&cfg) {
         Ok(capture) => {
             let walk = capture.walk_status();
+            let synack = match capture.synack() {
+                Attached::Tracepoint(Some(reason)) => {
+                    format!("{} (the BTF tracepoint is NOT available: {reason})", capture.synack())
+                }
+                other => other.to_string(),
+            };
             drop(capture);
             let walk = match walk {
                 Some(Ok(n)) => format!("; the walk of open sockets runs in {n} network namespace(s)"),
@@ -84,7 +107,7 @@ pub fn attach(cfg: &Config) -> Result<String, Failure> {
                 ),
                 None => "; fold_mode = callbacks".into(),
             };
-            Ok(format!("sock_ops and tcp:tcp_retransmit_synack loaded, attached and detached{walk}"))
+            Ok(format!("sock_ops and {synack} loaded, attached and detached{walk}"))
         }
         Err(e) => Err(failure(e.to_string(), "fix the items above; the error names what the kernel refused")),
     }

@@ -8,7 +8,7 @@ pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const FORMAT: &str = "events/tcp/tcp_retransmit_synack/format";
 
 /// Offsets of the fields the SYN-ACK program reads, as the running kernel lays them out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SynackOffsets {
     pub sport: u32,
     pub dport: u32,

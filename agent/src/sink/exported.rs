@@ -177,7 +177,7 @@ pub const LATENCIES: &[(&str, &str, LatencyOf)] = &[
 ];
 
 /// Counters of the agent itself (per window in the report): (OTLP name, Prometheus name, value).
-pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); 7] {
+pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); 8] {
     [
         ("flow_agent.events", "flow_agent_events_total", s.events as f64),
         ("flow_agent.ringbuf_drops", "flow_agent_ringbuf_drops_total", s.ringbuf_drops as f64),
@@ -185,6 +185,7 @@ pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); 7] 
         ("flow_agent.map_full.flows", "flow_agent_map_full_flows_total", s.map_full.flows as f64),
         ("flow_agent.map_full.listeners", "flow_agent_map_full_listeners_total", s.map_full.listeners as f64),
         ("flow_agent.untracked_events", "flow_agent_untracked_events_total", s.untracked_events as f64),
+        ("flow_agent.missed_runs", "flow_agent_missed_runs_total", s.missed_runs as f64),
         ("flow_agent.cpu.time", "flow_agent_cpu_seconds_total", s.cpu_seconds),
     ]
 }

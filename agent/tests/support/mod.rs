@@ -459,3 +459,118 @@ pub fn local(ip: &str) -> impl Fn(&FlowRecord) -> bool {
     let ip = ip.parse::<std::net::IpAddr>().unwrap();
     move |f| f.local_ip == ip
 }
+
+/// Keeps every CPU inside BPF map system calls nearly all the time, as a busy BPF user of the
+/// host would: one thread per CPU, pinned, scans an empty hash map of a million buckets with
+/// BPF_MAP_LOOKUP_BATCH, which the kernel does in one section with BPF instrumentation disabled
+/// (`bpf_prog_active` held). The kernel skips classic tracepoint programs on a CPU while that is
+/// held. Stops when dropped; `stop` says how many scans ran.
+pub struct BpfSyscallLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<JoinHandle<std::io::Result<u64>>>,
+}
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// `union bpf_attr` as BPF_MAP_CREATE reads it (the first five fields; the rest zero).
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// `union bpf_attr` as BPF_MAP_*_BATCH reads it.
+#[repr(C)]
+struct Batch {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf_sys<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a valid `union bpf_attr` prefix of the given size, whose pointers (if
+    // any) point at buffers that live for the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as libc::c_uint) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
+}
+
+impl BpfSyscallLoad {
+    pub fn start() -> BpfSyscallLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = (0..cpus)
+            .map(|cpu| {
+                let stop = stop.clone();
+                std::thread::spawn(move || -> std::io::Result<u64> {
+                    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get a
+                    // valid set of the size passed.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut set);
+                        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    let attr = MapCreate {
+                        map_type: BPF_MAP_TYPE_HASH,
+                        key_size: 4,
+                        value_size: 4,
+                        max_entries: 1 << 20,
+                        map_flags: BPF_F_NO_PREALLOC,
+                    };
+                    let fd = bpf_sys(BPF_MAP_CREATE, &attr)?;
+                    // SAFETY: a new fd the call returned, owned here.
+                    let _map = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+                    let (mut out, mut keys, mut values) = (0u32, [0u32; 8], [0u32; 8]);
+                    let mut scans = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let b = Batch {
+                            in_batch: 0,
+                            out_batch: &raw mut out as u64,
+                            keys: keys.as_mut_ptr() as u64,
+                            values: values.as_mut_ptr() as u64,
+                            count: 8,
+                            map_fd: fd as u32,
+                            elem_flags: 0,
+                            flags: 0,
+                        };
+                        // The map is empty: the whole scan ends in ENOENT.
+                        match bpf_sys(BPF_MAP_LOOKUP_BATCH, &b) {
+                            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => scans += 1,
+                            Err(e) => return Err(e),
+                            Ok(_) => panic!("an empty map returned elements"),
+                        }
+                    }
+                    Ok(scans)
+                })
+            })
+            .collect();
+        BpfSyscallLoad { stop, threads }
+    }
+
+    /// Stop, and the number of scans each CPU ran.
+    pub fn stop(mut self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        std::mem::take(&mut self.threads)
+            .into_iter()
+            .map(|t| t.join().expect("load thread").expect("BPF map system calls"))
+            .collect()
+    }
+}
+
+impl Drop for BpfSyscallLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}

@@ -38,6 +38,7 @@ pub struct Reports {
     pub map_full: u64,
     pub untracked: u64,
     pub ringbuf_drops: u64,
+    pub missed_runs: u64,
     pub attempted_client: u64,
     pub attempted_server: u64,
     pub sockets_tracked_max: u64,
@@ -133,6 +134,20 @@ impl Agent {
         // Keyed by prog_id / map_id: a program has both its own fd and its link's.
         let mut progs: Vec<(u64, ProgStat)> = Vec::new();
         let mut maps: Vec<(u64, u64)> = Vec::new();
+        // Both the walk (an iterator) and the SYN-ACK program (a BTF tracepoint) are tracing
+        // programs; their links tell them apart.
+        let mut link_types: Vec<(u64, String)> = Vec::new();
+        for e in fs::read_dir(&dir)?.flatten() {
+            if fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf_link") {
+                let info =
+                    fs::read_to_string(format!("/proc/{}/fdinfo/{}", self.pid(), e.file_name().to_string_lossy()))
+                        .unwrap_or_default();
+                if let (Some(id), Some(t)) = (field(&info, "prog_id"), text_field(&info, "link_type")) {
+                    link_types.push((id, t.to_string()));
+                }
+            }
+        }
+        let link_type = |id: u64| link_types.iter().find(|(i, _)| *i == id).map(|(_, t)| t.as_str());
         for e in fs::read_dir(&dir)?.flatten() {
             let target = fs::read_link(e.path()).unwrap_or_default().to_string_lossy().into_owned();
             let fd = e.file_name().to_string_lossy().into_owned();
@@ -143,7 +158,8 @@ impl Agent {
                 let name = match field(&info, "prog_type") {
                     Some(13) => "sock_ops",
                     Some(5) => "tcp_retransmit_synack",
-                    Some(26) => "walk",
+                    Some(26) if link_type(id) == Some("iter") => "walk",
+                    Some(26) => "tcp_retransmit_synack",
                     _ => "other",
                 };
                 let p = ProgStat {
@@ -212,9 +228,13 @@ fn strip_ansi(s: &str) -> String {
 
 /// A `key:\tvalue` integer line of an fdinfo file.
 fn field(info: &str, key: &str) -> Option<u64> {
+    text_field(info, key)?.parse().ok()
+}
+
+fn text_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
     info.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim().parse().ok())?
+        (k.trim() == key).then(|| v.trim())
     })
 }
 
@@ -230,6 +250,7 @@ pub fn sum_reports(out: &str) -> Result<Reports> {
         r.events += u(&s["events"]);
         r.ringbuf_drops += u(&s["ringbuf_drops"]);
         r.untracked += u(&s["untracked_events"]);
+        r.missed_runs += u(&s["missed_runs"]);
         r.map_full += ["sockets", "flows", "listeners"].iter().map(|k| u(&s["map_full"][k])).sum::<u64>();
         r.sockets_tracked_max = r.sockets_tracked_max.max(u(&s["sockets_tracked"]));
         for f in v["flows"].as_array().into_iter().flatten() {

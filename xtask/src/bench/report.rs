@@ -194,7 +194,10 @@ pub fn summarize(kind: Kind, runs: &[Run], twins: &[Twin]) -> Summary {
         logged_map_mib: on_runs.iter().find_map(|(_, a)| a.logged_map_mib),
         events_per_s: on_runs.iter().map(|(_, a)| a.reports.events).sum::<u64>() as f64
             / on_runs.iter().map(|(r, _)| r.secs).sum::<f64>().max(1e-9),
-        drops: on_runs.iter().map(|(_, a)| a.reports.map_full + a.reports.untracked + a.reports.ringbuf_drops).sum(),
+        drops: on_runs
+            .iter()
+            .map(|(_, a)| a.reports.map_full + a.reports.untracked + a.reports.ringbuf_drops + a.reports.missed_runs)
+            .sum(),
         coverage: attempted as f64 / connections.max(1) as f64,
         connections,
         requests: match kind {
@@ -327,7 +330,7 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
          TcpActiveOpens + TcpPassiveOpens of the workload's namespaces. eBPF ns: run_time_ns / run_cnt of one more \
          agent-on run per workload with kernel.bpf_stats_enabled=1 (left out of the throughput figures: it reads the \
          clock twice per program invocation), per invocation, with invocations per connection (and per request for wrk \
-         workloads). Drops: map_full + untracked_events + ringbuf_drops.\n\n",
+         workloads). Drops: map_full + untracked_events + ringbuf_drops + missed_runs.\n\n",
         cpus()
     ));
     if let Ok(base) = std::env::var("FLOW_BENCH_BASELINE_BIN") {
