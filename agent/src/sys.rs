@@ -138,14 +138,18 @@ struct IterCreate {
     flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a valid, fully initialised `union bpf_attr` prefix of the given size; the
-    // kernel zero-fills the rest. A non-negative result is a new file descriptor we own.
+/// The bpf(2) system call with `attr`, a valid, fully initialised `union bpf_attr` prefix (the
+/// kernel zero-fills the rest) whose pointers, if any, point at memory that lives for the call.
+fn bpf_call<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: as the caller promises above.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as libc::c_uint) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: see above.
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// `bpf_call` for a command whose result is a new file descriptor.
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
+    let r = bpf_call(cmd, attr)?;
+    // SAFETY: a non-negative result of these commands is a new file descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
@@ -166,14 +170,8 @@ pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<u64> {
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
     let attr =
         ObjInfo { bpf_fd: prog.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: &raw mut info as u64 };
-    // SAFETY: `attr` is a valid `union bpf_attr` prefix; the kernel writes at most `info_len`
-    // bytes to `info`, which lives until the call returns.
-    let r = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size_of::<ObjInfo>() as libc::c_uint)
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // The kernel writes at most `info_len` bytes to `info`, which lives until the call returns.
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
     Ok(info.recursion_misses)
 }
 

@@ -173,7 +173,12 @@ impl Capture {
                 " (is it a cgroup v2 directory?)",
             )
         })?;
-        let mut progs = vec![prog.fd().map_err(|e| prog_err("sock_ops program", e, ""))?.try_clone().map_err(dup_err)?];
+        let mut progs = vec![
+            prog.fd()
+                .map_err(|e| prog_err("sock_ops program", e, ""))?
+                .try_clone()
+                .map_err(CaptureError::DupProgram)?,
+        ];
         let synack = match cfg.synack_hook {
             SynackHook::Btf => match attach_synack_btf(&mut ebpf, &kernel.synack_id) {
                 Ok(fd) => {
@@ -198,7 +203,12 @@ impl Capture {
         };
         if let Folding::Walk(_) = &folding {
             let walk: &mut Iter = program(&mut ebpf, "flow_walk")?;
-            progs.push(walk.fd().map_err(|e| prog_err("walk program", e, ""))?.try_clone().map_err(dup_err)?);
+            progs.push(
+                walk.fd()
+                    .map_err(|e| prog_err("walk program", e, ""))?
+                    .try_clone()
+                    .map_err(CaptureError::DupProgram)?,
+            );
         }
         tracing::info!(
             cgroup = %cgroup.display(),
@@ -369,11 +379,7 @@ fn attach_synack_tracepoint(ebpf: &mut Ebpf) -> Result<ProgramFd, CaptureError> 
     tp.attach("tcp", SYNACK_TRACEPOINT).map_err(|e| {
         prog_err("attaching tcp:tcp_retransmit_synack", e, " (is tracefs mounted at /sys/kernel/tracing?)")
     })?;
-    tp.fd().map_err(|e| prog_err("tracepoint program", e, ""))?.try_clone().map_err(dup_err)
-}
-
-fn dup_err(e: std::io::Error) -> CaptureError {
-    CaptureError::DupProgram(e)
+    tp.fd().map_err(|e| prog_err("tracepoint program", e, ""))?.try_clone().map_err(CaptureError::DupProgram)
 }
 
 const ITER_TARGET: &str = "bpf_iter_tcp";

@@ -134,28 +134,29 @@ impl Agent {
         // Keyed by prog_id / map_id: a program has both its own fd and its link's.
         let mut progs: Vec<(u64, ProgStat)> = Vec::new();
         let mut maps: Vec<(u64, u64)> = Vec::new();
+        // The agent's BPF fds and their fdinfo, read once.
+        let fds: Vec<(String, String)> = fs::read_dir(&dir)?
+            .flatten()
+            .filter_map(|e| {
+                let target = fs::read_link(e.path()).ok()?.to_string_lossy().into_owned();
+                target.starts_with("anon_inode:bpf").then(|| {
+                    let fd = e.file_name().to_string_lossy().into_owned();
+                    (target, fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", self.pid())).unwrap_or_default())
+                })
+            })
+            .collect();
         // Both the walk (an iterator) and the SYN-ACK program (a BTF tracepoint) are tracing
         // programs; their links tell them apart.
-        let mut link_types: Vec<(u64, String)> = Vec::new();
-        for e in fs::read_dir(&dir)?.flatten() {
-            if fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:bpf_link") {
-                let info =
-                    fs::read_to_string(format!("/proc/{}/fdinfo/{}", self.pid(), e.file_name().to_string_lossy()))
-                        .unwrap_or_default();
-                if let (Some(id), Some(t)) = (field(&info, "prog_id"), text_field(&info, "link_type")) {
-                    link_types.push((id, t.to_string()));
-                }
-            }
-        }
-        let link_type = |id: u64| link_types.iter().find(|(i, _)| *i == id).map(|(_, t)| t.as_str());
-        for e in fs::read_dir(&dir)?.flatten() {
-            let target = fs::read_link(e.path()).unwrap_or_default().to_string_lossy().into_owned();
-            let fd = e.file_name().to_string_lossy().into_owned();
-            let info = || fs::read_to_string(format!("/proc/{}/fdinfo/{fd}", self.pid())).unwrap_or_default();
+        let link_type = |id: u64| {
+            fds.iter()
+                .filter(|(t, _)| t == "anon_inode:bpf_link")
+                .find(|(_, info)| field(info, "prog_id") == Some(id))
+                .and_then(|(_, info)| text_field(info, "link_type"))
+        };
+        for (target, info) in &fds {
             if target == "anon_inode:bpf-prog" {
-                let info = info();
-                let id = field(&info, "prog_id").unwrap_or(0);
-                let name = match field(&info, "prog_type") {
+                let id = field(info, "prog_id").unwrap_or(0);
+                let name = match field(info, "prog_type") {
                     Some(13) => "sock_ops",
                     Some(5) => "tcp_retransmit_synack",
                     Some(26) if link_type(id) == Some("iter") => "walk",
@@ -164,17 +165,16 @@ impl Agent {
                 };
                 let p = ProgStat {
                     name,
-                    run_cnt: field(&info, "run_cnt").unwrap_or(0),
-                    run_time_ns: field(&info, "run_time_ns").unwrap_or(0),
+                    run_cnt: field(info, "run_cnt").unwrap_or(0),
+                    run_time_ns: field(info, "run_time_ns").unwrap_or(0),
                 };
                 if !progs.iter().any(|(i, _)| *i == id) {
                     progs.push((id, p));
                 }
             } else if target == "anon_inode:bpf-map" {
-                let info = info();
-                let id = field(&info, "map_id").unwrap_or(0);
+                let id = field(info, "map_id").unwrap_or(0);
                 if !maps.iter().any(|(i, _)| *i == id) {
-                    maps.push((id, field(&info, "memlock").unwrap_or(0)));
+                    maps.push((id, field(info, "memlock").unwrap_or(0)));
                 }
             }
         }
