@@ -11,6 +11,7 @@ pub const LISTENERS_MAP: &str = "LISTENERS";
 pub const STATS_MAP: &str = "STATS";
 pub const WALKED_NETNS_MAP: &str = "WALKED_NETNS";
 pub const WALKED_NETNS_LIST_MAP: &str = "WALKED_NETNS_LIST";
+pub const WALK_FLOOR_MAP: &str = "WALK_FLOOR";
 
 /// Network namespaces the daemon walks (own one plus `--walk-netns`), at most.
 pub const MAX_WALKED_NETNS: u32 = 256;
@@ -257,7 +258,10 @@ pub mod stat {
     /// from the kernel's program info into this slot; the programs never write it): the events
     /// those runs would have counted are missing.
     pub const MISSED_RUNS: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// Sockets the walk passed over as idle: nothing sent or received since the previous walk
+    /// began (`WALK_FLOOR`), so nothing to fold.
+    pub const WALK_IDLE: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 #[cfg(feature = "user")]

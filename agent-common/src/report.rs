@@ -230,6 +230,10 @@ pub struct AgentStats {
     /// have counted is missing. Absent in reports of older agents.
     #[serde(default)]
     pub missed_runs: u64,
+    /// Open sockets the window's walks passed over as idle: nothing sent or received since the
+    /// walk before (walk mode; see `--walk-full-interval`). Absent in reports of older agents.
+    #[serde(default)]
+    pub walk_idle_sockets: u64,
     /// Flow keys in the kernel map at window end.
     pub flows_tracked: u64,
     /// Open sockets in the kernel map at window end.

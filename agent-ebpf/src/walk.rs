@@ -8,6 +8,10 @@
 //! programs may call `bpf_setsockopt`), as the socket's own callbacks run: the counters read here
 //! are consistent, the fold is exact (`payload`), and it never runs at the same time as another
 //! fold of the same socket.
+//!
+//! A socket the kernel has not stamped (`tcp_mstamp`) since the previous walk began, which the
+//! daemon passes as `WALK_FLOOR`, moved nothing since that walk folded it: it costs one read, and
+//! is counted in `stat::WALK_IDLE` (see the daemon's `capture::walk` for why that holds).
 
 use agent_common::{
     fold::{fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
@@ -22,7 +26,7 @@ use core::ffi::c_void;
 use crate::{
     ctx::{AF_INET, AF_INET6},
     flows::{add, add_counters, flow, fold_counters, record},
-    maps::{SOCKETS, count},
+    maps::{SOCKETS, WALK_FLOOR, count},
     sockets::{folded_none, insert_late, new_state},
 };
 
@@ -36,6 +40,10 @@ static TCP_OFF_BYTES_RECEIVED: u32 = 0;
 static TCP_OFF_SEGS_OUT: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_OFF_SEGS_IN: u32 = 0;
+/// `tcp_sock.tcp_mstamp`: when the kernel last handled a segment in or out of the socket (µs of
+/// CLOCK_MONOTONIC, `tcp_mstamp_refresh`).
+#[unsafe(no_mangle)]
+static TCP_OFF_MSTAMP: u32 = 0;
 #[unsafe(no_mangle)]
 static TCP_OFF_TOTAL_RETRANS: u32 = 0;
 #[unsafe(no_mangle)]
@@ -116,12 +124,19 @@ fn visit(sk: *mut u8) -> Option<()> {
     if tp.is_null() {
         return None;
     }
-    // SAFETY: a full socket, as the helper checked.
-    let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
     // Every field is read through the typed pointer (see `field`).
     let sk = tp.cast::<u8>().cast_const();
-    // Nothing moves a socket's counters but a segment in or out: an idle socket costs two reads
-    // and a lookup.
+    // Nothing moves a socket's counters but a segment in or out, and the kernel stamps the
+    // socket as it handles one. A socket stamped before the floor (the previous walk's start)
+    // was visited by that walk and has moved nothing since: one read, no lookup.
+    let stamp: u64 = field(sk, off(&TCP_OFF_MSTAMP))?;
+    if stamp < floor() {
+        count(stat::WALK_IDLE);
+        return None;
+    }
+    // SAFETY: a full socket, as the helper checked.
+    let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
+    // Otherwise the segment counters, compared with those of its last fold, tell.
     let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
     // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
     match unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) } {
@@ -142,6 +157,12 @@ fn visit(sk: *mut u8) -> Option<()> {
         }
         None => untracked(sk, cookie, segs_out, segs_in),
     }
+}
+
+/// The idle floor the daemon set for this walk (`WALK_FLOOR`; 0: visit every socket).
+#[inline(always)]
+fn floor() -> u64 {
+    WALK_FLOOR.get(0).copied().unwrap_or(0)
 }
 
 /// A socket of this namespace with no state entry: one of ours if its callback flags say so

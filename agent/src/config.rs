@@ -15,6 +15,7 @@ pub const DEFAULT_DRY_RUN_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_TOP_FLOWS: usize = 500;
 /// Default `--fold-interval`: how stale an open socket's byte counters may get in its flow.
 pub const DEFAULT_FOLD_INTERVAL: Duration = Duration::from_millis(100);
+pub const DEFAULT_WALK_FULL_INTERVAL: Duration = Duration::from_secs(300);
 /// Default `--metrics-address`: where `/healthz` is served.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 /// Default `--flow-log-max-aggregation-interval`, in seconds (as flow logs: 60 or 600).
@@ -131,6 +132,14 @@ pub struct RunArgs {
     /// /proc/PID/ns/net; entered at start, which needs CAP_SYS_ADMIN). Repeatable [default: none].
     #[arg(long, value_name = "PATH")]
     pub walk_netns: Vec<PathBuf>,
+    /// Walk mode: how often a walk visits every open socket. The walks in between pass over
+    /// sockets that sent and received nothing since the previous walk began (one read each, no
+    /// map lookup). A few rare segments leave no such mark (a window update sent as the
+    /// application reads old data, a segment dropped from a full backlog); they reach their flow
+    /// at the socket's next segment, its close or the next full walk, whichever comes first.
+    /// "0s": every walk visits every socket [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub walk_full_interval: Option<Duration>,
     /// Program for SYN-ACK retransmissions: "btf" (a BTF tracepoint, falling back to "tracepoint"
     /// where the kernel refuses it) or "tracepoint" (the classic tracepoint, which the kernel skips
     /// while another BPF program or BPF system call holds the CPU; counted as missed_runs)
@@ -299,6 +308,7 @@ struct FileConfig {
     top_flows: Option<usize>,
     fold_mode: Option<FoldMode>,
     walk_netns: Option<Vec<PathBuf>>,
+    walk_full_interval: Option<String>,
     synack_hook: Option<SynackHook>,
     fold_interval: Option<String>,
     metrics_address: Option<String>,
@@ -349,6 +359,7 @@ pub struct Config {
     pub top_flows: usize,
     pub fold_mode: FoldMode,
     pub walk_netns: Vec<PathBuf>,
+    pub walk_full_interval: Duration,
     pub synack_hook: SynackHook,
     pub fold_interval: Duration,
     pub metrics_address: SocketAddr,
@@ -439,6 +450,10 @@ impl Config {
             } else {
                 args.walk_netns.clone()
             },
+            walk_full_interval: args
+                .walk_full_interval
+                .or(file_duration("walk_full_interval", &file.walk_full_interval)?)
+                .unwrap_or(DEFAULT_WALK_FULL_INTERVAL),
             synack_hook: args.synack_hook.or(file.synack_hook).unwrap_or_default(),
             fold_interval: args
                 .fold_interval

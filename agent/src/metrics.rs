@@ -34,6 +34,7 @@ pub struct Metrics {
     pub map_full_listeners: AtomicU64,
     pub untracked_events: AtomicU64,
     pub missed_runs: AtomicU64,
+    pub walk_idle_sockets: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
     pub spool_reports: AtomicU64,
@@ -61,6 +62,7 @@ impl Metrics {
         self.map_full_listeners.fetch_add(s.map_full.listeners, Relaxed);
         self.untracked_events.fetch_add(s.untracked_events, Relaxed);
         self.missed_runs.fetch_add(s.missed_runs, Relaxed);
+        self.walk_idle_sockets.fetch_add(s.walk_idle_sockets, Relaxed);
         self.flows_tracked.store(s.flows_tracked, Relaxed);
         self.sockets_tracked.store(s.sockets_tracked, Relaxed);
     }
@@ -105,6 +107,12 @@ impl Metrics {
             "counter",
             "Kernel program runs the kernel skipped (another BPF program or BPF syscall held the CPU).",
             &[("", g(&self.missed_runs))],
+        );
+        metric(
+            "walk_idle_sockets_total",
+            "counter",
+            "Open sockets the walks passed over as idle (nothing sent or received since the walk before).",
+            &[("", g(&self.walk_idle_sockets))],
         );
         metric(
             "flows_tracked",

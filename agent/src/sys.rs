@@ -229,6 +229,14 @@ pub fn netns_cookie() -> io::Result<u64> {
     if r == 0 { Ok(cookie) } else { Err(io::Error::last_os_error()) }
 }
 
+/// CLOCK_MONOTONIC in µs: the clock of the kernel's TCP timestamps (`tcp_sock.tcp_mstamp`).
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// Give the heap's free memory back to the system (glibc's malloc_trim): start-up parses the
 /// kernel's BTF (megabytes, freed at once), which would otherwise stay in the resident set.
 pub fn release_free_memory() {

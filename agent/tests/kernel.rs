@@ -211,6 +211,97 @@ fn open_connections_folded(v6: bool) {
     assert!(open_windows.iter().all(|r| r.agent_stats.events > 0));
 }
 
+/// Connections that go quiet for several windows and then move again: the walks in between pass
+/// over their sockets as idle (reported), the first walk after they move folds them again, and
+/// the totals equal the bytes moved exactly.
+#[test]
+fn idle_open_connections_are_passed_over_and_counted_exactly_when_they_move_again() {
+    let Some(_g) = privileged("idle_open_connections_are_passed_over_and_counted_exactly_when_they_move_again") else {
+        return;
+    };
+    let (reports, quiet) = idle_then_busy(&[], 5031);
+    let idle: Vec<u64> = reports.iter().map(|r| r.agent_stats.walk_idle_sockets).collect();
+    eprintln!("walk_idle_sockets per window: {idle:?}");
+    let busy = idle[..quiet.start].iter().max().copied().unwrap_or(0);
+    let quiet_max = idle[quiet].iter().max().copied().unwrap_or(0);
+    assert!(quiet_max >= busy + 8, "a walk while the connections were quiet passed over their 8 sockets: {idle:?}");
+}
+
+/// The same with `--walk-full-interval 0s`: every walk visits every socket, none is passed over.
+#[test]
+fn every_walk_visits_every_socket_with_a_full_interval_of_zero() {
+    let Some(_g) = privileged("every_walk_visits_every_socket_with_a_full_interval_of_zero") else { return };
+    let (reports, _) = idle_then_busy(&["--walk-full-interval", "0s"], 5032);
+    assert!(reports.iter().all(|r| r.agent_stats.walk_idle_sockets == 0));
+}
+
+/// Four connections that exchange data for 2 s, stay quiet for 4.5 s, exchange again for 2 s and
+/// close: their totals match what moved, and in a window after the quiet spell, before any
+/// closed, the walk folded their new traffic. Returns the reports and the quiet windows.
+fn idle_then_busy(extra: &[&str], port: u16) -> (Vec<Report>, std::ops::Range<usize>) {
+    let lab = Lab::new();
+    // Inside the server's namespace, so that the walks cover the lab's sockets only (and the
+    // idle counts are theirs).
+    let agent = Agent::start_full(&lab, Some(&lab.b), &["--dry-run"], extra, &[]);
+    let (ca, sb) = (lab.a4, lab.b4);
+    let p = port.to_string();
+    let server = lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", &p, "--conns", "4", "--echo"]);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let args = [
+                "pingpong",
+                "--addr",
+                sb,
+                "--port",
+                &p,
+                "--secs",
+                "2",
+                "--idle-secs",
+                "4.5",
+                "--size",
+                "2000",
+                "--interval-ms",
+                "20",
+            ];
+            lab.traffic(&lab.a, &args)
+        })
+        .collect();
+    let clients: Vec<_> = clients.into_iter().map(|c| c.result()).collect();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(30));
+    let reports = agent.stop();
+
+    let sum = |k: &str| clients.iter().map(|c| c[k].as_u64().unwrap()).sum::<u64>();
+    let c = totals(&reports, flow(ca, sb, port, Role::Client));
+    let s = totals(&reports, flow(sb, ca, port, Role::Server));
+    eprintln!("client {c:?}\nserver {s:?}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (sum("sent"), sum("received")));
+    assert_eq!(
+        (s.bytes_received, s.bytes_sent),
+        (server["received"].as_u64().unwrap(), server["sent"].as_u64().unwrap())
+    );
+    assert_eq!((c.established, c.closed, s.established, s.closed), (4, 4, 4, 4));
+    // Per window: did the client's connections move, and were they all open?
+    let windows: Vec<(bool, bool)> = reports
+        .iter()
+        .map(|r| {
+            let m: Vec<_> =
+                r.flows.iter().filter(|f| flow(ca, sb, port, Role::Client)(f)).map(|f| &f.metrics).collect();
+            let moved = m.iter().any(|m| m.bytes_sent > 0);
+            let open = !m.is_empty() && m.iter().all(|m| m.connections.active == 4 && m.connections.closed == 0);
+            (moved, open)
+        })
+        .collect();
+    eprintln!("windows (moved, open): {windows:?}");
+    // Traffic, then at least three windows with none, then traffic again with all still open.
+    let first = windows.iter().position(|w| w.0).expect("a window with traffic");
+    let quiet = windows[first..].iter().position(|w| !w.0).map(|i| first + i).expect("a quiet window");
+    let again = windows[quiet..].iter().position(|w| w.0).map(|i| quiet + i).expect("traffic after the quiet spell");
+    assert!(again - quiet >= 3, "{windows:?}");
+    assert!(windows[again].1, "the first window of the second round folded open connections: {windows:?}");
+    (reports, quiet..again)
+}
+
 /// With random loss of data segments in both directions, retransmissions and timeouts summed over
 /// a namespace's flows equal that namespace's TcpRetransSegs and TcpExtTCPTimeouts.
 #[test]

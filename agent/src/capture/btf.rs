@@ -276,6 +276,8 @@ pub struct TcpOffsets {
     pub bytes_received: u32,
     pub segs_out: u32,
     pub segs_in: u32,
+    /// `tcp_sock.tcp_mstamp` (u64): when the kernel last handled a segment of the socket.
+    pub mstamp: u32,
     pub total_retrans: u32,
     pub snd_una: u32,
     pub snd_nxt: u32,
@@ -308,6 +310,7 @@ impl TcpOffsets {
             bytes_received: f("bytes_received", 8)?,
             segs_out: f("segs_out", 4)?,
             segs_in: f("segs_in", 4)?,
+            mstamp: f("tcp_mstamp", 8)?,
             total_retrans: f("total_retrans", 4)?,
             snd_una: f("snd_una", 4)?,
             snd_nxt: f("snd_nxt", 4)?,
@@ -423,8 +426,17 @@ mod tests {
         assert!(btf.typedef_id("btf_trace_tcp_retransmit_synack").is_some_and(|id| id > 1000));
         // tcp_sock starts with inet_connection_sock, far larger than 512 bytes; the counters are
         // distinct fields.
-        let all =
-            [o.bytes_acked, o.bytes_received, o.segs_out, o.segs_in, o.total_retrans, o.snd_una, o.snd_nxt, o.srtt_us];
+        let all = [
+            o.bytes_acked,
+            o.bytes_received,
+            o.segs_out,
+            o.segs_in,
+            o.mstamp,
+            o.total_retrans,
+            o.snd_una,
+            o.snd_nxt,
+            o.srtt_us,
+        ];
         // The TCP state and the addressing are in the first bytes of every socket (struct
         // sock_common), the callback flags in tcp_sock's own part.
         assert!(o.state < 64, "{o:?}");

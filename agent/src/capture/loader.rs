@@ -9,7 +9,7 @@ use std::{
 
 use agent_common::maps::{
     FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
-    WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, WalkedNetns, stat,
+    WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, WalkedNetns, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -251,8 +251,8 @@ impl Capture {
     /// Run the walk of open sockets: every established socket of a walked namespace has its new
     /// bytes, segments and retransmissions (and an RTT sample) in its flow now. No-op in
     /// callback mode.
-    pub fn walk(&self) -> Result<(), CaptureError> {
-        let Folding::Walk(walk) = &self.folding else { return Ok(()) };
+    pub fn walk(&mut self) -> Result<(), CaptureError> {
+        let Folding::Walk(walk) = &mut self.folding else { return Ok(()) };
         let started = Instant::now();
         walk.run().map_err(CaptureError::Walk)?;
         tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");
@@ -336,6 +336,7 @@ fn load(cfg: &Config, synack: Option<&SynackOffsets>, tcp: Option<&TcpOffsets>) 
         .override_global("TCP_OFF_BYTES_RECEIVED", &t.bytes_received, true)
         .override_global("TCP_OFF_SEGS_OUT", &t.segs_out, true)
         .override_global("TCP_OFF_SEGS_IN", &t.segs_in, true)
+        .override_global("TCP_OFF_MSTAMP", &t.mstamp, true)
         .override_global("TCP_OFF_TOTAL_RETRANS", &t.total_retrans, true)
         .override_global("TCP_OFF_SND_UNA", &t.snd_una, true)
         .override_global("TCP_OFF_SND_NXT", &t.snd_nxt, true)
@@ -390,10 +391,14 @@ const ITER_TARGET: &str = "bpf_iter_tcp";
 fn start_walk(ebpf: &mut Ebpf, cfg: &Config, iter_id: u32) -> Result<Walk, String> {
     let btf = aya::Btf::parse(&super::btf::stand_in_for_func(iter_id, ITER_TARGET), aya::Endianness::default())
         .map_err(|e| format!("building the iterator's BTF stand-in: {e}"))?;
+    let floor = Array::try_from(
+        ebpf.take_map(WALK_FLOOR_MAP).ok_or_else(|| format!("map {WALK_FLOOR_MAP} is missing from the object"))?,
+    )
+    .map_err(|e| format!("map {WALK_FLOOR_MAP}: {e}"))?;
     let prog: &mut Iter = program(ebpf, "flow_walk").map_err(|e| e.to_string())?;
     prog.load("tcp", &btf).map_err(|e| format!("loading the walk program: {}", error_chain(&e)))?;
     let prog_fd = prog.fd().map_err(|e| e.to_string())?;
-    let (walk, cookies) = Walk::start(prog_fd.as_fd(), &cfg.walk_netns)?;
+    let (walk, cookies) = Walk::start(prog_fd.as_fd(), &cfg.walk_netns, floor, cfg.walk_full_interval)?;
     let mut walked: HashMap<&mut MapData, u64, u8> = HashMap::try_from(
         ebpf.map_mut(WALKED_NETNS_MAP).ok_or_else(|| format!("map {WALKED_NETNS_MAP} is missing from the object"))?,
     )

@@ -3,6 +3,14 @@
 //! that starts it, so this process's own namespace is walked from the caller's thread, and each
 //! namespace given with `--walk-netns` from a thread of its own that entered it at start (with
 //! CAP_SYS_ADMIN, which it then drops with every other capability).
+//!
+//! Before each walk the daemon sets the walk's idle floor (`WALK_FLOOR`, `Floor`): the start of
+//! the last walk that completed, less a margin. The kernel stamps a socket (`tcp_mstamp`) as it
+//! handles a segment in or out, under the socket's lock, which the walk's visit takes too; so a
+//! socket stamped before that start was visited by that walk with everything it had done, and
+//! has moved nothing since. The program passes it over with one read instead of a map lookup.
+//! Once per `--walk-full-interval` the floor is 0 and the walk visits every socket, for the rare
+//! segments the kernel counts without stamping the socket.
 
 use std::{
     fs::File,
@@ -14,6 +22,8 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{Array, MapData};
+
 use crate::sys;
 
 /// Read retries of one pass: the kernel pauses an iterator (EAGAIN) after a million sockets
@@ -22,6 +32,43 @@ const PASS_RETRIES: usize = 64;
 
 /// Longest a pass in another namespace may take before the walk reports it as failed.
 const PASS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How far below the last walk's start the idle floor sits: a segment the kernel sends shortly
+/// after a stamp without stamping again (a compressed SACK's timer, within milliseconds) is
+/// still covered, and so is any skew between the two readings of the clock.
+const FLOOR_MARGIN_US: u64 = 1_000_000;
+
+/// The walks' idle floors: a walk passes over sockets whose `tcp_mstamp` (µs of
+/// CLOCK_MONOTONIC) is below its floor.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Floor {
+    /// Start of the last walk that completed.
+    last_start_us: Option<u64>,
+    /// Start of the last complete walk that visited every socket.
+    last_full_us: Option<u64>,
+}
+
+impl Floor {
+    /// The floor of a walk starting at `now_us`: 0 (visit every socket) for the first walk and
+    /// when a full walk is due (`full_every` since the last one; always for 0), otherwise the
+    /// last complete walk's start less the margin. A walk that failed does not move it, so a
+    /// socket it missed is visited by the next.
+    fn for_walk(&self, now_us: u64, full_every: Duration) -> u64 {
+        let full_due = self.last_full_us.is_none_or(|f| now_us.saturating_sub(f) >= full_every.as_micros() as u64);
+        match self.last_start_us {
+            Some(start) if !full_due => start.saturating_sub(FLOOR_MARGIN_US),
+            _ => 0,
+        }
+    }
+
+    /// The walk that started at `now_us` with floor `floor` completed.
+    fn completed(&mut self, now_us: u64, floor: u64) {
+        self.last_start_us = Some(now_us);
+        if floor == 0 {
+            self.last_full_us = Some(now_us);
+        }
+    }
+}
 
 /// One pass over the calling thread's namespace: reading the iterator runs the program on every
 /// TCP socket; it writes nothing, so the read ends at end of file.
@@ -118,17 +165,27 @@ impl NetnsWalker {
     }
 }
 
-/// The walk: its iterator link, and the threads in the other walked namespaces.
+/// The walk: its iterator link, the threads in the other walked namespaces, and the idle floor
+/// (the program's `WALK_FLOOR` map and what it is set from).
 pub struct Walk {
     link: Arc<OwnedFd>,
     others: Vec<NetnsWalker>,
+    floor_map: Array<MapData, u64>,
+    floor: Floor,
+    full_every: Duration,
 }
 
 impl Walk {
     /// Link the loaded walk program and enter the namespaces in `others`. Returns the walk and
     /// the cookies of the namespaces it walks (this process's own first); a namespace that
     /// cannot be entered is left out with a warning, its sockets fold from callbacks.
-    pub fn start(prog: BorrowedFd<'_>, others: &[PathBuf]) -> Result<(Walk, Vec<u64>), String> {
+    /// `floor_map` is the program's `WALK_FLOOR`; every `full_every` a walk visits every socket.
+    pub fn start(
+        prog: BorrowedFd<'_>,
+        others: &[PathBuf],
+        floor_map: Array<MapData, u64>,
+        full_every: Duration,
+    ) -> Result<(Walk, Vec<u64>), String> {
         let own = sys::netns_cookie().map_err(|e| format!("reading this namespace's cookie (SO_NETNS_COOKIE): {e}"))?;
         let link = Arc::new(sys::bpf_iter_link(prog).map_err(|e| format!("linking the walk program: {e}"))?);
         let mut cookies = vec![own];
@@ -143,11 +200,19 @@ impl Walk {
                 Err(e) => tracing::warn!("{e}: its sockets fold from per-segment callbacks"),
             }
         }
-        Ok((Walk { link, others: walkers }, cookies))
+        Ok((Walk { link, others: walkers, floor_map, floor: Floor::default(), full_every }, cookies))
     }
 
     /// One pass over every walked namespace, the others in parallel with this thread's own.
-    pub fn run(&self) -> Result<(), String> {
+    pub fn run(&mut self) -> Result<(), String> {
+        let now_us = sys::monotonic_us();
+        let mut floor = self.floor.for_walk(now_us, self.full_every);
+        if let Err(e) = self.floor_map.set(0, floor, 0) {
+            // The map keeps the floor of an earlier walk, which is lower: this walk visits more
+            // sockets, but it cannot count as a full one.
+            tracing::warn!("setting the walk's idle floor: {e}");
+            floor = u64::MAX;
+        }
         let asked: Vec<&NetnsWalker> = self.others.iter().filter(|w| w.ask()).collect();
         let mut errors = Vec::new();
         if let Err(e) = pass(self.link.as_fd()) {
@@ -158,10 +223,77 @@ impl Walk {
                 errors.push(e);
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        self.floor.completed(now_us, floor);
+        Ok(())
     }
 
     pub fn namespaces(&self) -> usize {
         1 + self.others.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000;
+    const FIVE_MIN: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn the_first_walk_visits_every_socket() {
+        assert_eq!(Floor::default().for_walk(100 * S, FIVE_MIN), 0);
+    }
+
+    #[test]
+    fn later_walks_pass_over_sockets_stamped_before_the_last_walk_began() {
+        let mut f = Floor::default();
+        f.completed(100 * S, 0);
+        assert_eq!(f.for_walk(130 * S, FIVE_MIN), 99 * S);
+        f.completed(130 * S, 99 * S);
+        assert_eq!(f.for_walk(160 * S, FIVE_MIN), 129 * S);
+    }
+
+    #[test]
+    fn a_failed_walk_leaves_the_floor_where_it_was() {
+        let mut f = Floor::default();
+        f.completed(100 * S, 0);
+        // The walk at 130 s failed: not recorded, so the one at 160 s still visits every socket
+        // stamped since 99 s.
+        assert_eq!(f.for_walk(160 * S, FIVE_MIN), 99 * S);
+    }
+
+    #[test]
+    fn a_full_walk_comes_once_per_interval() {
+        let mut f = Floor::default();
+        f.completed(100 * S, 0);
+        let mut t = 100 * S;
+        let mut full = Vec::new();
+        while t < 1000 * S {
+            t += 30 * S;
+            let floor = f.for_walk(t, FIVE_MIN);
+            if floor == 0 {
+                full.push(t / S);
+            }
+            f.completed(t, floor);
+        }
+        assert_eq!(full, [400, 700, 1000]);
+    }
+
+    #[test]
+    fn a_walk_that_could_not_set_its_floor_is_not_a_full_one() {
+        let mut f = Floor::default();
+        f.completed(100 * S, u64::MAX);
+        assert_eq!(f.last_full_us, None);
+        assert_eq!(f.for_walk(130 * S, FIVE_MIN), 0);
+    }
+
+    #[test]
+    fn zero_makes_every_walk_a_full_one() {
+        let mut f = Floor::default();
+        f.completed(100 * S, 0);
+        assert_eq!(f.for_walk(100 * S + 1, Duration::ZERO), 0);
     }
 }

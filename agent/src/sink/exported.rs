@@ -176,8 +176,11 @@ pub const LATENCIES: &[(&str, &str, LatencyOf)] = &[
     ("flow.handshake.duration", "flow_agent_handshake_seconds", |m| &m.handshake_us),
 ];
 
+/// How many counters of the agent itself there are (`agent_counters`).
+pub const AGENT_COUNTERS: usize = 9;
+
 /// Counters of the agent itself (per window in the report): (OTLP name, Prometheus name, value).
-pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); 8] {
+pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); AGENT_COUNTERS] {
     [
         ("flow_agent.events", "flow_agent_events_total", s.events as f64),
         ("flow_agent.ringbuf_drops", "flow_agent_ringbuf_drops_total", s.ringbuf_drops as f64),
@@ -186,6 +189,7 @@ pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); 8] 
         ("flow_agent.map_full.listeners", "flow_agent_map_full_listeners_total", s.map_full.listeners as f64),
         ("flow_agent.untracked_events", "flow_agent_untracked_events_total", s.untracked_events as f64),
         ("flow_agent.missed_runs", "flow_agent_missed_runs_total", s.missed_runs as f64),
+        ("flow_agent.walk.idle_sockets", "flow_agent_walk_idle_sockets_total", s.walk_idle_sockets as f64),
         ("flow_agent.cpu.time", "flow_agent_cpu_seconds_total", s.cpu_seconds),
     ]
 }

@@ -125,19 +125,23 @@ def pingpong(a):
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     msg = b"p" * a.size
     sent = got = rounds = 0
-    end = time.time() + a.secs
-    while time.time() < end:
-        c.sendall(msg)
-        sent += len(msg)
-        need = len(msg)
-        while need:
-            d = c.recv(need)
-            if not d:
-                raise SystemExit("server closed early")
-            need -= len(d)
-            got += len(d)
-        rounds += 1
-        time.sleep(a.interval_ms / 1000)
+    # With --idle-secs: a second round of --secs after that long with nothing sent.
+    for phase in range(2 if a.idle_secs else 1):
+        if phase:
+            time.sleep(a.idle_secs)
+        end = time.time() + a.secs
+        while time.time() < end:
+            c.sendall(msg)
+            sent += len(msg)
+            need = len(msg)
+            while need:
+                d = c.recv(need)
+                if not d:
+                    raise SystemExit("server closed early")
+                need -= len(d)
+                got += len(d)
+            rounds += 1
+            time.sleep(a.interval_ms / 1000)
     c.shutdown(socket.SHUT_WR)
     got += read_all(c)
     c.close()
@@ -161,6 +165,7 @@ def main():
     p.add_argument("--secs", type=float, default=3)
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--interval-ms", type=float, default=20)
+    p.add_argument("--idle-secs", type=float, default=0)
     a = p.parse_args()
     {"serve": serve, "connect": connect, "pingpong": pingpong}[a.mode](a)
 

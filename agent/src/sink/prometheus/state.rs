@@ -13,7 +13,8 @@ use agent_common::report::{FlowMetrics, LatencySummary, Report};
 
 use super::wire::{Label, MetricMetadata, MetricType, STALE_NAN, Sample, TimeSeries};
 use crate::sink::exported::{
-    ACTIVE, FLOW_COUNTERS, LATENCIES, OTHER_FLOWS, OTHER_LABEL, agent_counters, agent_gauges, flow_labels, sum_seconds,
+    ACTIVE, AGENT_COUNTERS, FLOW_COUNTERS, LATENCIES, OTHER_FLOWS, OTHER_LABEL, agent_counters, agent_gauges,
+    flow_labels, sum_seconds,
 };
 
 /// Histogram bucket bounds (`le`) in microseconds: every power of two from 32 us to 33.5 s.
@@ -87,7 +88,7 @@ pub struct State {
     other: Totals,
     /// Flow-windows summed into `other` because `max_flows` was reached.
     folded: u64,
-    agent: [f64; 7],
+    agent: [f64; AGENT_COUNTERS],
 }
 
 /// The series of one report, ready to send.
@@ -105,7 +106,7 @@ impl State {
             flows: HashMap::new(),
             other: Totals { fresh: true, ..Default::default() },
             folded: 0,
-            agent: [0.0; 7],
+            agent: [0.0; AGENT_COUNTERS],
         }
     }
 
@@ -354,6 +355,20 @@ mod tests {
         assert!(find(&b6, "flow_agent_bytes_sent_total", Some(80)).is_none());
         let ev = b6.series.iter().find(|s| s.labels.iter().any(|l| l.value == "flow_agent_events_total")).unwrap();
         assert_eq!(ev.samples.last().unwrap().value, 60.0);
+    }
+
+    #[test]
+    fn every_agent_counter_is_sent() {
+        let mut s = State::new(10, 3);
+        let mut r = report(0, vec![]);
+        r.agent_stats.cpu_seconds = 1.5;
+        r.agent_stats.walk_idle_sockets = 7;
+        let b = s.apply(&r, &[]);
+        for (_, name, v) in agent_counters(&r.agent_stats) {
+            let series = b.series.iter().find(|s| s.labels.iter().any(|l| l.name == "__name__" && l.value == name));
+            let last = series.unwrap_or_else(|| panic!("{name} is not sent")).samples.last().unwrap().value;
+            assert_eq!(last, v, "{name}");
+        }
     }
 
     #[test]
