@@ -128,16 +128,18 @@ fn visit(sk: *mut u8) -> Option<()> {
     let sk = tp.cast::<u8>().cast_const();
     // Nothing moves a socket's counters but a segment in or out, and the kernel stamps the
     // socket as it handles one. A socket stamped before the floor (the previous walk's start)
-    // was visited by that walk and has moved nothing since: one read, no lookup.
+    // was visited by that walk and has moved nothing since: no lookup. Otherwise its segment
+    // counters, compared with those of its last fold, tell. The three loads go first, together:
+    // they are on three cache lines, whose misses then overlap (measured: 306 ns per visit
+    // against 331 with the counters read after the test, in the idle bench's set-up).
     let stamp: u64 = field(sk, off(&TCP_OFF_MSTAMP))?;
+    let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
     if stamp < floor() {
         count(stat::WALK_IDLE);
         return None;
     }
     // SAFETY: a full socket, as the helper checked.
     let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
-    // Otherwise the segment counters, compared with those of its last fold, tell.
-    let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
     // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
     match unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) } {
         Some(st) => {
