@@ -46,8 +46,16 @@ pub struct Reports {
 
 impl Agent {
     /// Start `bin` on `cgroup`, walking the namespaces `netns` (by name, /run/netns/NAME) when
-    /// the binary knows `--walk-netns` (a baseline build may not).
-    pub fn start(bin: &Path, cgroup: &Cgroup, netns: &[String], max_sockets: u32, dir: &Path) -> Result<Agent> {
+    /// the binary knows `--walk-netns` (a baseline build may not), with report windows of
+    /// `window` (the walk runs at each window end).
+    pub fn start(
+        bin: &Path,
+        cgroup: &Cgroup,
+        netns: &[String],
+        max_sockets: u32,
+        dir: &Path,
+        window: &str,
+    ) -> Result<Agent> {
         let log = unique(dir);
         let mut cmd = Command::new(bin);
         let help = Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
@@ -57,11 +65,11 @@ impl Agent {
             }
         }
         // Extra agent flags for comparisons, e.g. FLOW_BENCH_AGENT_ARGS="--fold-interval 0s"; a
-        // --report-interval among them replaces the bench's 10 s.
+        // --report-interval among them replaces the bench's `window`.
         let extra = std::env::var("FLOW_BENCH_AGENT_ARGS").unwrap_or_default();
         let extra: Vec<&str> = extra.split_whitespace().collect();
         if !extra.iter().any(|a| a.starts_with("--report-interval")) {
-            cmd.args(["--report-interval", "10s"]);
+            cmd.args(["--report-interval", window]);
         }
         cmd.args(["--dry-run", "--metrics-address", "127.0.0.1:0", "--top-flows", "10000"])
             .arg("--control-socket")

@@ -36,6 +36,13 @@ pub use workloads::idle_helper;
 pub const USAGE: &str =
     "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]";
 
+/// The agents' report window in the bench's runs (the walk runs at each window end).
+const WINDOW: &str = "10s";
+
+/// The report window of the bpf_stats run: short enough that a run of a few seconds always
+/// contains walks, whose run time it measures (with 10-s windows a 5-s run often had none).
+const STATS_WINDOW: &str = "2s";
+
 /// Debian packages the agent workloads use (installed by `bench`, not by `setup`).
 const BENCH_APT: &[&str] = &["nginx-light", "wrk", "iperf3", "iproute2", "procps"];
 const SOAK_SECS: u64 = 600;
@@ -193,7 +200,7 @@ fn agent_bench(o: &Options) -> Result<String> {
             for i in 0..pairs {
                 for on in [false, true] {
                     let agent_bin = if on { Some(bin.as_path()) } else { baseline.as_deref() };
-                    let mut r = run_once(&mut env, agent_bin, secs)?;
+                    let mut r = run_once(&mut env, agent_bin, secs, WINDOW)?;
                     eprintln!(
                         "bench:   {} {} #{}: {}",
                         kind.id(),
@@ -210,7 +217,7 @@ fn agent_bench(o: &Options) -> Result<String> {
             }
             let mut r = {
                 let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
-                run_once(&mut env, Some(bin.as_path()), secs)?
+                run_once(&mut env, Some(bin.as_path()), secs, STATS_WINDOW)?
             };
             r.ebpf_stats = true;
             eprintln!("bench:   {} on, bpf_stats: {}", kind.id(), run_line(kind, &r));
@@ -292,9 +299,9 @@ fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: u
     let mut out = Vec::new();
     for i in 0..runs {
         let (watched, other) = if i % 2 == 0 { (&mut *env, &mut twin) } else { (&mut twin, &mut *env) };
-        let agent = Agent::start(bin, &watched.cgroup, &watched.netns(), kind.max_sockets(), watched.dir())?;
+        let agent = Agent::start(bin, &watched.cgroup, &watched.netns(), kind.max_sockets(), watched.dir(), WINDOW)?;
         let base = match baseline {
-            Some(b) => Some(Agent::start(b, &other.cgroup, &other.netns(), kind.max_sockets(), other.dir())?),
+            Some(b) => Some(Agent::start(b, &other.cgroup, &other.netns(), kind.max_sockets(), other.dir(), WINDOW)?),
             None => None,
         };
         let cpu0 = agent.cpu_seconds()?;
@@ -335,9 +342,9 @@ fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: u
     Ok(out)
 }
 
-fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
+fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64, window: &str) -> Result<Run> {
     let agent = match agent_bin {
-        Some(bin) => Some(Agent::start(bin, &env.cgroup, &env.netns(), env.kind.max_sockets(), env.dir())?),
+        Some(bin) => Some(Agent::start(bin, &env.cgroup, &env.netns(), env.kind.max_sockets(), env.dir(), window)?),
         None => None,
     };
     let cpu0 = agent.as_ref().map(Agent::cpu_seconds).transpose()?;
@@ -365,7 +372,7 @@ fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64) -> Result<Run> {
 fn soak(bin: &Path, dir: &Path, secs: u64) -> Result<Soak> {
     eprintln!("bench: soak, connection storm for {secs} s with the agent on");
     let mut env = Env::new(Kind::Storm, dir, false)?;
-    let agent = Agent::start(bin, &env.cgroup, &env.netns(), Kind::Storm.max_sockets(), dir)?;
+    let agent = Agent::start(bin, &env.cgroup, &env.netns(), Kind::Storm.max_sockets(), dir, WINDOW)?;
     let pid = agent.pid();
     let cpu0 = agent.cpu_seconds()?;
     let opens0 = env.opens()?;

@@ -328,8 +328,8 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
         "{pairs} x (agent off, agent on) alternating runs of {secs} s per workload, with kernel.bpf_stats_enabled=0; \
          {} cores; means over runs. Coverage: connections in the agent's reports (attempted, client + server side) / \
          TcpActiveOpens + TcpPassiveOpens of the workload's namespaces. eBPF ns: run_time_ns / run_cnt of one more \
-         agent-on run per workload with kernel.bpf_stats_enabled=1 (left out of the throughput figures: it reads the \
-         clock twice per program invocation), per invocation, with invocations per connection (and per request for wrk \
+         agent-on run per workload with kernel.bpf_stats_enabled=1 and 2-s report windows, so that it always contains \
+         walks (left out of the throughput figures: it reads the clock twice per program invocation), per invocation, with invocations per connection (and per request for wrk \
          workloads). Drops: map_full + untracked_events + ringbuf_drops + missed_runs.\n\n",
         cpus()
     ));
