@@ -61,10 +61,10 @@ impl Floor {
         }
     }
 
-    /// The walk that started at `now_us` with floor `floor` completed.
-    fn completed(&mut self, now_us: u64, floor: u64) {
+    /// The walk that started at `now_us` completed; `full`: it visited every socket.
+    fn completed(&mut self, now_us: u64, full: bool) {
         self.last_start_us = Some(now_us);
-        if floor == 0 {
+        if full {
             self.last_full_us = Some(now_us);
         }
     }
@@ -206,13 +206,16 @@ impl Walk {
     /// One pass over every walked namespace, the others in parallel with this thread's own.
     pub fn run(&mut self) -> Result<(), String> {
         let now_us = sys::monotonic_us();
-        let mut floor = self.floor.for_walk(now_us, self.full_every);
-        if let Err(e) = self.floor_map.set(0, floor, 0) {
-            // The map keeps the floor of an earlier walk, which is lower: this walk visits more
-            // sockets, but it cannot count as a full one.
-            tracing::warn!("setting the walk's idle floor: {e}");
-            floor = u64::MAX;
-        }
+        let floor = self.floor.for_walk(now_us, self.full_every);
+        let full = match self.floor_map.set(0, floor, 0) {
+            Ok(()) => floor == 0,
+            Err(e) => {
+                // The map keeps the floor of an earlier walk, which is lower: this walk visits
+                // more sockets, but it cannot count as a full one.
+                tracing::warn!("setting the walk's idle floor: {e}");
+                false
+            }
+        };
         let asked: Vec<&NetnsWalker> = self.others.iter().filter(|w| w.ask()).collect();
         let mut errors = Vec::new();
         if let Err(e) = pass(self.link.as_fd()) {
@@ -226,7 +229,7 @@ impl Walk {
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
-        self.floor.completed(now_us, floor);
+        self.floor.completed(now_us, full);
         Ok(())
     }
 
@@ -250,16 +253,16 @@ mod tests {
     #[test]
     fn later_walks_pass_over_sockets_stamped_before_the_last_walk_began() {
         let mut f = Floor::default();
-        f.completed(100 * S, 0);
+        f.completed(100 * S, true);
         assert_eq!(f.for_walk(130 * S, FIVE_MIN), 99 * S);
-        f.completed(130 * S, 99 * S);
+        f.completed(130 * S, false);
         assert_eq!(f.for_walk(160 * S, FIVE_MIN), 129 * S);
     }
 
     #[test]
     fn a_failed_walk_leaves_the_floor_where_it_was() {
         let mut f = Floor::default();
-        f.completed(100 * S, 0);
+        f.completed(100 * S, true);
         // The walk at 130 s failed: not recorded, so the one at 160 s still visits every socket
         // stamped since 99 s.
         assert_eq!(f.for_walk(160 * S, FIVE_MIN), 99 * S);
@@ -268,7 +271,7 @@ mod tests {
     #[test]
     fn a_full_walk_comes_once_per_interval() {
         let mut f = Floor::default();
-        f.completed(100 * S, 0);
+        f.completed(100 * S, true);
         let mut t = 100 * S;
         let mut full = Vec::new();
         while t < 1000 * S {
@@ -277,7 +280,7 @@ mod tests {
             if floor == 0 {
                 full.push(t / S);
             }
-            f.completed(t, floor);
+            f.completed(t, floor == 0);
         }
         assert_eq!(full, [400, 700, 1000]);
     }
@@ -285,7 +288,7 @@ mod tests {
     #[test]
     fn a_walk_that_could_not_set_its_floor_is_not_a_full_one() {
         let mut f = Floor::default();
-        f.completed(100 * S, u64::MAX);
+        f.completed(100 * S, false);
         assert_eq!(f.last_full_us, None);
         assert_eq!(f.for_walk(130 * S, FIVE_MIN), 0);
     }
@@ -293,7 +296,7 @@ mod tests {
     #[test]
     fn zero_makes_every_walk_a_full_one() {
         let mut f = Floor::default();
-        f.completed(100 * S, 0);
+        f.completed(100 * S, true);
         assert_eq!(f.for_walk(100 * S + 1, Duration::ZERO), 0);
     }
 }
