@@ -40,6 +40,48 @@ pub fn fin_flags(state: u32) -> u32 {
     }
 }
 
+/// sock_ops callbacks (`BPF_SOCK_OPS_*_CB`, uapi `linux/bpf.h`) that the program handles.
+pub mod op {
+    pub const TCP_CONNECT: u32 = 3;
+    pub const ACTIVE_ESTABLISHED: u32 = 4;
+    pub const PASSIVE_ESTABLISHED: u32 = 5;
+    pub const RTO: u32 = 8;
+    pub const RETRANS: u32 = 9;
+    pub const STATE: u32 = 10;
+    pub const TCP_LISTEN: u32 = 11;
+    pub const RTT: u32 = 12;
+    pub const PARSE_HDR_OPT: u32 = 13;
+    pub const HDR_OPT_LEN: u32 = 14;
+
+    /// `HDR_OPT_LEN` arg 1 when the kernel computes the current MSS (`tcp_current_mss`, 1-2
+    /// times per data segment): no segment goes out.
+    pub const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
+}
+
+/// Whether a sock_ops callback, from its op and first two arguments alone, may have work for
+/// the program. Most callbacks have none: the kernel makes `TIMEOUT_INIT`, `RWND_INIT` and
+/// `NEEDS_ECN` (two each per connection) for every socket of the cgroup whatever its flags, and
+/// of the state changes only FIN_WAIT1 and CLOSE matter (a listener's only change is to CLOSE).
+/// The program's entry answers this before it enters the handler, so a callback without work
+/// runs a few instructions in one place: what it costs when the caches are cold (after a bulk
+/// transfer) is the lines it touches.
+#[inline(always)]
+pub fn has_work(op: u32, arg0: u32, arg1: u32) -> bool {
+    match op {
+        op::STATE => arg1 == tcp_state::FIN_WAIT1 || arg1 == tcp_state::CLOSE,
+        op::HDR_OPT_LEN => arg0 != op::WRITE_HDR_TCP_CURRENT_MSS,
+        op::TCP_CONNECT
+        | op::ACTIVE_ESTABLISHED
+        | op::PASSIVE_ESTABLISHED
+        | op::RTO
+        | op::RETRANS
+        | op::TCP_LISTEN
+        | op::RTT
+        | op::PARSE_HDR_OPT => true,
+        _ => false,
+    }
+}
+
 /// Socket callback flags (`BPF_SOCK_OPS_*_CB_FLAG`, uapi `linux/bpf.h`): which callbacks the
 /// kernel makes for a socket. They live in the socket itself (`tcp_sock.bpf_sock_ops_cb_flags`),
 /// so they are also the one per-socket memory that costs no map operation.
@@ -259,6 +301,50 @@ pub fn classify_end(old_state: u32, flags: u32) -> End {
 mod tests {
     use super::tcp_state::*;
     use super::*;
+
+    #[test]
+    fn only_callbacks_with_work_enter_the_handler() {
+        const TIMEOUT_INIT: u32 = 1;
+        const RWND_INIT: u32 = 2;
+        const NEEDS_ECN: u32 = 6;
+        const BASE_RTT: u32 = 7;
+        for o in [TIMEOUT_INIT, RWND_INIT, NEEDS_ECN, BASE_RTT, 15, 16, 99] {
+            assert!(!has_work(o, 0, 0), "op {o}");
+        }
+        for o in [
+            op::TCP_CONNECT,
+            op::ACTIVE_ESTABLISHED,
+            op::PASSIVE_ESTABLISHED,
+            op::RTO,
+            op::RETRANS,
+            op::TCP_LISTEN,
+            op::RTT,
+            op::PARSE_HDR_OPT,
+        ] {
+            assert!(has_work(o, 0, 0), "op {o}");
+        }
+        // State changes: FIN_WAIT1 (arms the FIN parse) and CLOSE (the fold), from any state,
+        // a listener's too; nothing else.
+        for old in [ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, LISTEN, CLOSING] {
+            assert!(has_work(op::STATE, old, CLOSE), "{old} -> CLOSE");
+        }
+        assert!(has_work(op::STATE, ESTABLISHED, FIN_WAIT1));
+        for (old, new) in [
+            (SYN_SENT, ESTABLISHED),
+            (SYN_RECV, ESTABLISHED),
+            (FIN_WAIT1, FIN_WAIT2),
+            (FIN_WAIT1, CLOSING),
+            (ESTABLISHED, CLOSE_WAIT),
+            (CLOSE_WAIT, LAST_ACK),
+            (FIN_WAIT2, TIME_WAIT),
+        ] {
+            assert!(!has_work(op::STATE, old, new), "{old} -> {new}");
+        }
+        // Outgoing segments, not MSS computations.
+        assert!(has_work(op::HDR_OPT_LEN, 0, 0));
+        assert!(has_work(op::HDR_OPT_LEN, 2, 0));
+        assert!(!has_work(op::HDR_OPT_LEN, op::WRITE_HDR_TCP_CURRENT_MSS, 0));
+    }
 
     #[test]
     fn a_walked_clients_attempt_is_counted_once() {
