@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Attach a minimal sock_ops program to a cgroup until killed: the hook's floor cost.
-usage: sockops_floor.py CGROUP empty|flags   (flags: set RTO|RETRANS|STATE at establishment, like the agent)"""
+usage: sockops_floor.py CGROUP empty|flags|state   (flags: set RTO|RETRANS|STATE at establishment, like the
+agent in callback mode; state: RTO|STATE, like a walked socket)"""
 import ctypes, os, signal, struct, sys
 libc = ctypes.CDLL(None, use_errno=True)
 NR_BPF = 321
@@ -16,6 +17,9 @@ prog = {
     "empty": [insn(0xb7, 0, imm=1), insn(0x95)],
     "flags": [insn(0x61, 2, 1, 0), insn(0x15, 2, off=3, imm=4), insn(0x15, 2, off=2, imm=5),
               insn(0xb7, 0, imm=1), insn(0x95), insn(0xb7, 2, imm=7), insn(0x85, imm=59),
+              insn(0xb7, 0, imm=1), insn(0x95)],
+    "state": [insn(0x61, 2, 1, 0), insn(0x15, 2, off=3, imm=4), insn(0x15, 2, off=2, imm=5),
+              insn(0xb7, 0, imm=1), insn(0x95), insn(0xb7, 2, imm=5), insn(0x85, imm=59),
               insn(0xb7, 0, imm=1), insn(0x95)],
 }[sys.argv[2]]
 code = b"".join(prog); cbuf = ctypes.create_string_buffer(code); lic = ctypes.create_string_buffer(b"GPL")

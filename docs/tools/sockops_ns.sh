@@ -25,11 +25,15 @@ stats_was=$(sysctl -n kernel.bpf_stats_enabled)
 finish() { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; storm_cleanup; }
 trap finish EXIT
 sleep 1.5
-# Sum run_time_ns and run_cnt over the process's sock_ops program fds (prog_type 13).
+# Sum run_time_ns and run_cnt over the process's sock_ops programs (prog_type 13), each once (the
+# agent holds some programs by more than one fd).
 sample() {
-  local t=0 c=0 f
+  local t=0 c=0 f id seen=" "
   for f in /proc/"$pid"/fdinfo/*; do
     grep -q "^prog_type:[[:space:]]*13$" "$f" 2>/dev/null || continue
+    id=$(awk '/^prog_id:/ {print $2}' "$f")
+    case "$seen" in *" $id "*) continue ;; esac
+    seen="$seen$id "
     t=$((t + $(awk '/^run_time_ns:/ {print $2}' "$f")))
     c=$((c + $(awk '/^run_cnt:/ {print $2}' "$f")))
   done
