@@ -46,20 +46,8 @@ fi
 pid=$!
 sleep 2
 if [ -n "${COUNT:-}" ]; then python3 "$here/sockops_ops.py" "$cg" > /dev/null & cpid=$!; sleep 0.5; fi
-# run_time_ns and run_cnt summed over the process's programs of one type (13 sock_ops, 26
-# tracing: the walk), each program once.
-sample() {
-  local t=0 c=0 f id seen=" "
-  for f in /proc/"$pid"/fdinfo/*; do
-    grep -q "^prog_type:[[:space:]]*$1$" "$f" 2>/dev/null || continue
-    id=$(awk '/^prog_id:/ {print $2}' "$f")
-    case "$seen" in *" $id "*) continue ;; esac
-    seen="$seen$id "
-    t=$((t + $(awk '/^run_time_ns:/ {print $2}' "$f")))
-    c=$((c + $(awk '/^run_cnt:/ {print $2}' "$f")))
-  done
-  echo "$t $c"
-}
+. "$here/prog_stats.sh"
+sample() { prog_stats "$pid" "$1"; }
 mean() { awk -v t="$1" -v c="$2" 'BEGIN {printf "%.0f ns x %d", c ? t / c : 0, c}'; }
 sysctl -q -w kernel.bpf_stats_enabled=1
 for i in $(seq "$runs"); do

@@ -25,20 +25,8 @@ stats_was=$(sysctl -n kernel.bpf_stats_enabled)
 finish() { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; storm_cleanup; }
 trap finish EXIT
 sleep 1.5
-# Sum run_time_ns and run_cnt over the process's sock_ops programs (prog_type 13), each once (the
-# agent holds some programs by more than one fd).
-sample() {
-  local t=0 c=0 f id seen=" "
-  for f in /proc/"$pid"/fdinfo/*; do
-    grep -q "^prog_type:[[:space:]]*13$" "$f" 2>/dev/null || continue
-    id=$(awk '/^prog_id:/ {print $2}' "$f")
-    case "$seen" in *" $id "*) continue ;; esac
-    seen="$seen$id "
-    t=$((t + $(awk '/^run_time_ns:/ {print $2}' "$f")))
-    c=$((c + $(awk '/^run_cnt:/ {print $2}' "$f")))
-  done
-  echo "$t $c"
-}
+. "$here/prog_stats.sh"
+sample() { prog_stats "$pid" 13; }
 sysctl -q -w kernel.bpf_stats_enabled="${STATS:-1}"
 read -r t0 c0 < <(sample)
 client=""; [ "$side" = server ] && client=none
@@ -57,5 +45,6 @@ awk -v t=$((t1 - t0)) -v c="$calls" -v r="$rate" -v q="$reqs" -v p="$prog" -v s=
 if [ -n "${perfpid:-}" ]; then
   wait "$perfpid" || true
   perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -v "^$" | head -40
-  perf report -q -i "$dir/perf.data" --children -g none --sort symbol 2>/dev/null | grep -E "bpf|sock_ops" | head -20
+  echo "-- the agent's part (its programs, the dispatch, the map helpers):"
+  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -E "bpf_prog_|sock_ops|htab|lookup_nulls" | head -20
 fi
