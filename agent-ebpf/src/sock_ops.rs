@@ -412,8 +412,9 @@ fn on_rto(ctx: &SockOpsContext) {
     }
 }
 
-/// Every state change of a tracked socket; only FIN_WAIT1 and CLOSE (and a listener's close) do
-/// work, and only those count as events.
+/// A tracked socket's change to FIN_WAIT1 or CLOSE, or a listener's close: the only state
+/// changes with work, and the only ones the entry lets through (`fold::has_work`). The tests
+/// of `new` below stay, so this does not depend on that filter.
 fn on_state(ctx: &SockOpsContext) {
     let (old, new) = (ctx.arg(0), ctx.arg(1));
     if old == tcp_state::LISTEN {
