@@ -4,17 +4,9 @@ changes by the new state), beside whatever else is attached there (the agent set
 callback flags, and so which callbacks there are). SIGUSR1 prints the counts so far, SIGINT
 prints them and exits.
 usage (root): sockops_ops.py CGROUP   (see bulk_ns.sh, COUNT=1; docs/performance.md)"""
-import ctypes, os, signal, struct, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-def bpf(cmd, attr):
-    buf = ctypes.create_string_buffer(attr, 128)
-    r = libc.syscall(321, cmd, buf, 128)
-    if r < 0:
-        e = ctypes.get_errno(); raise OSError(e, os.strerror(e))
-    return r, buf
-def insn(code, dst=0, src=0, off=0, imm=0):
-    return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
-mfd, _ = bpf(0, struct.pack("<IIII", 2, 4, 8, 256))
+import ctypes, signal, struct, sys
+from bpf_raw import attach_sock_ops, bpf, insn
+mfd = bpf(0, struct.pack("<IIII", 2, 4, 8, 256))  # BPF_MAP_CREATE: an array of 256 u64 counts
 prog = [
  insn(0x61, 2, 1, 0),            # r2 = op
  insn(0x55, 2, off=3, imm=10),   # if r2 != STATE goto +3
@@ -30,15 +22,7 @@ prog = [
  insn(0xb7, 1, imm=1),
  insn(0xdb, 0, 1, 0, 0),         # lock add
  insn(0xb7, 0, imm=1), insn(0x95)]
-code = b"".join(prog); cbuf = ctypes.create_string_buffer(code); lic = ctypes.create_string_buffer(b"GPL")
-log = ctypes.create_string_buffer(65536)
-attr = struct.pack("<IIQQIIQ", 13, len(prog), ctypes.addressof(cbuf), ctypes.addressof(lic), 1, 65536, ctypes.addressof(log))
-try:
-    pfd, _ = bpf(5, attr)
-except OSError as e:
-    sys.exit(f"load: {e}: {log.value.decode()}")
-cg = os.open(sys.argv[1], os.O_RDONLY)
-lfd, _ = bpf(28, struct.pack("<IIII", pfd, cg, 3, 0))
+attach_sock_ops(sys.argv[1], prog)
 names = {1:"TIMEOUT_INIT",2:"RWND_INIT",3:"TCP_CONNECT",4:"ACTIVE_EST",5:"PASSIVE_EST",6:"NEEDS_ECN",7:"BASE_RTT",8:"RTO",9:"RETRANS",11:"TCP_LISTEN",12:"RTT",13:"PARSE_HDR",14:"HDR_OPT_LEN",15:"WRITE_HDR"}
 st = {1:"ESTABLISHED",2:"SYN_SENT",3:"SYN_RECV",4:"FIN_WAIT1",5:"FIN_WAIT2",6:"TIME_WAIT",7:"CLOSE",8:"CLOSE_WAIT",9:"LAST_ACK",10:"LISTEN",11:"CLOSING",12:"NEW_SYN_RECV"}
 def dump():
@@ -53,5 +37,4 @@ def dump():
     print(", ".join(out), file=sys.stderr, flush=True)
 signal.signal(signal.SIGUSR1, lambda *a: dump())
 signal.signal(signal.SIGINT, lambda *a: (dump(), sys.exit(0)))
-
 while True: signal.pause()
