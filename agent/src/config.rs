@@ -132,6 +132,17 @@ pub struct RunArgs {
     /// /proc/PID/ns/net; entered at start, which needs CAP_SYS_ADMIN). Repeatable [default: none].
     #[arg(long, value_name = "PATH")]
     pub walk_netns: Vec<PathBuf>,
+    /// Walk mode: walk every network namespace of the host (a pod's, a container's), not only
+    /// this one and --walk-netns ones: namespaces a process is in (/proc/PID/ns/net, so in a
+    /// container it needs the host's PID namespace) or a file is bound to (/run/netns/NAME),
+    /// looked for every 2 s. Sockets a namespace opens once it is found run no per-packet
+    /// program (those opened before fold from callbacks). A namespace is left, and so not kept
+    /// alive by the agent, once no process is in it or holds one of its open sockets and no file
+    /// is bound to it. One thread keeps CAP_SYS_ADMIN (to enter namespaces) and CAP_SYS_PTRACE
+    /// (to see which namespace another user's process is in) for the agent's life; the rest of
+    /// the process drops every capability [default: off].
+    #[arg(long)]
+    pub walk_netns_all: bool,
     /// Walk mode: how often a walk visits every open socket. The walks in between pass over
     /// sockets that sent and received nothing since the previous walk began (one read each, no
     /// map lookup). A few rare segments leave no such mark (a window update sent as the
@@ -308,6 +319,7 @@ struct FileConfig {
     top_flows: Option<usize>,
     fold_mode: Option<FoldMode>,
     walk_netns: Option<Vec<PathBuf>>,
+    walk_netns_all: Option<bool>,
     walk_full_interval: Option<String>,
     synack_hook: Option<SynackHook>,
     fold_interval: Option<String>,
@@ -359,6 +371,7 @@ pub struct Config {
     pub top_flows: usize,
     pub fold_mode: FoldMode,
     pub walk_netns: Vec<PathBuf>,
+    pub walk_netns_all: bool,
     pub walk_full_interval: Duration,
     pub synack_hook: SynackHook,
     pub fold_interval: Duration,
@@ -450,6 +463,7 @@ impl Config {
             } else {
                 args.walk_netns.clone()
             },
+            walk_netns_all: args.walk_netns_all || file.walk_netns_all.unwrap_or(false),
             walk_full_interval: args
                 .walk_full_interval
                 .or(file_duration("walk_full_interval", &file.walk_full_interval)?)
@@ -818,6 +832,19 @@ mod tests {
         let from_file = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap();
         assert_eq!(from_file, Config::resolve(&args()).unwrap());
         assert!(doc.contains(&format!("report_interval = \"{}s\"", DEFAULT_REPORT_INTERVAL.as_secs())));
+    }
+
+    #[test]
+    fn walk_netns_all_from_the_flag_or_the_file() {
+        assert!(!Config::resolve(&args()).unwrap().walk_netns_all, "off by default");
+        assert!(Config::resolve(&RunArgs { walk_netns_all: true, ..args() }).unwrap().walk_netns_all);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "walk_netns_all = true\n").unwrap();
+        assert!(Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap().walk_netns_all);
+        std::fs::write(&path, "walk_netns_all = \"yes\"\n").unwrap();
+        let e = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap_err().to_string();
+        assert!(e.contains("walk_netns_all"), "{e}");
     }
 
     #[test]

@@ -110,8 +110,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Enrichers subscribe to conntrack with CAP_NET_ADMIN; no await between here and the drop, so
     // their background tasks first run without capabilities.
     let privileged_enrichers = enrich::build_privileged(&cfg)?;
-    // Attached: nothing later needs a capability (map fds are already open).
-    capture::drop_privileges().context("after attaching")?;
+    // Attached: nothing later needs a capability (map fds are already open), but for the thread
+    // that enters the network namespaces it finds, with --walk-netns-all.
+    capture::drop_privileges(capture.kept_privileges()).context("after attaching")?;
     // Enrichers that start threads (Kubernetes watchers) come after the drop.
     let enricher = enrich::build(&cfg, privileged_enrichers)?;
     let ticks_to_evict = (EVICT_IDLE_AFTER.as_millis().max(cfg.report_interval.as_millis() * 2)
@@ -157,6 +158,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 continue;
             }
         }
+        p.capture.refresh_namespaces();
         if tick >= window_end {
             p.walk();
         }

@@ -229,6 +229,12 @@ pub fn netns_cookie() -> io::Result<u64> {
     if r == 0 { Ok(cookie) } else { Err(io::Error::last_os_error()) }
 }
 
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid takes no arguments and always succeeds.
+    unsafe { libc::gettid() }
+}
+
 /// CLOCK_MONOTONIC in µs: the clock of the kernel's TCP timestamps (`tcp_sock.tcp_mstamp`).
 pub fn monotonic_us() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

@@ -489,6 +489,73 @@ fn refused_and_syn_timeouts_are_failed_connections() {
     assert_eq!(r.failed + t.failed, delta(&na0, &na1, "TcpAttemptFails"));
 }
 
+/// The agent's threads named `walk-netns`: one per walked namespace but its own.
+fn walker_threads(agent: &Agent) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "walk-netns"))
+        .count()
+}
+
+/// Wait up to `secs` for `done`.
+fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// `--walk-netns-all`: two namespaces made after the agent started (as a node makes one per
+/// pod) are found and walked: a request/response connection between them runs no per-segment
+/// program, and its bytes are exact. Once they are deleted the agent leaves them (their walker
+/// threads end), so it does not keep them alive.
+#[test]
+fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
+    let Some(_g) = privileged("namespaces_made_after_start_are_walked_then_left_with_walk_netns_all") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--walk-netns-all"]);
+    assert!(wait_until(10, || walker_threads(&agent) == 2), "the lab's two --walk-netns namespaces are walked");
+    let late = Lab::new();
+    assert!(
+        wait_until(10, || walker_threads(&agent) == 4),
+        "the two new namespaces are walked within seconds: {} walkers",
+        walker_threads(&agent)
+    );
+    // In the agent's cgroup (the first lab's), in the new namespaces.
+    let server = lab.traffic(&late.b, &["serve", "--addr", late.b4, "--port", "5009", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&late.a, &["pingpong", "--addr", late.b4, "--port", "5009", "--secs", "3", "--interval-ms", "10"]);
+    let client = client.result();
+    server.result();
+    drop(late);
+    assert!(
+        wait_until(15, || walker_threads(&agent) == 2),
+        "the deleted namespaces are left: {} walkers",
+        walker_threads(&agent)
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    let (lines, log) = agent.stop_with_log();
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(log.matches("walking a network namespace found").count(), 2, "{log}");
+    assert_eq!(log.matches("no longer walking a network namespace").count(), 2, "{log}");
+    let c = totals(&reports, flow("10.77.0.1", "10.77.0.2", 5009, Role::Client));
+    let s = totals(&reports, flow("10.77.0.2", "10.77.0.1", 5009, Role::Server));
+    let rounds = client["rounds"].as_u64().unwrap();
+    let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!("{rounds} rounds, {events} program invocations did work");
+    assert!(rounds >= 100, "{rounds} rounds");
+    // Per-segment callbacks would do work at every round (an RTT sample per request at least).
+    assert!(events < 60, "{events} program invocations for {rounds} requests: the sockets ran callbacks");
+    assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+    assert_eq!(s.bytes_received, client["sent"].as_u64().unwrap());
+    assert_eq!((c.established, s.established), (1, 1));
+}
+
 /// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as
 /// `ss -ti` shows it: within 50% or 150 us, whichever is larger (veth RTTs are tens of
 /// microseconds, where scheduling noise dominates). Walk mode takes the socket's smoothed RTT at

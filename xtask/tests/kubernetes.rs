@@ -195,6 +195,8 @@ fn the_daemonset_is_what_the_agent_needs() {
     let ds: DaemonSet = serde_json::from_value(m["DaemonSet/flow-agent"].clone()).unwrap();
     let pod = ds.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true));
+    // walk_netns_all finds the pods' namespaces through the node's processes.
+    assert_eq!(pod.host_pid, Some(true));
     assert_eq!(pod.service_account_name.as_deref(), Some("flow-agent"));
     let c = &pod.containers[0];
     let node = c.env.as_ref().unwrap().iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
@@ -203,7 +205,10 @@ fn the_daemonset_is_what_the_agent_needs() {
     assert_eq!(sc.privileged, Some(false));
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    assert_eq!(caps.add.as_deref(), Some(&["BPF".to_string(), "PERFMON".into(), "NET_ADMIN".into()][..]));
+    assert_eq!(
+        caps.add.as_deref(),
+        Some(&["BPF".to_string(), "PERFMON".into(), "NET_ADMIN".into(), "SYS_ADMIN".into(), "SYS_PTRACE".into()][..])
+    );
     let res = c.resources.as_ref().unwrap();
     assert!(res.requests.is_some() && res.limits.is_some());
 
@@ -234,6 +239,7 @@ fn the_daemonset_is_what_the_agent_needs() {
     let host = |p: &str| volumes.iter().any(|v| v.host_path.as_ref().is_some_and(|h| h.path == p));
     assert!(host("/sys/fs/cgroup") && host("/sys/kernel/btf") && host("/sys/kernel/tracing"));
     assert!(config.contains("cgroup = \"/host/sys/fs/cgroup\""));
+    assert!(config.contains("walk_netns_all = true"), "the capabilities and hostPID above are for it");
 
     // RBAC: list and watch pods, services and endpointslices, nothing else.
     let role: ClusterRole = serde_json::from_value(m["ClusterRole/flow-agent"].clone()).unwrap();

@@ -9,20 +9,21 @@ use std::{
 
 use agent_common::maps::{
     FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
-    WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, WalkedNetns, stat,
+    WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
 };
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{BtfTracePoint, CgroupAttachMode, Iter, ProgramFd, SockOps, TracePoint},
 };
 
 use super::{
     CaptureError,
     btf::{Btf, TcpOffsets},
-    cgroup, privileges,
+    cgroup,
+    privileges::{self, KeptBy},
     tracefs::{self, SynackOffsets},
-    walk::Walk,
+    walk::{Registry, Walk},
 };
 use crate::{
     config::{Config, FoldMode, SynackHook},
@@ -111,7 +112,7 @@ pub(super) const SYNACK_BTF_TYPE: &str = "btf_trace_tcp_retransmit_synack";
 /// How open sockets are folded.
 enum Folding {
     /// By the walk of open sockets in the walked namespaces.
-    Walk(Walk),
+    Walk(Box<Walk>),
     /// From per-segment callbacks, because walk mode is not available here (why).
     FellBack(String),
     /// From per-segment callbacks, as configured (`--fold-mode callbacks`).
@@ -140,7 +141,9 @@ impl Capture {
         // per-segment callbacks from the start.
         let folding = match (&kernel.iter_id, cfg.fold_mode) {
             (_, FoldMode::Callbacks) => Folding::Callbacks,
-            (Ok(id), FoldMode::Walk) => start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, Folding::Walk),
+            (Ok(id), FoldMode::Walk) => {
+                start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, |w| Folding::Walk(Box::new(w)))
+            }
             (Err(reason), FoldMode::Walk) => Folding::FellBack(reason.clone()),
         };
         if let Folding::FellBack(reason) = &folding {
@@ -245,6 +248,24 @@ impl Capture {
             Folding::Walk(w) => Some(Ok(w.namespaces())),
             Folding::FellBack(reason) => Some(Err(reason.clone())),
             Folding::Callbacks => None,
+        }
+    }
+
+    /// The thread that keeps capabilities after the rest of the process dropped them
+    /// (`--walk-netns-all`), if any: for `drop_privileges`.
+    pub fn kept_privileges(&self) -> Option<KeptBy> {
+        match &self.folding {
+            Folding::Walk(w) => w.kept(),
+            _ => None,
+        }
+    }
+
+    /// With `--walk-netns-all`: walk the network namespaces that appeared, stop walking those
+    /// that went (see `Walk::refresh`). No-op otherwise.
+    pub fn refresh_namespaces(&mut self) {
+        let Folding::Walk(walk) = &mut self.folding else { return };
+        if let Err(e) = walk.refresh() {
+            tracing::warn!("looking for network namespaces to walk: {e}");
         }
     }
 
@@ -395,24 +416,33 @@ fn start_walk(ebpf: &mut Ebpf, cfg: &Config, iter_id: u32) -> Result<Walk, Strin
         ebpf.take_map(WALK_FLOOR_MAP).ok_or_else(|| format!("map {WALK_FLOOR_MAP} is missing from the object"))?,
     )
     .map_err(|e| format!("map {WALK_FLOOR_MAP}: {e}"))?;
+    let hash = HashMap::try_from(Map::HashMap(map_handle(ebpf, WALKED_NETNS_MAP)?))
+        .map_err(|e| format!("map {WALKED_NETNS_MAP}: {e}"))?;
+    let list = Array::try_from(Map::Array(map_handle(ebpf, WALKED_NETNS_LIST_MAP)?))
+        .map_err(|e| format!("map {WALKED_NETNS_LIST_MAP}: {e}"))?;
     let prog: &mut Iter = program(ebpf, "flow_walk").map_err(|e| e.to_string())?;
     prog.load("tcp", &btf).map_err(|e| format!("loading the walk program: {}", error_chain(&e)))?;
     let prog_fd = prog.fd().map_err(|e| e.to_string())?;
-    let (walk, cookies) = Walk::start(prog_fd.as_fd(), &cfg.walk_netns, floor, cfg.walk_full_interval)?;
-    let mut walked: HashMap<&mut MapData, u64, u8> = HashMap::try_from(
-        ebpf.map_mut(WALKED_NETNS_MAP).ok_or_else(|| format!("map {WALKED_NETNS_MAP} is missing from the object"))?,
+    Walk::start(
+        prog_fd.as_fd(),
+        &cfg.walk_netns,
+        cfg.walk_netns_all,
+        Registry { hash, list },
+        floor,
+        cfg.walk_full_interval,
     )
-    .map_err(|e| format!("map {WALKED_NETNS_MAP}: {e}"))?;
-    for &c in &cookies {
-        walked.insert(c, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))?;
-    }
-    let mut list: Array<&mut MapData, WalkedNetns> = Array::try_from(
-        ebpf.map_mut(WALKED_NETNS_LIST_MAP)
-            .ok_or_else(|| format!("map {WALKED_NETNS_LIST_MAP} is missing from the object"))?,
-    )
-    .map_err(|e| format!("map {WALKED_NETNS_LIST_MAP}: {e}"))?;
-    list.set(0, WalkedNetns::of(&cookies), 0).map_err(|e| format!("listing the walked namespaces: {e}"))?;
-    Ok(walk)
+}
+
+/// A handle of our own on map `name` of the object (a duplicate of its fd), which stays in the
+/// object: the sock_ops program, loaded later, refers to it by the object's fd.
+fn map_handle(ebpf: &Ebpf, name: &str) -> Result<MapData, String> {
+    let data = match ebpf.map(name) {
+        Some(Map::HashMap(m) | Map::Array(m)) => m,
+        Some(_) => return Err(format!("map {name} is not a hash or an array")),
+        None => return Err(format!("map {name} is missing from the object")),
+    };
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| format!("map {name}: duplicating its fd: {e}"))?;
+    MapData::from_fd(fd).map_err(|e| format!("map {name}: {e}"))
 }
 
 /// An error and its sources, for the kernel verifier's log, which aya keeps in a source.

@@ -5,6 +5,7 @@ mod btf;
 mod cgroup;
 mod error;
 mod loader;
+mod netns;
 mod privileges;
 pub mod probe;
 mod tracefs;

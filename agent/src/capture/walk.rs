@@ -4,6 +4,13 @@
 //! namespace given with `--walk-netns` from a thread of its own that entered it at start (with
 //! CAP_SYS_ADMIN, which it then drops with every other capability).
 //!
+//! With `--walk-netns-all` a finder thread (`Finder`, the one thread that keeps CAP_SYS_ADMIN and
+//! CAP_SYS_PTRACE) looks for the host's namespaces every `SCAN_EVERY` (`netns::Scanner`) and
+//! starts a walker in each new one; the sock_ops program learns each namespace's cookie
+//! (`Registry`) and gives the sockets opened there from then on no per-segment callbacks. A
+//! namespace no process is in or holds an open socket of, and no file is bound to, is left: its
+//! walker thread ends, so the agent never keeps a namespace alive.
+//!
 //! Before each walk the daemon sets the walk's idle floor (`WALK_FLOOR`, `Floor`): the start of
 //! the last walk that completed, less a margin. The kernel stamps a socket (`tcp_mstamp`) as it
 //! handles a segment in or out, under the socket's lock, which the walk's visit takes too; so a
@@ -13,17 +20,23 @@
 //! segments the kernel counts without stamping the socket.
 
 use std::{
+    collections::{BTreeMap, HashSet},
     fs::File,
     io::{self, Read},
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use aya::maps::{Array, MapData};
+use agent_common::maps::WalkedNetns;
+use aya::maps::{Array, HashMap, MapData};
 
+use super::{
+    netns::{self, NsId},
+    privileges::{self, KeptBy},
+};
 use crate::sys;
 
 /// Read retries of one pass: the kernel pauses an iterator (EAGAIN) after a million sockets
@@ -90,6 +103,10 @@ fn pass(link: BorrowedFd<'_>) -> io::Result<()> {
 /// A thread inside another network namespace, running a pass when asked.
 struct NetnsWalker {
     path: PathBuf,
+    /// The namespace's cookie (what the sock_ops program reads, `bpf_get_netns_cookie`).
+    cookie: u64,
+    /// The thread's id: its /proc/self/task/TID/net shows the namespace.
+    tid: i32,
     ask: Option<mpsc::Sender<()>>,
     done: mpsc::Receiver<io::Result<()>>,
     thread: Option<JoinHandle<()>>,
@@ -97,7 +114,7 @@ struct NetnsWalker {
 
 impl Drop for NetnsWalker {
     fn drop(&mut self) {
-        // Closing the request channel ends the thread.
+        // Closing the request channel ends the thread, which leaves the namespace.
         self.ask.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -113,9 +130,10 @@ fn drop_thread_caps() -> io::Result<()> {
 }
 
 impl NetnsWalker {
-    /// Start the thread: it enters the namespace at `path`, reports the namespace's cookie once
-    /// it has dropped its capabilities, then serves passes.
-    fn spawn(path: &Path, link: Arc<OwnedFd>) -> Result<(NetnsWalker, u64), String> {
+    /// Start the thread: it enters the namespace at `path` (which must still be `expect`, if
+    /// given: a /proc/PID path may have gone to another process), learns the namespace's cookie
+    /// and drops its capabilities, then serves passes.
+    fn spawn(path: &Path, link: Arc<OwnedFd>, expect: Option<NsId>) -> Result<NetnsWalker, String> {
         let (ask_tx, ask_rx) = mpsc::channel::<()>();
         let (done_tx, done_rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -123,16 +141,19 @@ impl NetnsWalker {
         let thread = std::thread::Builder::new()
             .name("walk-netns".into())
             .spawn(move || {
-                let setup = || -> io::Result<u64> {
+                let setup = || -> io::Result<(u64, i32)> {
                     let ns = File::open(&p)?;
+                    if expect.is_some_and(|id| NsId::of_file(&ns).ok() != Some(id)) {
+                        return Err(io::Error::other("it is another namespace than the one found there"));
+                    }
                     sys::setns_net(ns.as_fd())?;
                     let cookie = sys::netns_cookie()?;
                     drop_thread_caps()?;
-                    Ok(cookie)
+                    Ok((cookie, sys::gettid()))
                 };
-                let cookie = setup();
-                let ok = cookie.is_ok();
-                let _ = ready_tx.send(cookie);
+                let entered = setup();
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
                 if !ok {
                     return;
                 }
@@ -143,12 +164,18 @@ impl NetnsWalker {
                 }
             })
             .map_err(|e| format!("starting a thread for {}: {e}", path.display()))?;
-        let cookie = ready_rx
+        let (cookie, tid) = ready_rx
             .recv()
             .map_err(|_| format!("the thread for {} ended before entering it", path.display()))
-            .and_then(|r| r.map_err(|e| format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())));
-        let w = NetnsWalker { path: path.to_path_buf(), ask: Some(ask_tx), done: done_rx, thread: Some(thread) };
-        cookie.map(|c| (w, c))
+            .and_then(|r| r.map_err(|e| format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())))?;
+        Ok(NetnsWalker {
+            path: path.to_path_buf(),
+            cookie,
+            tid,
+            ask: Some(ask_tx),
+            done: done_rx,
+            thread: Some(thread),
+        })
     }
 
     fn ask(&self) -> bool {
@@ -165,42 +192,317 @@ impl NetnsWalker {
     }
 }
 
+/// Capabilities the finder keeps (`--walk-netns-all`): CAP_SYS_ADMIN to enter namespaces
+/// (setns), CAP_SYS_PTRACE to see which namespace another user's process is in.
+const FINDER_CAPS: u64 = (1 << privileges::CAP_SYS_ADMIN) | (1 << privileges::CAP_SYS_PTRACE);
+
+/// How often the finder looks for namespaces that came or went.
+const SCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// What one look for namespaces found.
+#[derive(Default)]
+struct Found {
+    /// Namespaces not known before, each entered by a walker of its own.
+    new: Vec<(NsId, NetnsWalker)>,
+    /// Known namespaces that no process is in and no file is bound to any more.
+    gone: Vec<NsId>,
+    /// Namespaces that could not be entered, and why (each once: not offered again).
+    failed: Vec<String>,
+}
+
+/// The thread that finds the host's network namespaces (`--walk-netns-all`) and starts a walker
+/// in each new one. It alone keeps capabilities (`FINDER_CAPS`) once the rest of the process
+/// has dropped them: a walker it starts inherits them, enters its namespace and drops them.
+struct Finder {
+    ask: Option<mpsc::Sender<HashSet<NsId>>>,
+    found: mpsc::Receiver<Found>,
+    thread: Option<JoinHandle<()>>,
+    kept: KeptBy,
+}
+
+impl Drop for Finder {
+    fn drop(&mut self) {
+        self.ask.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Finder {
+    fn spawn(link: Arc<OwnedFd>) -> Result<Finder, String> {
+        let (ask_tx, ask_rx) = mpsc::channel::<HashSet<NsId>>();
+        let (found_tx, found_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("walk-netns-all".into())
+            .spawn(move || {
+                let setup = || -> Result<(KeptBy, NsId), String> {
+                    let caps = privileges::keep_only(FINDER_CAPS).map_err(|e| e.to_string())?;
+                    if caps & (1 << privileges::CAP_SYS_ADMIN) == 0 {
+                        return Err("it needs CAP_SYS_ADMIN to enter namespaces".into());
+                    }
+                    if caps & (1 << privileges::CAP_SYS_PTRACE) == 0 {
+                        tracing::warn!(
+                            "--walk-netns-all without CAP_SYS_PTRACE: namespaces that only other users' processes are \
+                             in are not found"
+                        );
+                    }
+                    let own = NsId::of(Path::new("/proc/thread-self/ns/net"))
+                        .map_err(|e| format!("reading this thread's namespace: {e}"))?;
+                    Ok((KeptBy { tid: sys::gettid(), caps }, own))
+                };
+                let (kept, own) = match setup() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(kept));
+                let mut failed: HashSet<NsId> = HashSet::new();
+                let mut scanner = netns::Scanner::default();
+                while let Ok(known) = ask_rx.recv() {
+                    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                    let scanned = scanner.scan(Path::new("/proc"), &mountinfo, own);
+                    failed.retain(|id| scanned.contains_key(id));
+                    let mut out = Found::default();
+                    for (id, path) in &scanned {
+                        if known.contains(id) || failed.contains(id) {
+                            continue;
+                        }
+                        match NetnsWalker::spawn(path, link.clone(), Some(*id)) {
+                            Ok(w) => out.new.push((*id, w)),
+                            // The process went, or moved, since the scan: looked for again at
+                            // the next one.
+                            Err(_) if NsId::of(path).ok() != Some(*id) => {}
+                            Err(e) => {
+                                failed.insert(*id);
+                                out.failed.push(e);
+                            }
+                        }
+                    }
+                    out.gone = known.iter().filter(|id| !scanned.contains_key(id)).copied().collect();
+                    if found_tx.send(out).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| format!("starting the namespace finder: {e}"))?;
+        let kept = ready_rx
+            .recv()
+            .map_err(|_| "the namespace finder ended before starting".to_string())
+            .and_then(|r| r.map_err(|e| format!("--walk-netns-all: {e}")))?;
+        Ok(Finder { ask: Some(ask_tx), found: found_rx, thread: Some(thread), kept })
+    }
+
+    /// Look for namespaces: new ones (not in `known`) entered, known ones gone.
+    fn find(&self, known: HashSet<NsId>) -> Result<Found, String> {
+        while self.found.try_recv().is_ok() {}
+        if self.ask.as_ref().is_none_or(|a| a.send(known).is_err()) {
+            return Err("the namespace finder has stopped".into());
+        }
+        self.found
+            .recv_timeout(PASS_TIMEOUT)
+            .map_err(|_| format!("the namespace finder: no answer within {PASS_TIMEOUT:?}"))
+    }
+}
+
+/// Which namespaces the sock_ops program treats as walked: `WALKED_NETNS` (all of them) and
+/// `WALKED_NETNS_LIST` (the first few, checked without a hash lookup).
+pub struct Registry {
+    pub hash: HashMap<MapData, u64, u8>,
+    pub list: Array<MapData, WalkedNetns>,
+}
+
+impl Registry {
+    fn add(&mut self, cookie: u64) -> Result<(), String> {
+        self.hash.insert(cookie, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))
+    }
+
+    fn remove(&mut self, cookie: u64) {
+        if let Err(e) = self.hash.remove(&cookie) {
+            tracing::warn!("unregistering a walked namespace: {e}");
+        }
+    }
+
+    fn list(&mut self, cookies: &[u64]) -> Result<(), String> {
+        self.list.set(0, WalkedNetns::of(cookies), 0).map_err(|e| format!("listing the walked namespaces: {e}"))
+    }
+}
+
 /// The walk: its iterator link, the threads in the other walked namespaces, and the idle floor
 /// (the program's `WALK_FLOOR` map and what it is set from).
 pub struct Walk {
     link: Arc<OwnedFd>,
+    /// This process's namespace's cookie.
+    own: u64,
+    /// The `--walk-netns` namespaces, walked for the agent's life.
     others: Vec<NetnsWalker>,
+    /// Their ids, never offered again by the finder.
+    others_ids: HashSet<NsId>,
+    /// With `--walk-netns-all`: the namespaces found, each walked while anything holds it.
+    found: BTreeMap<NsId, NetnsWalker>,
+    /// Namespaces found that were not entered or not registered (not offered again while they
+    /// last).
+    refused: HashSet<NsId>,
+    finder: Option<Finder>,
+    last_find: Option<Instant>,
+    registry: Registry,
     floor_map: Array<MapData, u64>,
     floor: Floor,
     full_every: Duration,
 }
 
 impl Walk {
-    /// Link the loaded walk program and enter the namespaces in `others`. Returns the walk and
-    /// the cookies of the namespaces it walks (this process's own first); a namespace that
-    /// cannot be entered is left out with a warning, its sockets fold from callbacks.
-    /// `floor_map` is the program's `WALK_FLOOR`; every `full_every` a walk visits every socket.
+    /// Link the loaded walk program, enter the namespaces in `others` and, with `all`, start the
+    /// finder of the host's other namespaces (`--walk-netns-all`) and enter those it finds;
+    /// `registry` tells the sock_ops program which they are. A namespace that cannot be entered
+    /// is left out with a warning: its sockets fold from callbacks. `floor_map` is the
+    /// program's `WALK_FLOOR`; every `full_every` a walk visits every socket.
     pub fn start(
         prog: BorrowedFd<'_>,
         others: &[PathBuf],
+        all: bool,
+        registry: Registry,
         floor_map: Array<MapData, u64>,
         full_every: Duration,
-    ) -> Result<(Walk, Vec<u64>), String> {
+    ) -> Result<Walk, String> {
         let own = sys::netns_cookie().map_err(|e| format!("reading this namespace's cookie (SO_NETNS_COOKIE): {e}"))?;
         let link = Arc::new(sys::bpf_iter_link(prog).map_err(|e| format!("linking the walk program: {e}"))?);
-        let mut cookies = vec![own];
-        let mut walkers = Vec::new();
+        let mut walk = Walk {
+            link,
+            own,
+            others: Vec::new(),
+            others_ids: HashSet::new(),
+            found: BTreeMap::new(),
+            refused: HashSet::new(),
+            finder: None,
+            last_find: None,
+            registry,
+            floor_map,
+            floor: Floor::default(),
+            full_every,
+        };
+        walk.registry.add(own)?;
         for path in others {
-            match NetnsWalker::spawn(path, link.clone()) {
-                Ok((w, cookie)) if !cookies.contains(&cookie) => {
-                    cookies.push(cookie);
-                    walkers.push(w);
+            match NetnsWalker::spawn(path, walk.link.clone(), None) {
+                Ok(w) if !walk.cookies().contains(&w.cookie) => {
+                    walk.registry.add(w.cookie)?;
+                    if let Ok(id) = NsId::of(path) {
+                        walk.others_ids.insert(id);
+                    }
+                    walk.others.push(w);
                 }
                 Ok(_) => tracing::info!(netns = %path.display(), "walked already (the same namespace as another)"),
                 Err(e) => tracing::warn!("{e}: its sockets fold from per-segment callbacks"),
             }
         }
-        Ok((Walk { link, others: walkers, floor_map, floor: Floor::default(), full_every }, cookies))
+        walk.registry.list(&walk.cookies())?;
+        if all {
+            match Finder::spawn(walk.link.clone()) {
+                Ok(f) => {
+                    walk.finder = Some(f);
+                    // The namespaces there are now, before the sock_ops program attaches; a
+                    // failed look is retried at the daemon's next tick.
+                    if let Err(e) = walk.refresh() {
+                        tracing::warn!("looking for network namespaces to walk: {e}");
+                        walk.last_find = None;
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    "{e}: only this namespace and the --walk-netns ones are walked, others fold from per-segment \
+                     callbacks"
+                ),
+            }
+        }
+        Ok(walk)
+    }
+
+    /// The cookies of the walked namespaces, this process's own first.
+    fn cookies(&self) -> Vec<u64> {
+        let mut c = vec![self.own];
+        c.extend(self.others.iter().map(|w| w.cookie));
+        c.extend(self.found.values().map(|w| w.cookie));
+        c
+    }
+
+    /// The thread that keeps capabilities for `--walk-netns-all`, if any.
+    pub fn kept(&self) -> Option<KeptBy> {
+        self.finder.as_ref().map(|f| f.kept)
+    }
+
+    /// With `--walk-netns-all`, at most every `SCAN_EVERY`: walk the namespaces that appeared
+    /// from now on (their sockets opened from now on have no per-segment callbacks; those opened
+    /// before keep theirs), and stop walking those that no process is in and no file is bound to
+    /// once no process holds an open socket of theirs either (`netns::has_held_sockets`): the
+    /// walker thread in it is then all that keeps it, and leaving frees it. Sockets of a
+    /// namespace no longer walked that were walked fold whole at their close.
+    pub fn refresh(&mut self) -> Result<(), String> {
+        let Some(finder) = &self.finder else { return Ok(()) };
+        // (A little early rather than a tick late: the daemon calls this at every tick.)
+        if self.last_find.is_some_and(|t| t.elapsed() + Duration::from_millis(100) < SCAN_EVERY) {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.last_find = Some(started);
+        let known: HashSet<NsId> =
+            self.others_ids.iter().chain(self.refused.iter()).chain(self.found.keys()).copied().collect();
+        let found = finder.find(known)?;
+        tracing::debug!(
+            elapsed = ?started.elapsed(),
+            new = found.new.len(),
+            gone = found.gone.len(),
+            "looked for network namespaces"
+        );
+        for e in found.failed {
+            tracing::warn!("--walk-netns-all: {e}: its sockets fold from per-segment callbacks");
+        }
+        let mut added = false;
+        for (id, w) in found.new {
+            if self.cookies().contains(&w.cookie) {
+                self.refused.insert(id);
+                continue;
+            }
+            match self.registry.add(w.cookie) {
+                Ok(()) => {
+                    tracing::info!(netns = %w.path.display(), "walking a network namespace found (--walk-netns-all)");
+                    self.found.insert(id, w);
+                    added = true;
+                }
+                Err(e) => {
+                    tracing::warn!(netns = %w.path.display(), "{e}: its sockets fold from per-segment callbacks");
+                    self.refused.insert(id);
+                }
+            }
+        }
+        // New ones go into the hash before the list, gone ones out of the list before the hash:
+        // the program never sees a list naming a namespace the hash does not hold.
+        if added {
+            self.registry.list(&self.cookies())?;
+        }
+        let mut left = Vec::new();
+        for id in found.gone {
+            self.refused.remove(&id);
+            let Some(w) = self.found.get(&id) else { continue };
+            if netns::has_held_sockets(w.tid) {
+                continue;
+            }
+            left.extend(self.found.remove(&id));
+        }
+        if !left.is_empty() {
+            self.registry.list(&self.cookies())?;
+            for w in left {
+                self.registry.remove(w.cookie);
+                tracing::info!(
+                    netns = %w.path.display(),
+                    "no longer walking a network namespace: no process is in it or holds one of its open sockets, no \
+                     file is bound to it"
+                );
+                // Dropped: its thread leaves the namespace.
+            }
+        }
+        Ok(())
     }
 
     /// One pass over every walked namespace, the others in parallel with this thread's own.
@@ -216,7 +518,7 @@ impl Walk {
                 false
             }
         };
-        let asked: Vec<&NetnsWalker> = self.others.iter().filter(|w| w.ask()).collect();
+        let asked: Vec<&NetnsWalker> = self.others.iter().chain(self.found.values()).filter(|w| w.ask()).collect();
         let mut errors = Vec::new();
         if let Err(e) = pass(self.link.as_fd()) {
             errors.push(format!("walking this process's namespace: {e}"));
@@ -234,7 +536,7 @@ impl Walk {
     }
 
     pub fn namespaces(&self) -> usize {
-        1 + self.others.len()
+        1 + self.others.len() + self.found.len()
     }
 }
 

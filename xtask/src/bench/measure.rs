@@ -59,15 +59,16 @@ impl Agent {
         let log = unique(dir);
         let mut cmd = Command::new(bin);
         let help = Command::new(bin).arg("--help").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-        if help.is_ok_and(|h| h.contains("--walk-netns")) {
+        // Extra agent flags for comparisons, e.g. FLOW_BENCH_AGENT_ARGS="--fold-interval 0s"; a
+        // --report-interval among them replaces the bench's `window`, a --walk-netns-all the
+        // list of the bench's namespaces (the agent finds them, as on a node with pods).
+        let extra = std::env::var("FLOW_BENCH_AGENT_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        if help.is_ok_and(|h| h.contains("--walk-netns")) && !extra.contains(&"--walk-netns-all") {
             for n in netns {
                 cmd.arg("--walk-netns").arg(format!("/run/netns/{n}"));
             }
         }
-        // Extra agent flags for comparisons, e.g. FLOW_BENCH_AGENT_ARGS="--fold-interval 0s"; a
-        // --report-interval among them replaces the bench's `window`.
-        let extra = std::env::var("FLOW_BENCH_AGENT_ARGS").unwrap_or_default();
-        let extra: Vec<&str> = extra.split_whitespace().collect();
         if !extra.iter().any(|a| a.starts_with("--report-interval")) {
             cmd.args(["--report-interval", window]);
         }
