@@ -159,6 +159,8 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         }
         p.capture.refresh_namespaces();
+        let walked = p.capture.walk_status().and_then(Result::ok).unwrap_or(0);
+        crate::metrics::global().walked_namespaces.store(walked as u64, std::sync::atomic::Ordering::Relaxed);
         if tick >= window_end {
             p.walk();
         }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub walk_idle_sockets: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
+    /// Network namespaces the walk covers (the agent's own included; 0 without the walk).
+    pub walked_namespaces: AtomicU64,
     pub spool_reports: AtomicU64,
     pub spool_bytes: AtomicU64,
     pub spool_dropped: AtomicU64,
@@ -125,6 +127,13 @@ impl Metrics {
             "gauge",
             "Open sockets in the kernel map at the last window end.",
             &[("", g(&self.sockets_tracked))],
+        );
+        metric(
+            "walked_namespaces",
+            "gauge",
+            "Network namespaces whose open sockets the walk folds (the agent's own, --walk-netns ones, and those \
+             --walk-netns-all found); 0 without the walk.",
+            &[("", g(&self.walked_namespaces))],
         );
         metric(
             "spool_reports",

@@ -526,6 +526,12 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
         "the two new namespaces are walked within seconds: {} walkers",
         walker_threads(&agent)
     );
+    // The agent's own, the lab's two, the two new ones (set at the tick after they were found).
+    assert!(
+        wait_until(3, || agent.metric("flow_agent_walked_namespaces") == 5.0),
+        "walked_namespaces: {}",
+        agent.metric("flow_agent_walked_namespaces")
+    );
     // In the agent's cgroup (the first lab's), in the new namespaces.
     let server = lab.traffic(&late.b, &["serve", "--addr", late.b4, "--port", "5009", "--conns", "1", "--echo"]);
     let client =
@@ -538,7 +544,7 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
         "the deleted namespaces are left: {} walkers",
         walker_threads(&agent)
     );
-    std::thread::sleep(Duration::from_millis(700));
+    assert!(wait_until(3, || agent.metric("flow_agent_walked_namespaces") == 3.0));
     let (lines, log) = agent.stop_with_log();
     let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(log.matches("walking a network namespace found").count(), 2, "{log}");
