@@ -86,6 +86,21 @@ fn all_ok_as_root_with_imds_and_backend_answering() {
         line(&stdout, "sock_ops attach").contains("the walk of open sockets runs in 1 network namespace"),
         "{stdout}"
     );
+    assert!(line(&stdout, "walk_netns_all").starts_with("SKIP") && stdout.contains("off: "), "{stdout}");
+
+    // With walk_netns_all: the lab's two namespaces (bound to /run/netns files) are among those
+    // found, and the attach walks them.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "walk_netns_all = true\n").unwrap();
+    let (out, stdout) =
+        check(&[], &["--cgroup", lab.cgroup.to_str().unwrap(), "--config", config.to_str().unwrap()], closed_port());
+    assert!(out.status.success(), "{stdout}");
+    let all = line(&stdout, "walk_netns_all");
+    let found: usize = all.split_whitespace().nth(2).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(all.starts_with("OK") && found >= 2, "{stdout}");
+    let walked = line(&stdout, "sock_ops attach");
+    assert!(!walked.contains("runs in 1 network namespace"), "the attach walked the namespaces found: {stdout}");
 }
 
 #[test]
@@ -122,12 +137,20 @@ fn off_ec2_is_a_warning_and_an_unreachable_backend_a_failure() {
 fn without_privileges_each_failure_says_how_to_fix_it() {
     let Some(_g) = support::privileged("without_privileges_each_failure_says_how_to_fix_it") else { return };
     let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"];
-    let (out, stdout) = check(&nobody, &["--cgroup", "/nonexistent/cg"], closed_port());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "walk_netns_all = true\n").unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (out, stdout) =
+        check(&nobody, &["--cgroup", "/nonexistent/cg", "--config", config.to_str().unwrap()], closed_port());
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let caps = line(&stdout, "capabilities");
     assert!(caps.starts_with("FAIL") && caps.contains("CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"), "{stdout}");
     assert!(line(&stdout, "cgroup v2").starts_with("FAIL") && stdout.contains("/nonexistent/cg"), "{stdout}");
     assert!(line(&stdout, "sock_ops attach").contains("not tried"), "{stdout}");
     assert!(stdout.contains("AmbientCapabilities="), "{stdout}");
+    let all = line(&stdout, "walk_netns_all");
+    assert!(all.starts_with("WARN") && all.contains("CAP_SYS_ADMIN") && all.contains("CAP_SYS_PTRACE"), "{stdout}");
     assert!(stdout.trim_end().ends_with("requirement(s) failed"), "{stdout}");
 }

@@ -3,7 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Attached, Capture, btf::Btf, cgroup, privileges, tracefs};
+use super::{
+    Attached, Capture,
+    btf::Btf,
+    cgroup,
+    netns::{NsId, Scanner},
+    privileges, tracefs,
+};
 use crate::config::Config;
 
 /// A failed requirement: what is wrong, and how to fix it.
@@ -27,6 +33,33 @@ pub fn capabilities() -> Result<String, Failure> {
         format!("missing {}", missing.join(", ")),
         "run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (systemd: AmbientCapabilities=; \
          Kubernetes: securityContext.capabilities.add; a binary: `setcap cap_bpf,cap_perfmon,cap_net_admin+ep`)",
+    ))
+}
+
+/// What `--walk-netns-all` needs, CAP_SYS_ADMIN (to enter namespaces) and CAP_SYS_PTRACE (to
+/// see which namespace another user's process is in), and how many namespaces it would find now.
+pub fn walk_netns_all() -> Result<String, Failure> {
+    let caps = privileges::effective_caps();
+    let missing: Vec<&str> = [
+        (privileges::CAP_SYS_ADMIN, "CAP_SYS_ADMIN (to enter namespaces)"),
+        (privileges::CAP_SYS_PTRACE, "CAP_SYS_PTRACE (to see which namespace another user's process is in)"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| caps & (1u64 << c) == 0)
+    .map(|(_, n)| n)
+    .collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let found = NsId::of(Path::new("/proc/self/ns/net"))
+        .map(|own| Scanner::default().scan(Path::new("/proc"), &mountinfo, own).len())
+        .unwrap_or(0);
+    if missing.is_empty() {
+        return Ok(format!("{found} network namespace(s) besides the agent's found now, each walked once found"));
+    }
+    Err(failure(
+        format!("missing {}: namespaces it cannot find or enter fold from per-segment callbacks", missing.join(", ")),
+        "grant CAP_SYS_ADMIN and CAP_SYS_PTRACE (Kubernetes: securityContext.capabilities.add, with hostPID: true; \
+         systemd: AmbientCapabilities= and CapabilityBoundingSet=, with RestrictNamespaces=net), or set \
+         walk_netns_all = false",
     ))
 }
 

@@ -96,6 +96,16 @@ pub fn items(args: &CheckArgs) -> Vec<Item> {
             "fix the items above",
         )),
     }
+    items.push(match cfg.as_ref().map(|c| c.walk_netns_all) {
+        Some(true) => match probe::walk_netns_all() {
+            Ok(d) => Item::ok("walk_netns_all", d),
+            Err(f) => Item::warn("walk_netns_all", f.problem, f.fix),
+        },
+        _ => Item::skip(
+            "walk_netns_all",
+            "off: network namespaces but the agent's and walk_netns ones fold from per-segment callbacks",
+        ),
+    });
     items.push(remote::imds());
     // --endpoint given to check, else the one the agent's config ships to.
     let endpoint = args.endpoint.clone().or_else(|| cfg.as_ref().and_then(|c| c.endpoint.clone()));
