@@ -152,5 +152,9 @@ fn without_privileges_each_failure_says_how_to_fix_it() {
     assert!(stdout.contains("AmbientCapabilities="), "{stdout}");
     let all = line(&stdout, "walk_netns_all");
     assert!(all.starts_with("WARN") && all.contains("CAP_SYS_ADMIN") && all.contains("CAP_SYS_PTRACE"), "{stdout}");
+    assert!(
+        all.contains("whose namespace could not be read: permission denied"),
+        "root's processes, as nobody: {stdout}"
+    );
     assert!(stdout.trim_end().ends_with("requirement(s) failed"), "{stdout}");
 }

@@ -52,6 +52,8 @@ const RECHECK_EVERY: u32 = 16;
 struct Seen {
     ns: Option<NsId>,
     times: u8,
+    /// Its link could not be read: permission denied (CAP_SYS_PTRACE missing, or an LSM).
+    denied: bool,
 }
 
 /// Finds namespaces, remembering which one each process is in (`SETTLED_AFTER`), so that a scan
@@ -86,9 +88,11 @@ impl Scanner {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
             alive.insert(pid);
             let path = e.path().join("ns/net");
-            let seen = self.procs.entry(pid).or_insert(Seen { ns: None, times: 0 });
+            let seen = self.procs.entry(pid).or_insert(Seen { ns: None, times: 0, denied: false });
             if seen.times < SETTLED_AFTER || pid.wrapping_add(self.scans) % RECHECK_EVERY == 0 {
-                seen.ns = NsId::of_link(&path, own.dev).ok();
+                let r = NsId::of_link(&path, own.dev);
+                seen.denied = matches!(&r, Err(e) if e.kind() == io::ErrorKind::PermissionDenied);
+                seen.ns = r.ok();
                 seen.times = seen.times.saturating_add(1);
             }
             if let Some(id) = seen.ns {
@@ -98,6 +102,12 @@ impl Scanner {
         self.procs.retain(|pid, _| alive.contains(pid));
         found.remove(&own);
         found
+    }
+
+    /// Processes whose namespace the last scan could not read (permission denied): their
+    /// namespaces are found only through another process or a bound file.
+    pub fn denied(&self) -> usize {
+        self.procs.values().filter(|s| s.denied).count()
     }
 }
 

@@ -49,14 +49,27 @@ pub fn walk_netns_all() -> Result<String, Failure> {
     .map(|(_, n)| n)
     .collect();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut scanner = Scanner::default();
     let found = NsId::of(Path::new("/proc/self/ns/net"))
-        .map(|own| Scanner::default().scan(Path::new("/proc"), &mountinfo, own).len())
+        .map(|own| scanner.scan(Path::new("/proc"), &mountinfo, own).len())
         .unwrap_or(0);
+    let denied = match scanner.denied() {
+        0 => String::new(),
+        n => format!(" ({n} process(es) whose namespace could not be read: permission denied)"),
+    };
     if missing.is_empty() {
-        return Ok(format!("{found} network namespace(s) besides the agent's found now, each walked once found"));
+        // Some may stay unreadable with both capabilities (a process with capabilities the agent
+        // lacks, under some LSMs): the agent logs it once; a namespace they share with another
+        // process is found through that one.
+        return Ok(format!(
+            "{found} network namespace(s) besides the agent's found now{denied}, each walked once found"
+        ));
     }
     Err(failure(
-        format!("missing {}: namespaces it cannot find or enter fold from per-segment callbacks", missing.join(", ")),
+        format!(
+            "missing {}{denied}: namespaces it cannot find or enter fold from per-segment callbacks",
+            missing.join(", ")
+        ),
         "grant CAP_SYS_ADMIN and CAP_SYS_PTRACE (Kubernetes: securityContext.capabilities.add, with hostPID: true; \
          systemd: AmbientCapabilities= and CapabilityBoundingSet=, with RestrictNamespaces=net), or set \
          walk_netns_all = false",

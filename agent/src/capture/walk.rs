@@ -208,6 +208,8 @@ struct Found {
     gone: Vec<NsId>,
     /// Namespaces that could not be entered, and why (each once: not offered again).
     failed: Vec<String>,
+    /// Processes whose namespace could not be read (`netns::Scanner::denied`).
+    denied: usize,
 }
 
 /// The thread that finds the host's network namespaces (`--walk-netns-all`) and starts a walker
@@ -283,6 +285,7 @@ impl Finder {
                         }
                     }
                     out.gone = known.iter().filter(|id| !scanned.contains_key(id)).copied().collect();
+                    out.denied = scanner.denied();
                     if found_tx.send(out).is_err() {
                         return;
                     }
@@ -348,6 +351,8 @@ pub struct Walk {
     refused: HashSet<NsId>,
     finder: Option<Finder>,
     last_find: Option<Instant>,
+    /// Whether processes whose namespace could not be read were reported (once).
+    denied_reported: bool,
     registry: Registry,
     floor_map: Array<MapData, u64>,
     floor: Floor,
@@ -379,6 +384,7 @@ impl Walk {
             refused: HashSet::new(),
             finder: None,
             last_find: None,
+            denied_reported: false,
             registry,
             floor_map,
             floor: Floor::default(),
@@ -457,6 +463,15 @@ impl Walk {
         );
         for e in found.failed {
             tracing::warn!("--walk-netns-all: {e}: its sockets fold from per-segment callbacks");
+        }
+        if found.denied > 0 && !self.denied_reported {
+            self.denied_reported = true;
+            tracing::warn!(
+                processes = found.denied,
+                "--walk-netns-all: the network namespace of some processes could not be read (permission denied: \
+                 CAP_SYS_PTRACE missing, or an LSM such as AppArmor forbids it); a namespace only they are in is not \
+                 found, and its sockets fold from per-segment callbacks"
+            );
         }
         let mut added = false;
         for (id, w) in found.new {
