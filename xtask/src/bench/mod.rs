@@ -215,6 +215,11 @@ fn agent_bench(o: &Options) -> Result<String> {
                     runs.push(r);
                 }
             }
+            // A closing "off" run: every "on" run then has one on either side (`report::bracketed`).
+            let mut r = run_once(&mut env, baseline.as_deref(), secs, WINDOW)?;
+            eprintln!("bench:   {} off #{}: {}", kind.id(), pairs + 1, run_line(kind, &r));
+            r.agent = None;
+            runs.push(r);
             let mut r = {
                 let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1")?;
                 run_once(&mut env, Some(bin.as_path()), secs, STATS_WINDOW)?
