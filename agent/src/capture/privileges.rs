@@ -17,14 +17,14 @@ fn cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(v.trim(), 16).ok()
 }
 
-/// Effective capabilities of this thread group's main thread, from /proc/self/status.
-pub fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(cap_eff).unwrap_or(0)
+/// Effective capabilities in a /proc/.../status file (0 if it cannot be read).
+fn caps_in(status: &str) -> u64 {
+    std::fs::read_to_string(status).ok().as_deref().and_then(cap_eff).unwrap_or(0)
 }
 
-/// Effective capabilities of the calling thread.
-pub fn thread_caps() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/status").ok().as_deref().and_then(cap_eff).unwrap_or(0)
+/// Effective capabilities of this thread group's main thread, from /proc/self/status.
+pub fn effective_caps() -> u64 {
+    caps_in("/proc/self/status")
 }
 
 /// A thread that keeps some capabilities after `drop_all`: the walk's finder of network
@@ -35,12 +35,16 @@ pub struct KeptBy {
     pub caps: u64,
 }
 
-/// Reduce the calling thread's capabilities to those of `keep` it has, for good (as `drop_all`
-/// does, but for this thread and with `keep` left); returns what it kept.
+/// Reduce the calling thread's capabilities (they are per thread) to those of `keep` it has, for
+/// good: no new privileges on exec, a bounding set of `keep` (when CAP_SETPCAP allows), no
+/// ambient or inheritable capability, effective and permitted `keep`. Returns what it kept.
 pub fn keep_only(keep: u64) -> Result<u64, CaptureError> {
-    let fail = |what: &str, e: std::io::Error| CaptureError::Privileges(format!("keeping {keep:#x}: {what}: {e}"));
+    let fail = |what: &str, e: std::io::Error| {
+        let but = if keep == 0 { String::new() } else { format!(" but {keep:#x}") };
+        CaptureError::Privileges(format!("dropping capabilities{but}: {what}: {e}"))
+    };
     sys::set_no_new_privs().map_err(|e| fail("PR_SET_NO_NEW_PRIVS", e))?;
-    let caps = thread_caps();
+    let caps = caps_in("/proc/thread-self/status");
     if caps & (1u64 << CAP_SETPCAP) != 0 {
         for cap in (0..=last_cap()).filter(|c| keep & (1u64 << c) == 0) {
             sys::drop_bounding_cap(cap).map_err(|e| fail(&format!("PR_CAPBSET_DROP {cap}"), e))?;
@@ -84,22 +88,14 @@ pub fn check() -> Result<(), CaptureError> {
     )))
 }
 
-/// Give up every capability for good: no new privileges on exec, an empty bounding set (when
-/// CAP_SETPCAP allows), no ambient, effective, permitted or inheritable capability. Must run
-/// before the process starts a second thread (capabilities are per thread); it checks every
-/// thread afterwards and fails if one still holds a capability, but for `kept` (if any), which
-/// may hold what it kept and nothing more.
+/// Give up every capability for good in the calling thread (`keep_only(0)`). Must run before
+/// the process starts a second thread (capabilities are per thread); it checks every thread
+/// afterwards and fails if one still holds a capability, but for `kept` (if any), which may hold
+/// what it kept and nothing more.
 pub fn drop_all(kept: Option<KeptBy>) -> Result<(), CaptureError> {
-    let fail = |what: &str, e: std::io::Error| CaptureError::Privileges(format!("dropping capabilities: {what}: {e}"));
-    sys::set_no_new_privs().map_err(|e| fail("PR_SET_NO_NEW_PRIVS", e))?;
-    if effective_caps() & (1u64 << CAP_SETPCAP) != 0 {
-        for cap in 0..=last_cap() {
-            sys::drop_bounding_cap(cap).map_err(|e| fail(&format!("PR_CAPBSET_DROP {cap}"), e))?;
-        }
-    }
-    sys::clear_ambient_caps().map_err(|e| fail("PR_CAP_AMBIENT_CLEAR_ALL", e))?;
-    sys::capset(0).map_err(|e| fail("capset", e))?;
-    let tasks = std::fs::read_dir("/proc/self/task").map_err(|e| fail("reading /proc/self/task", e))?;
+    keep_only(0)?;
+    let tasks = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| CaptureError::Privileges(format!("dropping capabilities: reading /proc/self/task: {e}")))?;
     for task in tasks.flatten() {
         let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
         let tid = task.file_name().to_string_lossy().parse::<i32>().unwrap_or(-1);

@@ -100,21 +100,76 @@ fn pass(link: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
-/// A thread inside another network namespace, running a pass when asked.
-struct NetnsWalker {
-    path: PathBuf,
-    /// The namespace's cookie (what the sock_ops program reads, `bpf_get_netns_cookie`).
-    cookie: u64,
-    /// The thread's id: its /proc/self/task/TID/net shows the namespace.
-    tid: i32,
-    ask: Option<mpsc::Sender<()>>,
-    done: mpsc::Receiver<io::Result<()>>,
+/// A thread of its own: it sets itself up and says how once, then answers each request sent to
+/// it until its request channel closes, which dropping this does (and joins the thread). The
+/// walkers and the finder are such threads.
+struct Worker<Q, A> {
+    ask: Option<mpsc::Sender<Q>>,
+    answers: mpsc::Receiver<A>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Drop for NetnsWalker {
+/// Why a `Worker` did not start.
+enum WorkerError<E> {
+    /// The thread could not be created.
+    Start(io::Error),
+    /// It ended before saying how its setup went.
+    Ended,
+    /// Its setup failed.
+    Setup(E),
+}
+
+impl<Q: Send + 'static, A: Send + 'static> Worker<Q, A> {
+    /// Start thread `name`: `setup` runs in it first, and on success gives what to report here
+    /// (`R`) and the state (`S`) that `serve` then answers every request with.
+    fn spawn<R: Send + 'static, S, E: Send + 'static>(
+        name: &str,
+        setup: impl FnOnce() -> Result<(R, S), E> + Send + 'static,
+        mut serve: impl FnMut(&mut S, Q) -> A + Send + 'static,
+    ) -> Result<(Worker<Q, A>, R), WorkerError<E>> {
+        let (ask_tx, ask_rx) = mpsc::channel::<Q>();
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut state = match setup() {
+                    Ok((report, state)) => {
+                        let _ = ready_tx.send(Ok(report));
+                        state
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                while let Ok(q) = ask_rx.recv() {
+                    if answer_tx.send(serve(&mut state, q)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(WorkerError::Start)?;
+        let report = ready_rx.recv().map_err(|_| WorkerError::Ended)?.map_err(WorkerError::Setup)?;
+        Ok((Worker { ask: Some(ask_tx), answers: answer_rx, thread: Some(thread) }, report))
+    }
+
+    /// Send a request; false if the thread has stopped. A late answer to an earlier request
+    /// (one that timed out) is dropped first: it is not this one's.
+    fn ask(&self, q: Q) -> bool {
+        while self.answers.try_recv().is_ok() {}
+        self.ask.as_ref().is_some_and(|a| a.send(q).is_ok())
+    }
+
+    /// The answer to the last request, if it comes within `timeout`.
+    fn answer(&self, timeout: Duration) -> Option<A> {
+        self.answers.recv_timeout(timeout).ok()
+    }
+}
+
+impl<Q, A> Drop for Worker<Q, A> {
     fn drop(&mut self) {
-        // Closing the request channel ends the thread, which leaves the namespace.
+        // Closing the request channel ends the thread (a walker's leaves its namespace).
         self.ask.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -122,11 +177,14 @@ impl Drop for NetnsWalker {
     }
 }
 
-/// Give up this thread's capabilities (they are per thread) after it entered its namespace.
-fn drop_thread_caps() -> io::Result<()> {
-    sys::set_no_new_privs()?;
-    sys::clear_ambient_caps()?;
-    sys::capset(0)
+/// A thread inside another network namespace, running a pass when asked.
+struct NetnsWalker {
+    path: PathBuf,
+    /// The namespace's cookie (what the sock_ops program reads, `bpf_get_netns_cookie`).
+    cookie: u64,
+    /// The thread's id: its /proc/self/task/TID/net shows the namespace.
+    tid: i32,
+    worker: Worker<(), io::Result<()>>,
 }
 
 impl NetnsWalker {
@@ -134,60 +192,35 @@ impl NetnsWalker {
     /// given: a /proc/PID path may have gone to another process), learns the namespace's cookie
     /// and drops its capabilities, then serves passes.
     fn spawn(path: &Path, link: Arc<OwnedFd>, expect: Option<NsId>) -> Result<NetnsWalker, String> {
-        let (ask_tx, ask_rx) = mpsc::channel::<()>();
-        let (done_tx, done_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
         let p = path.to_path_buf();
-        let thread = std::thread::Builder::new()
-            .name("walk-netns".into())
-            .spawn(move || {
-                let setup = || -> io::Result<(u64, i32)> {
-                    let ns = File::open(&p)?;
-                    if expect.is_some_and(|id| NsId::of_file(&ns).ok() != Some(id)) {
-                        return Err(io::Error::other("it is another namespace than the one found there"));
-                    }
-                    sys::setns_net(ns.as_fd())?;
-                    let cookie = sys::netns_cookie()?;
-                    drop_thread_caps()?;
-                    Ok((cookie, sys::gettid()))
-                };
-                let entered = setup();
-                let ok = entered.is_ok();
-                let _ = ready_tx.send(entered);
-                if !ok {
-                    return;
-                }
-                while ask_rx.recv().is_ok() {
-                    if done_tx.send(pass(link.as_fd())).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("starting a thread for {}: {e}", path.display()))?;
-        let (cookie, tid) = ready_rx
-            .recv()
-            .map_err(|_| format!("the thread for {} ended before entering it", path.display()))
-            .and_then(|r| r.map_err(|e| format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())))?;
-        Ok(NetnsWalker {
-            path: path.to_path_buf(),
-            cookie,
-            tid,
-            ask: Some(ask_tx),
-            done: done_rx,
-            thread: Some(thread),
-        })
+        let setup = move || -> io::Result<((u64, i32), Arc<OwnedFd>)> {
+            let ns = File::open(&p)?;
+            if expect.is_some_and(|id| NsId::of_file(&ns).ok() != Some(id)) {
+                return Err(io::Error::other("it is another namespace than the one found there"));
+            }
+            sys::setns_net(ns.as_fd())?;
+            let cookie = sys::netns_cookie()?;
+            // Its capabilities were needed to enter; not after.
+            privileges::keep_only(0).map_err(io::Error::other)?;
+            Ok(((cookie, sys::gettid()), link))
+        };
+        let serve = |link: &mut Arc<OwnedFd>, ()| pass(link.as_fd());
+        match Worker::spawn("walk-netns", setup, serve) {
+            Ok((worker, (cookie, tid))) => Ok(NetnsWalker { path: path.to_path_buf(), cookie, tid, worker }),
+            Err(WorkerError::Start(e)) => Err(format!("starting a thread for {}: {e}", path.display())),
+            Err(WorkerError::Ended) => Err(format!("the thread for {} ended before entering it", path.display())),
+            Err(WorkerError::Setup(e)) => Err(format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())),
+        }
     }
 
     fn ask(&self) -> bool {
-        // A late answer to a pass that timed out is not this pass's.
-        while self.done.try_recv().is_ok() {}
-        self.ask.as_ref().is_some_and(|a| a.send(()).is_ok())
+        self.worker.ask(())
     }
 
     fn wait(&self) -> Result<(), String> {
-        match self.done.recv_timeout(PASS_TIMEOUT) {
-            Ok(r) => r.map_err(|e| format!("walking {}: {e}", self.path.display())),
-            Err(_) => Err(format!("walking {}: no answer within {PASS_TIMEOUT:?}", self.path.display())),
+        match self.worker.answer(PASS_TIMEOUT) {
+            Some(r) => r.map_err(|e| format!("walking {}: {e}", self.path.display())),
+            None => Err(format!("walking {}: no answer within {PASS_TIMEOUT:?}", self.path.display())),
         }
     }
 }
@@ -216,98 +249,82 @@ struct Found {
 /// in each new one. It alone keeps capabilities (`FINDER_CAPS`) once the rest of the process
 /// has dropped them: a walker it starts inherits them, enters its namespace and drops them.
 struct Finder {
-    ask: Option<mpsc::Sender<HashSet<NsId>>>,
-    found: mpsc::Receiver<Found>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker<HashSet<NsId>, Found>,
     kept: KeptBy,
 }
 
-impl Drop for Finder {
-    fn drop(&mut self) {
-        self.ask.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// What the finder keeps between looks.
+struct FinderState {
+    link: Arc<OwnedFd>,
+    /// This process's namespace, never offered.
+    own: NsId,
+    /// Namespaces that could not be entered: not offered again while they last.
+    failed: HashSet<NsId>,
+    scanner: netns::Scanner,
 }
 
 impl Finder {
     fn spawn(link: Arc<OwnedFd>) -> Result<Finder, String> {
-        let (ask_tx, ask_rx) = mpsc::channel::<HashSet<NsId>>();
-        let (found_tx, found_rx) = mpsc::channel();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("walk-netns-all".into())
-            .spawn(move || {
-                let setup = || -> Result<(KeptBy, NsId), String> {
-                    let caps = privileges::keep_only(FINDER_CAPS).map_err(|e| e.to_string())?;
-                    if caps & (1 << privileges::CAP_SYS_ADMIN) == 0 {
-                        return Err("it needs CAP_SYS_ADMIN to enter namespaces".into());
-                    }
-                    if caps & (1 << privileges::CAP_SYS_PTRACE) == 0 {
-                        tracing::warn!(
-                            "--walk-netns-all without CAP_SYS_PTRACE: namespaces that only other users' processes are \
-                             in are not found"
-                        );
-                    }
-                    let own = NsId::of(Path::new("/proc/thread-self/ns/net"))
-                        .map_err(|e| format!("reading this thread's namespace: {e}"))?;
-                    Ok((KeptBy { tid: sys::gettid(), caps }, own))
-                };
-                let (kept, own) = match setup() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(kept));
-                let mut failed: HashSet<NsId> = HashSet::new();
-                let mut scanner = netns::Scanner::default();
-                while let Ok(known) = ask_rx.recv() {
-                    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-                    let scanned = scanner.scan(Path::new("/proc"), &mountinfo, own);
-                    failed.retain(|id| scanned.contains_key(id));
-                    let mut out = Found::default();
-                    for (id, path) in &scanned {
-                        if known.contains(id) || failed.contains(id) {
-                            continue;
-                        }
-                        match NetnsWalker::spawn(path, link.clone(), Some(*id)) {
-                            Ok(w) => out.new.push((*id, w)),
-                            // The process went, or moved, since the scan: looked for again at
-                            // the next one.
-                            Err(_) if NsId::of(path).ok() != Some(*id) => {}
-                            Err(e) => {
-                                failed.insert(*id);
-                                out.failed.push(e);
-                            }
-                        }
-                    }
-                    out.gone = known.iter().filter(|id| !scanned.contains_key(id)).copied().collect();
-                    out.denied = scanner.denied();
-                    if found_tx.send(out).is_err() {
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| format!("starting the namespace finder: {e}"))?;
-        let kept = ready_rx
-            .recv()
-            .map_err(|_| "the namespace finder ended before starting".to_string())
-            .and_then(|r| r.map_err(|e| format!("--walk-netns-all: {e}")))?;
-        Ok(Finder { ask: Some(ask_tx), found: found_rx, thread: Some(thread), kept })
+        let setup = move || -> Result<(KeptBy, FinderState), String> {
+            let caps = privileges::keep_only(FINDER_CAPS).map_err(|e| e.to_string())?;
+            if caps & (1 << privileges::CAP_SYS_ADMIN) == 0 {
+                return Err("it needs CAP_SYS_ADMIN to enter namespaces".into());
+            }
+            if caps & (1 << privileges::CAP_SYS_PTRACE) == 0 {
+                tracing::warn!(
+                    "--walk-netns-all without CAP_SYS_PTRACE: namespaces that only other users' processes are in are \
+                     not found"
+                );
+            }
+            let own = NsId::of(Path::new("/proc/thread-self/ns/net"))
+                .map_err(|e| format!("reading this thread's namespace: {e}"))?;
+            let state = FinderState { link, own, failed: HashSet::new(), scanner: netns::Scanner::default() };
+            Ok((KeptBy { tid: sys::gettid(), caps }, state))
+        };
+        match Worker::spawn("walk-netns-all", setup, FinderState::look) {
+            Ok((worker, kept)) => Ok(Finder { worker, kept }),
+            Err(WorkerError::Start(e)) => Err(format!("starting the namespace finder: {e}")),
+            Err(WorkerError::Ended) => Err("the namespace finder ended before starting".into()),
+            Err(WorkerError::Setup(e)) => Err(format!("--walk-netns-all: {e}")),
+        }
     }
 
     /// Look for namespaces: new ones (not in `known`) entered, known ones gone.
     fn find(&self, known: HashSet<NsId>) -> Result<Found, String> {
-        while self.found.try_recv().is_ok() {}
-        if self.ask.as_ref().is_none_or(|a| a.send(known).is_err()) {
+        if !self.worker.ask(known) {
             return Err("the namespace finder has stopped".into());
         }
-        self.found
-            .recv_timeout(PASS_TIMEOUT)
-            .map_err(|_| format!("the namespace finder: no answer within {PASS_TIMEOUT:?}"))
+        self.worker
+            .answer(PASS_TIMEOUT)
+            .ok_or_else(|| format!("the namespace finder: no answer within {PASS_TIMEOUT:?}"))
+    }
+}
+
+impl FinderState {
+    /// One look, in the finder's thread: scan, enter what is new (not in `known`), tell what of
+    /// `known` is gone.
+    fn look(&mut self, known: HashSet<NsId>) -> Found {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let scanned = self.scanner.scan(Path::new("/proc"), &mountinfo, self.own);
+        self.failed.retain(|id| scanned.contains_key(id));
+        let mut out = Found::default();
+        for (id, path) in &scanned {
+            if known.contains(id) || self.failed.contains(id) {
+                continue;
+            }
+            match NetnsWalker::spawn(path, self.link.clone(), Some(*id)) {
+                Ok(w) => out.new.push((*id, w)),
+                // The process went, or moved, since the scan: looked for again at the next one.
+                Err(_) if NsId::of(path).ok() != Some(*id) => {}
+                Err(e) => {
+                    self.failed.insert(*id);
+                    out.failed.push(e);
+                }
+            }
+        }
+        out.gone = known.iter().filter(|id| !scanned.contains_key(id)).copied().collect();
+        out.denied = self.scanner.denied();
+        out
     }
 }
 
