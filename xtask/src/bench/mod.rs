@@ -33,8 +33,7 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str =
-    "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]";
+pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]";
 
 /// The agents' report window in the bench's runs (the walk runs at each window end).
 const WINDOW: &str = "10s";
@@ -98,12 +97,23 @@ struct Options {
     twins: Option<usize>,
     /// Seconds per run (default 10; 5 with --quick).
     secs: Option<u64>,
+    /// wrk's threads in a storm or keep-alive load alone (default: one per CPU); twins split them
+    /// between their two copies.
+    wrk_threads: Option<usize>,
     soak: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o =
-        Options { kinds: Vec::new(), backend: false, quick: false, pairs: None, twins: None, secs: None, soak: false };
+    let mut o = Options {
+        kinds: Vec::new(),
+        backend: false,
+        quick: false,
+        pairs: None,
+        twins: None,
+        secs: None,
+        wrk_threads: None,
+        soak: false,
+    };
     let mut any = false;
     for a in args {
         match a.as_str() {
@@ -131,6 +141,12 @@ fn parse(args: &[String]) -> Result<Options> {
                     anyhow::anyhow!("{p:?}: --secs takes a positive number of seconds, e.g. --secs=4")
                 })?;
                 o.secs = Some(n);
+            }
+            p if p.starts_with("--wrk-threads=") => {
+                let n: usize = p["--wrk-threads=".len()..].parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    anyhow::anyhow!("{p:?}: --wrk-threads takes a positive number of threads, e.g. --wrk-threads=1")
+                })?;
+                o.wrk_threads = Some(n);
             }
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
             "keepalive" => o.kinds.push(Kind::KeepAlive),
@@ -192,10 +208,11 @@ fn agent_bench(o: &Options) -> Result<String> {
         let _stats = sandbox::Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "0")?;
         let (pairs, twin_runs, secs) = if o.quick { (1, 2, 5) } else { (3, 6, 10) };
         let (pairs, twin_runs, secs) = (o.pairs.unwrap_or(pairs), o.twins.unwrap_or(twin_runs), o.secs.unwrap_or(secs));
+        let wrk_threads = o.wrk_threads.unwrap_or_else(report::cpus);
         let mut results = Vec::new();
         for &kind in &o.kinds {
             eprintln!("bench: {} ({pairs} x off/on, {secs} s each)", kind.name());
-            let mut env = Env::new(kind, &dir, false)?;
+            let mut env = Env::new(kind, &dir, false, wrk_threads)?;
             let mut runs = Vec::new();
             for i in 0..pairs {
                 for on in [false, true] {
@@ -234,9 +251,10 @@ fn agent_bench(o: &Options) -> Result<String> {
             };
             results.push((kind, runs, twins));
         }
-        let soak = if o.soak { Some(soak(&bin, &dir, if o.quick { 60 } else { SOAK_SECS })?) } else { None };
-        let table = report::markdown(&results, soak.as_ref(), secs, pairs);
-        let json = report::json(&results, soak.as_ref());
+        let soak =
+            if o.soak { Some(soak(&bin, &dir, if o.quick { 60 } else { SOAK_SECS }, wrk_threads)?) } else { None };
+        let table = report::markdown(&results, soak.as_ref(), secs, pairs, wrk_threads);
+        let json = report::json(&results, soak.as_ref(), wrk_threads);
         let out = crate::root().join("target/bench");
         std::fs::create_dir_all(&out)?;
         std::fs::write(out.join("agent.json"), serde_json::to_string_pretty(&json)?)?;
@@ -286,7 +304,10 @@ fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: u
     let kind = env.kind;
     let other_side = if baseline.is_some() { "the baseline agent on the other" } else { "no agent on the other" };
     eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy, {other_side})", kind.name());
-    let mut twin = Env::new(kind, dir, true)?;
+    // The two copies share the CPUs, and wrk's threads: half of the load's alone each.
+    let alone = env.wrk_threads;
+    env.wrk_threads = (alone / 2).max(1);
+    let mut twin = Env::new(kind, dir, true, env.wrk_threads)?;
     // Bulk copies are pinned, each to half of the CPUs. Unpinned, the scheduler moves the
     // streams' senders, receivers and softirqs between CPUs, and with 16 streams a pair of runs'
     // ratio (`report::TwinSummary`) varied by 3.4% (standard deviation, 2026-12-05); pinned, by
@@ -344,6 +365,7 @@ fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: u
         out.push(r);
     }
     env.pin(None)?;
+    env.wrk_threads = alone;
     Ok(out)
 }
 
@@ -374,9 +396,9 @@ fn run_once(env: &mut Env, agent_bin: Option<&Path>, secs: u64, window: &str) ->
 }
 
 /// A long storm with the agent on, sampling its RSS every 10 s.
-fn soak(bin: &Path, dir: &Path, secs: u64) -> Result<Soak> {
+fn soak(bin: &Path, dir: &Path, secs: u64, wrk_threads: usize) -> Result<Soak> {
     eprintln!("bench: soak, connection storm for {secs} s with the agent on");
-    let mut env = Env::new(Kind::Storm, dir, false)?;
+    let mut env = Env::new(Kind::Storm, dir, false, wrk_threads)?;
     let agent = Agent::start(bin, &env.cgroup, &env.netns(), Kind::Storm.max_sockets(), dir, WINDOW)?;
     let pid = agent.pid();
     let cpu0 = agent.cpu_seconds()?;
@@ -430,6 +452,16 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn wrk_threads_are_a_positive_number() {
+        assert_eq!(parse(&args(&["storm"])).unwrap().wrk_threads, None, "default: one per CPU");
+        assert_eq!(parse(&args(&["storm", "--wrk-threads=1"])).unwrap().wrk_threads, Some(1));
+        for bad in ["--wrk-threads=0", "--wrk-threads=x", "--wrk-threads=-1"] {
+            let e = parse(&args(&["storm", bad])).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad) && e.contains("positive number of threads"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -364,17 +364,19 @@ fn ratio(on: Option<f64>, off: Option<f64>) -> String {
 }
 
 /// The per-workload table and the targets table.
-fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
+fn tables(sums: &[Summary], secs: u64, pairs: usize, wrk_threads: usize) -> String {
     let mut md = String::new();
     md.push_str(&format!(
         "{pairs} x (agent off, agent on) alternating runs of {secs} s per workload and a closing off run, with \
-         kernel.bpf_stats_enabled=0; {} cores; means over runs. Throughput cost: each on run against the geometric mean \
+         kernel.bpf_stats_enabled=0; {} cores; means over runs. wrk (storm, keep-alive): {wrk_threads} thread(s) alone, \
+         {} per copy in the twin runs. Throughput cost: each on run against the geometric mean \
          of the off runs before and after it, which cancels drift that is linear over the three. Coverage: connections in the agent's reports (attempted, client + server side) / \
          TcpActiveOpens + TcpPassiveOpens of the workload's namespaces. eBPF ns: run_time_ns / run_cnt of one more \
          agent-on run per workload with kernel.bpf_stats_enabled=1 and 2-s report windows, so that it always contains \
          walks (left out of the throughput figures: it reads the clock twice per program invocation), per invocation, with invocations per connection (and per request for wrk \
          workloads). Drops: map_full + untracked_events + ringbuf_drops + missed_runs.\n\n",
-        cpus()
+        cpus(),
+        (wrk_threads / 2).max(1)
     ));
     if let Ok(base) = std::env::var("FLOW_BENCH_BASELINE_BIN") {
         md.push_str(&format!(
@@ -438,9 +440,10 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
              their own), sharing the CPUs; the agent watches one copy, the first and the second in turn. Cost: 1 - \
              monitored/other throughput (each pair of runs, one with the agent on each copy, gives the geometric \
              mean of its two ratios, which cancels whatever one copy has over the other), plus the agent's CPU as a share of one copy's half of the CPUs; ± two \
-             standard errors. With both CPUs busy this is a cost in CPU time; a load bound by one thread, as wrk \
-             is, can lose more alone when the agent's work lands on that thread's CPU, so the alternating pairs \
-             stay the measure of the workload alone and the twins are judged on a row of their own.\n\n",
+             standard errors. With both CPUs busy this is a cost in CPU time; a load bound by one thread (wrk with \
+             --wrk-threads=1) can lose more alone when the agent's work lands on that thread's CPU, so the \
+             alternating pairs stay the measure of the workload alone and the twins are judged on a row of their \
+             own.\n\n",
         );
         if std::env::var_os("FLOW_BENCH_BASELINE_BIN").is_some() {
             md.push_str(
@@ -473,11 +476,17 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize) -> String {
     md
 }
 
-pub fn markdown(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>, secs: u64, pairs: usize) -> String {
+pub fn markdown(
+    results: &[(Kind, Vec<Run>, Vec<Twin>)],
+    soak: Option<&Soak>,
+    secs: u64,
+    pairs: usize,
+    wrk_threads: usize,
+) -> String {
     let sums: Vec<Summary> = results.iter().map(|(k, r, t)| summarize(*k, r, t)).collect();
     let mut md = String::from("## flow-agent overhead and coverage\n\n");
     if !sums.is_empty() {
-        md.push_str(&tables(&sums, secs, pairs));
+        md.push_str(&tables(&sums, secs, pairs, wrk_threads));
     }
     if let Some(soak) = soak {
         let first = soak.samples.iter().find(|(t, _)| *t >= 10.0).or(soak.samples.first());
@@ -501,7 +510,7 @@ pub fn markdown(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>, se
     md
 }
 
-pub fn json(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>) -> Value {
+pub fn json(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>, wrk_threads: usize) -> Value {
     let workloads: Vec<Value> = results
         .iter()
         .map(|(k, runs, twins)| {
@@ -551,6 +560,7 @@ pub fn json(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>) -> Val
         })
         .collect();
     json!({
+        "wrk_threads": wrk_threads,
         "workloads": workloads,
         "soak": soak.map(|s| json!({
             "secs": s.secs,

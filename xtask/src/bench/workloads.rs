@@ -1,7 +1,8 @@
 //! The workloads: each sets up its namespaces, cgroup and servers once, then runs its load
 //! generator once per benchmark run and says what the generator achieved.
 //!
-//! * storm: nginx (own config, one worker) on loopback in a netns, wrk with `Connection: close`;
+//! * storm: nginx (own config, one worker) on loopback in a netns, wrk with `Connection: close`,
+//!   one wrk thread per CPU (`Env::wrk_threads`);
 //!   storm-server: the same with only nginx in the monitored cgroup (a server host's view: one
 //!   monitored socket per connection instead of two);
 //! * keepalive: the same with keep-alive connections;
@@ -110,12 +111,17 @@ pub struct Env {
     server_ip: String,
     /// CPUs the load is pinned to (a `taskset` list), if any: see `pin`.
     cpus: Option<String>,
+    /// wrk's threads (`-t`): by default one per CPU for a workload alone, so that the storm runs at
+    /// the machine's maximum rate. One thread leaves a CPU ~40% idle and makes 25-30% fewer
+    /// requests than two, the agent's per-request work then landing on that thread's CPU alone
+    /// (docs/performance.md, "The storm at the machine's maximum rate").
+    pub wrk_threads: usize,
 }
 
 impl Env {
     /// The workload's namespaces, cgroups and servers. A `twin` is a second copy with names,
     /// addresses and files of its own, to run at the same time as the first (`bench::twins`).
-    pub fn new(kind: Kind, dir: &Path, twin: bool) -> Result<Env> {
+    pub fn new(kind: Kind, dir: &Path, twin: bool, wrk_threads: usize) -> Result<Env> {
         let tag = if twin { "twin" } else { "" };
         let cgroup = Cgroup::new(tag)?;
         let unmonitored = Cgroup::new(&format!("{tag}-load"))?;
@@ -130,7 +136,8 @@ impl Env {
             }
             _ => vec![Netns::new(&format!("{}{tag}", kind.id()))?],
         };
-        let mut env = Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir, server_ip, cpus: None };
+        let mut env =
+            Env { kind, servers: Vec::new(), cgroup, unmonitored, ns, dir, server_ip, cpus: None, wrk_threads };
         match kind {
             Kind::Storm | Kind::StormServer | Kind::KeepAlive => {
                 let conf = nginx_conf(&env.dir)?;
@@ -208,8 +215,12 @@ impl Env {
     }
 
     fn wrk(&self, secs: u64, close: bool) -> Result<Load> {
-        let mut args =
-            vec!["-t1".to_string(), format!("-c{WRK_CONNECTIONS}"), format!("-d{secs}s"), "--latency".into()];
+        let mut args = vec![
+            format!("-t{}", self.wrk_threads),
+            format!("-c{WRK_CONNECTIONS}"),
+            format!("-d{secs}s"),
+            "--latency".into(),
+        ];
         if close {
             args.extend(["-H".into(), "Connection: close".into()]);
         }
