@@ -7,6 +7,7 @@
 #            empty    a sock_ops program that returns 1 (docs/tools/sockops_floor.py)
 #            flags    one that only sets RTO|RETRANS|STATE at establishment
 #            agent    target/release/flow-agent (walk mode), or $FLOW_AGENT
+# Each copy's wrk runs one thread per two CPUs (at least one), as the bench's twins do.
 # usage: [RUNS=10] [SECS=5] docs/tools/twin_ab.sh keepalive|storm [VARIANT]
 # See docs/performance.md, "Twin runs" and "What remains".
 set -euo pipefail
@@ -41,7 +42,7 @@ sleep 1
 header=""
 [ "$mode" = storm ] && header="-H 'Connection: close'"
 load() {
-  bash -c "echo \$\$ > $cgroot/twin$1-$$/cgroup.procs; exec ip netns exec twin$1-$$ wrk -t1 -c64 -d${SECS:-5}s $header http://127.0.0.1:8080/" |
+  bash -c "echo \$\$ > $cgroot/twin$1-$$/cgroup.procs; exec ip netns exec twin$1-$$ wrk -t$(( $(nproc) / 2 > 1 ? $(nproc) / 2 : 1 )) -c64 -d${SECS:-5}s $header http://127.0.0.1:8080/" |
     awk '/Requests\/sec/ {print $2}'
 }
 attach() {
