@@ -22,6 +22,8 @@ cleanup() {
   [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null
   [ -n "${pid:-}" ] && kill -INT "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }
   [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null
+  # iperf3 itself is a child of $srv: end every process of the cgroup.
+  [ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill" 2>/dev/null || true
   sleep 0.3; rmdir "$cg" 2>/dev/null || true
   ip netns del "$a" 2>/dev/null || true; ip netns del "$b" 2>/dev/null || true
   sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; rm -rf "$dir"
