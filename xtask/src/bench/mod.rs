@@ -304,9 +304,8 @@ fn twins(env: &mut Env, bin: &Path, baseline: Option<&Path>, dir: &Path, runs: u
     let kind = env.kind;
     let other_side = if baseline.is_some() { "the baseline agent on the other" } else { "no agent on the other" };
     eprintln!("bench: {} as twins ({runs} runs of {secs} s, agent on one copy, {other_side})", kind.name());
-    // The two copies share the CPUs, and wrk's threads: half of the load's alone each.
     let alone = env.wrk_threads;
-    env.wrk_threads = (alone / 2).max(1);
+    env.wrk_threads = workloads::twin_wrk_threads(alone);
     let mut twin = Env::new(kind, dir, true, env.wrk_threads)?;
     // Bulk copies are pinned, each to half of the CPUs. Unpinned, the scheduler moves the
     // streams' senders, receivers and softirqs between CPUs, and with 16 streams a pair of runs'

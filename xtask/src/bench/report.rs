@@ -381,7 +381,7 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize, wrk_threads: usize) -> Stri
          walks (left out of the throughput figures: it reads the clock twice per program invocation), per invocation, with invocations per connection (and per request for wrk \
          workloads). Drops: map_full + untracked_events + ringbuf_drops + missed_runs.\n\n",
         cpus(),
-        (wrk_threads / 2).max(1)
+        super::workloads::twin_wrk_threads(wrk_threads)
     ));
     if let Ok(base) = std::env::var("FLOW_BENCH_BASELINE_BIN") {
         md.push_str(&format!(

@@ -31,6 +31,12 @@ const IDLE_CONNECTIONS: u32 = 100_000;
 const IDLE_PROCESSES: u32 = 8;
 const IDLE_BASE_PORT: u16 = 9000;
 
+/// wrk's threads per copy in the twin runs: the two copies share the CPUs, and the threads of the
+/// load alone (at least one each).
+pub fn twin_wrk_threads(alone: usize) -> usize {
+    (alone / 2).max(1)
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Storm,
