@@ -21,7 +21,8 @@ commands:
   test             setup, then every test: fmt, clippy, unit and kernel integration tests,
                    backend tests against SQLite and PostgreSQL, boto3 end to end
                    (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
-  bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--soak]
+  bench [storm|storm-server|keepalive|bulk|bulk1|bulk16|idle|backend|all]...
+        [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]
                    benchmarks, printed as markdown (agent figures also in target/bench/agent.json):
                    the agent off/on under each workload (root), alternating, then as twins (two
                    copies at once, the agent on one, then on the other: --twins=N is even), and

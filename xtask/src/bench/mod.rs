@@ -33,7 +33,7 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str = "bench [storm|keepalive|bulk|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]";
+pub const USAGE: &str = "bench [storm|storm-server|keepalive|bulk|bulk1|bulk16|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]";
 
 /// The agents' report window in the bench's runs (the walk runs at each window end).
 const WINDOW: &str = "10s";
@@ -151,6 +151,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
             "keepalive" => o.kinds.push(Kind::KeepAlive),
             "bulk" => o.kinds.extend([Kind::Bulk(1), Kind::Bulk(16)]),
+            // One variant alone, by its id (as in the JSON): a long run of one of them.
+            "storm-server" => o.kinds.push(Kind::StormServer),
+            "bulk1" => o.kinds.push(Kind::Bulk(1)),
+            "bulk16" => o.kinds.push(Kind::Bulk(16)),
             "idle" => o.kinds.push(Kind::Idle),
             "backend" => o.backend = true,
             "all" => {
@@ -172,7 +176,12 @@ fn parse(args: &[String]) -> Result<Options> {
         o.kinds = vec![Kind::Storm, Kind::StormServer, Kind::KeepAlive, Kind::Bulk(1), Kind::Bulk(16), Kind::Idle];
         o.backend = true;
     }
-    o.kinds.dedup();
+    let mut seen = Vec::new();
+    o.kinds.retain(|k| {
+        let new = !seen.contains(k);
+        seen.push(*k);
+        new
+    });
     Ok(o)
 }
 
@@ -461,6 +470,18 @@ mod tests {
             let e = parse(&args(&["storm", bad])).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(bad) && e.contains("positive number of threads"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn workloads_are_selected_by_group_or_alone_once_each() {
+        let kinds = |a: &[&str]| parse(&args(a)).unwrap().kinds;
+        assert_eq!(kinds(&["bulk"]), [Kind::Bulk(1), Kind::Bulk(16)]);
+        assert_eq!(kinds(&["bulk1"]), [Kind::Bulk(1)]);
+        assert_eq!(kinds(&["bulk16", "storm-server"]), [Kind::Bulk(16), Kind::StormServer]);
+        // A variant named again, alone or in its group, runs once, where it was first named.
+        assert_eq!(kinds(&["bulk1", "storm", "bulk"]), [Kind::Bulk(1), Kind::Storm, Kind::StormServer, Kind::Bulk(16)]);
+        let e = parse(&args(&["bulk2"])).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("\"bulk2\"") && e.contains("bulk1|bulk16"), "{e}");
     }
 
     #[test]
