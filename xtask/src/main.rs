@@ -12,7 +12,10 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <command>
+/// `cargo xtask help`; the bench's synopsis is `bench::USAGE`, the one its errors print.
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask <command>
 
 commands:
   setup            install what builds and tests need (idempotent)
@@ -21,8 +24,7 @@ commands:
   test             setup, then every test: fmt, clippy, unit and kernel integration tests,
                    backend tests against SQLite and PostgreSQL, boto3 end to end
                    (FLOW_AGENT_SKIP_PRIVILEGED=1 skips the tests that need root, explicitly)
-  bench [storm|storm-server|keepalive|bulk|bulk1|bulk16|idle|backend|all]...
-        [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]
+  {}
                    benchmarks, printed as markdown (agent figures also in target/bench/agent.json):
                    the agent off/on under each workload (root), alternating, then as twins (two
                    copies at once, the agent on one, then on the other: --twins=N is even), and
@@ -31,7 +33,10 @@ commands:
                    storm (RSS) (60 s with --quick); see docs/performance.md
   bench enrich     enrichment cost per report window of 500 flows (release-mode unit test)
   package [--smoke] .deb and .rpm in target/package/ (installs cargo-deb, cargo-generate-rpm);
-                   --smoke: then install the .deb, run and verify it, remove and purge (root)";
+                   --smoke: then install the .deb, run and verify it, remove and purge (root)",
+        bench::USAGE
+    )
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,10 +53,10 @@ fn main() -> ExitCode {
             _ => Ok(()),
         }),
         Some("-h" | "--help" | "help") | None => {
-            println!("{USAGE}");
+            println!("{}", usage());
             Ok(())
         }
-        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{USAGE}")),
+        Some(other) => Err(anyhow::anyhow!("unknown command {other:?}\n\n{}", usage())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

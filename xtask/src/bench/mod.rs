@@ -148,32 +148,24 @@ fn parse(args: &[String]) -> Result<Options> {
                 })?;
                 o.wrk_threads = Some(n);
             }
+            // The groups; `storm` is also the id of its first variant.
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
-            "keepalive" => o.kinds.push(Kind::KeepAlive),
             "bulk" => o.kinds.extend([Kind::Bulk(1), Kind::Bulk(16)]),
-            // One variant alone, by its id (as in the JSON): a long run of one of them.
-            "storm-server" => o.kinds.push(Kind::StormServer),
-            "bulk1" => o.kinds.push(Kind::Bulk(1)),
-            "bulk16" => o.kinds.push(Kind::Bulk(16)),
-            "idle" => o.kinds.push(Kind::Idle),
             "backend" => o.backend = true,
             "all" => {
-                o.kinds.extend([
-                    Kind::Storm,
-                    Kind::StormServer,
-                    Kind::KeepAlive,
-                    Kind::Bulk(1),
-                    Kind::Bulk(16),
-                    Kind::Idle,
-                ]);
+                o.kinds.extend(Kind::ALL);
                 o.backend = true;
             }
-            other => bail!("unknown bench argument {other:?}; usage: cargo xtask {USAGE}"),
+            // One workload by its id (as in the JSON): keepalive, idle, or one variant alone.
+            other => match Kind::ALL.into_iter().find(|k| k.id() == other) {
+                Some(k) => o.kinds.push(k),
+                None => bail!("unknown bench argument {other:?}; usage: cargo xtask {USAGE}"),
+            },
         }
         any |= !a.starts_with("--");
     }
     if !any && !o.soak {
-        o.kinds = vec![Kind::Storm, Kind::StormServer, Kind::KeepAlive, Kind::Bulk(1), Kind::Bulk(16), Kind::Idle];
+        o.kinds = Kind::ALL.to_vec();
         o.backend = true;
     }
     let mut seen = Vec::new();
@@ -477,6 +469,12 @@ mod tests {
         let kinds = |a: &[&str]| parse(&args(a)).unwrap().kinds;
         assert_eq!(kinds(&["bulk"]), [Kind::Bulk(1), Kind::Bulk(16)]);
         assert_eq!(kinds(&["bulk1"]), [Kind::Bulk(1)]);
+        assert_eq!(kinds(&["keepalive", "idle"]), [Kind::KeepAlive, Kind::Idle]);
+        assert_eq!(kinds(&["storm"]), [Kind::Storm, Kind::StormServer], "storm: the group, not its first variant");
+        for every in [&[][..], &["all"], &["--quick"]] {
+            let o = parse(&args(every)).unwrap();
+            assert!(o.kinds == Kind::ALL && o.backend, "{every:?}: {:?}", o.kinds);
+        }
         assert_eq!(kinds(&["bulk16", "storm-server"]), [Kind::Bulk(16), Kind::StormServer]);
         // A variant named again, alone or in its group, runs once, where it was first named.
         assert_eq!(kinds(&["bulk1", "storm", "bulk"]), [Kind::Bulk(1), Kind::Storm, Kind::StormServer, Kind::Bulk(16)]);

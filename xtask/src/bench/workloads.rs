@@ -48,6 +48,10 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every workload, in the order `bench` runs them by default.
+    pub const ALL: [Kind; 6] =
+        [Kind::Storm, Kind::StormServer, Kind::KeepAlive, Kind::Bulk(1), Kind::Bulk(16), Kind::Idle];
+
     pub fn name(self) -> String {
         match self {
             Kind::Storm => "connection storm".into(),
