@@ -565,6 +565,10 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
     let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(log.matches("walking a network namespace found").count(), 2 + others, "{log}");
     assert_eq!(log.matches("no longer walking a network namespace").count(), 2, "{log}");
+    // The lab's namespaces share the host's table (made with tcp_child_ehash_entries 0): noted
+    // once, at start, not again for the ones found later.
+    let noted = log.matches("walked network namespaces share the host's TCP table").count();
+    assert_eq!(noted, usize::from(host_table_worth_a_note()), "{log}");
     let c = totals(&reports, flow("10.77.0.1", "10.77.0.2", 5009, Role::Client));
     let s = totals(&reports, flow("10.77.0.2", "10.77.0.1", 5009, Role::Server));
     let rounds = client["rounds"].as_u64().unwrap();
@@ -576,6 +580,59 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
     assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
     assert_eq!(s.bytes_received, client["sent"].as_u64().unwrap());
     assert_eq!((c.established, s.established), (1, 1));
+}
+
+/// Whether namespaces made now share a host TCP table big enough for the agent to note that each
+/// walk scans it whole (`SHARED_TABLE_NOTED` in `capture/walk.rs`).
+fn host_table_worth_a_note() -> bool {
+    let read = |f: &str| -> i64 {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).unwrap().trim().parse().unwrap()
+    };
+    read("tcp_child_ehash_entries") == 0 && read("tcp_ehash_entries") >= 65_536
+}
+
+/// Sets the host's `net.ipv4.tcp_child_ehash_entries` while it lives; the old value back on drop.
+struct ChildTables(String);
+
+impl ChildTables {
+    fn set(buckets: u32) -> ChildTables {
+        let old = support::sh("sysctl -n net.ipv4.tcp_child_ehash_entries").trim().to_string();
+        support::sh(&format!("sysctl -qw net.ipv4.tcp_child_ehash_entries={buckets}"));
+        ChildTables(old)
+    }
+}
+
+impl Drop for ChildTables {
+    fn drop(&mut self) {
+        support::sh(&format!("sysctl -qw net.ipv4.tcp_child_ehash_entries={}", self.0));
+    }
+}
+
+/// Namespaces made with `net.ipv4.tcp_child_ehash_entries` set have TCP tables of their own,
+/// which a walk scans in microseconds: the agent reads each walked namespace's, and notes only
+/// shared ones (the other case is `namespaces_made_after_start_are_walked_then_left_with_walk_netns_all`).
+/// Counts stay exact either way.
+#[test]
+fn namespaces_with_tcp_tables_of_their_own_are_not_noted() {
+    let Some(_g) = privileged("namespaces_with_tcp_tables_of_their_own_are_not_noted") else { return };
+    let lab = {
+        let _tables = ChildTables::set(4096);
+        Lab::new()
+    };
+    let table = support::sh(&format!("ip netns exec {} sysctl -n net.ipv4.tcp_ehash_entries", lab.a));
+    assert_eq!(table.trim(), "4096", "the lab's namespace has a table of its own");
+    let agent = Agent::start(&lab, &[]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5012", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5012", "--secs", "2", "--interval-ms", "10"]);
+    let client = client.result();
+    server.result();
+    let (lines, log) = agent.stop_with_log();
+    assert_eq!(log.matches("share the host's TCP table").count(), 0, "{log}");
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5012, Role::Client));
+    assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+    assert_eq!(c.established, 1);
 }
 
 /// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as

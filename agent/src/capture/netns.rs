@@ -124,6 +124,27 @@ pub fn has_held_sockets(tid: i32) -> bool {
     })
 }
 
+/// A network namespace's table of TCP sockets (`net.ipv4.tcp_ehash_entries`): a walk of the
+/// namespace scans every bucket of it, empty or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpTable {
+    pub buckets: u64,
+    /// The namespace shares the host's table (it was made while the host's
+    /// `net.ipv4.tcp_child_ehash_entries` was 0, the default) rather than having one of its own.
+    pub shared: bool,
+}
+
+/// The calling thread's namespace's table, or None where the kernel does not say (before 6.1).
+pub fn tcp_table() -> Option<TcpTable> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries").ok().as_deref().and_then(parse_tcp_table)
+}
+
+/// `tcp_ehash_entries` as the kernel shows it: negative for a namespace that shares the host's.
+fn parse_tcp_table(text: &str) -> Option<TcpTable> {
+    let n: i64 = text.trim().parse().ok()?;
+    Some(TcpTable { buckets: n.unsigned_abs(), shared: n < 0 })
+}
+
 /// A /proc/net/tcp line (`sl local remote st tx:rx tr:when retrnsmt uid timeout inode ...`) of a
 /// socket that a file refers to (inode not 0) and that is not listening (state 0A).
 fn held_socket(line: &str) -> bool {
@@ -134,6 +155,20 @@ fn held_socket(line: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_table_size_is_the_hosts_shared() {
+        assert_eq!(parse_tcp_table("-262144\n"), Some(TcpTable { buckets: 262_144, shared: true }));
+        assert_eq!(parse_tcp_table("4096\n"), Some(TcpTable { buckets: 4096, shared: false }));
+        assert_eq!(parse_tcp_table("many"), None);
+    }
+
+    #[test]
+    fn this_threads_table_is_read() {
+        // Every kernel this agent supports (6.1 on) has the sysctl.
+        let t = tcp_table().expect("net.ipv4.tcp_ehash_entries");
+        assert!(t.buckets > 0, "{t:?}");
+    }
 
     /// A directory laid out like /proc: numbered entries whose `ns/net` links to `net:[inode]`.
     fn fake_proc(pids: &[(&str, u64)]) -> tempfile::TempDir {

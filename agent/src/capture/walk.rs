@@ -34,7 +34,7 @@ use agent_common::maps::WalkedNetns;
 use aya::maps::{Array, HashMap, MapData};
 
 use super::{
-    netns::{self, NsId},
+    netns::{self, NsId, TcpTable},
     privileges::{self, KeptBy},
 };
 use crate::sys;
@@ -45,6 +45,10 @@ const PASS_RETRIES: usize = 64;
 
 /// Longest a pass in another namespace may take before the walk reports it as failed.
 const PASS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A shared TCP table of at least this many buckets is worth a note (`Walk::report_shared_tables`):
+/// ~0.4 ms of CPU per namespace and walk.
+const SHARED_TABLE_NOTED: u64 = 65_536;
 
 /// How far below the last walk's start the idle floor sits: a segment the kernel sends shortly
 /// after a stamp without stamping again (a compressed SACK's timer, within milliseconds) is
@@ -184,7 +188,16 @@ struct NetnsWalker {
     cookie: u64,
     /// The thread's id: its /proc/self/task/TID/net shows the namespace.
     tid: i32,
+    /// The namespace's TCP table, which each pass scans whole (`netns::tcp_table`).
+    table: Option<TcpTable>,
     worker: Worker<(), io::Result<()>>,
+}
+
+/// What a walker's thread learns once it has entered its namespace.
+struct Entered {
+    cookie: u64,
+    tid: i32,
+    table: Option<TcpTable>,
 }
 
 impl NetnsWalker {
@@ -193,7 +206,7 @@ impl NetnsWalker {
     /// and drops its capabilities, then serves passes.
     fn spawn(path: &Path, link: Arc<OwnedFd>, expect: Option<NsId>) -> Result<NetnsWalker, String> {
         let p = path.to_path_buf();
-        let setup = move || -> io::Result<((u64, i32), Arc<OwnedFd>)> {
+        let setup = move || -> io::Result<(Entered, Arc<OwnedFd>)> {
             let ns = File::open(&p)?;
             if expect.is_some_and(|id| NsId::of_file(&ns).ok() != Some(id)) {
                 return Err(io::Error::other("it is another namespace than the one found there"));
@@ -202,11 +215,13 @@ impl NetnsWalker {
             let cookie = sys::netns_cookie()?;
             // Its capabilities were needed to enter; not after.
             privileges::keep_only(0).map_err(io::Error::other)?;
-            Ok(((cookie, sys::gettid()), link))
+            Ok((Entered { cookie, tid: sys::gettid(), table: netns::tcp_table() }, link))
         };
         let serve = |link: &mut Arc<OwnedFd>, ()| pass(link.as_fd());
         match Worker::spawn("walk-netns", setup, serve) {
-            Ok((worker, (cookie, tid))) => Ok(NetnsWalker { path: path.to_path_buf(), cookie, tid, worker }),
+            Ok((worker, Entered { cookie, tid, table })) => {
+                Ok(NetnsWalker { path: path.to_path_buf(), cookie, tid, table, worker })
+            }
             Err(WorkerError::Start(e)) => Err(format!("starting a thread for {}: {e}", path.display())),
             Err(WorkerError::Ended) => Err(format!("the thread for {} ended before entering it", path.display())),
             Err(WorkerError::Setup(e)) => Err(format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())),
@@ -370,6 +385,8 @@ pub struct Walk {
     last_find: Option<Instant>,
     /// Whether processes whose namespace could not be read were reported (once).
     denied_reported: bool,
+    /// Whether walked namespaces sharing the host's TCP table were reported (once).
+    shared_tables_reported: bool,
     registry: Registry,
     floor_map: Array<MapData, u64>,
     floor: Floor,
@@ -402,6 +419,7 @@ impl Walk {
             finder: None,
             last_find: None,
             denied_reported: false,
+            shared_tables_reported: false,
             registry,
             floor_map,
             floor: Floor::default(),
@@ -422,6 +440,7 @@ impl Walk {
             }
         }
         walk.registry.list(&walk.cookies())?;
+        walk.report_shared_tables();
         if all {
             match Finder::spawn(walk.link.clone()) {
                 Ok(f) => {
@@ -512,6 +531,7 @@ impl Walk {
         // the program never sees a list naming a namespace the hash does not hold.
         if added {
             self.registry.list(&self.cookies())?;
+            self.report_shared_tables();
         }
         let mut left = Vec::new();
         for id in found.gone {
@@ -535,6 +555,30 @@ impl Walk {
             }
         }
         Ok(())
+    }
+
+    /// Once: walked namespaces that share the host's TCP table (`netns::TcpTable`), which each
+    /// of their passes scans whole, empty buckets included, and the host setting that gives the
+    /// namespaces made after it tables of their own.
+    fn report_shared_tables(&mut self) {
+        if self.shared_tables_reported {
+            return;
+        }
+        let walkers = self.others.iter().chain(self.found.values());
+        let shared: Vec<u64> = walkers.filter_map(|w| w.table).filter(|t| t.shared).map(|t| t.buckets).collect();
+        let Some(&buckets) = shared.iter().max() else { return };
+        if buckets < SHARED_TABLE_NOTED {
+            return;
+        }
+        self.shared_tables_reported = true;
+        tracing::info!(
+            namespaces = shared.len(),
+            buckets,
+            "walked network namespaces share the host's TCP table: each walk scans all of it in every one of them \
+             (~1.7 ms of CPU per namespace at 262,144 buckets, docs/performance.md). Setting \
+             net.ipv4.tcp_child_ehash_entries on the host (e.g. 4096) gives namespaces made from then on (new pods) \
+             a table of their own, ~0.07 ms per walk"
+        );
     }
 
     /// One pass over every walked namespace, the others in parallel with this thread's own.
