@@ -110,6 +110,13 @@ pub fn forget(ctx: &SockOpsContext, flags: u32) {
     }
 }
 
+/// A socket tracked with per-segment callbacks whose entry the walk now marks `SOCK_WALKED`
+/// (`walk::adopt`): its entry counts among the walked ones from now on.
+#[inline(always)]
+pub fn adopted() {
+    walked_entry(1);
+}
+
 /// Add `delta` (wrapping: `u64::MAX` is -1) to the count of SOCKETS entries of walked sockets.
 ///
 /// The count only has to be right for the socket that reads it: an entry is inserted and later

@@ -14,20 +14,20 @@
 //! is counted in `stat::WALK_IDLE` (see the daemon's `capture::walk` for why that holds).
 
 use agent_common::{
-    fold::{fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
+    fold::{cb, fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
     maps::{
         Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT,
-        SOCK_WALKED, SockCounters, flow_key, stat, v4_mapped,
+        SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped,
     },
 };
-use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock};
 use core::ffi::c_void;
 
 use crate::{
     ctx::{AF_INET, AF_INET6},
-    flows::{add, add_counters, flow, fold_counters, record},
+    flows::{add, add_counters, add_rtt, flow, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
-    sockets::{folded_none, insert_late, new_state},
+    sockets::{adopted, folded_none, insert_late, new_state},
 };
 
 // Offsets of `struct tcp_sock` fields, which the daemon reads from the kernel's BTF
@@ -142,9 +142,11 @@ fn visit(sk: *mut u8) -> Option<()> {
     // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
     match unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) } {
         Some(st) => {
-            // Sockets tracked as walked only (a socket tracked before its namespace was registered
-            // keeps its per-segment callbacks, and folds from them).
-            if st.flags & SOCK_WALKED == 0 || (segs_out == st.folded.segs_out && segs_in == st.folded.segs_in) {
+            if st.flags & SOCK_WALKED == 0 {
+                // Tracked with per-segment callbacks: opened before its namespace was walked.
+                return adopt(sk, st);
+            }
+            if segs_out == st.folded.segs_out && segs_in == st.folded.segs_in {
                 return None;
             }
             let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
@@ -160,6 +162,42 @@ fn visit(sk: *mut u8) -> Option<()> {
     }
 }
 
+/// `setsockopt` level and option that set a socket's sock_ops callback flags (Linux 6.10).
+const SOL_TCP: i32 = 6;
+const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
+
+/// A socket of this namespace tracked with per-segment callbacks (`st` without `SOCK_WALKED`):
+/// one opened before the daemon found its namespace, or before it was given. Once established it
+/// is handed to the walk: its callbacks become a walked socket's (`cb::walked`: no per-segment
+/// ones) and its entry `SOCK_WALKED`, after one last fold with its pending RTT samples. The
+/// callbacks and this run under the socket's lock, so no fold of it is lost between the two
+/// ways. Where the kernel refuses to set the flags (before 6.10) it keeps its callbacks.
+#[inline(never)]
+fn adopt(sk: *const u8, st: &mut SockState) -> Option<()> {
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    if state as u32 != tcp_state::ESTABLISHED {
+        // From FIN_WAIT1 on its close may read the parse callback's flag (`fold::fin_seen`).
+        return None;
+    }
+    if !set_callbacks(sk, cb::walked(st.flags & SOCK_CLIENT == 0)) {
+        return None;
+    }
+    st.flags |= SOCK_WALKED | SOCK_ESTABLISHED;
+    adopted();
+    count(stat::EVENTS);
+    let agg = flow(&st.key)?;
+    if st.rtt.count != 0 {
+        // SAFETY: FLOWS value pointer.
+        add_rtt(unsafe { &raw mut (*agg).rtt_us }, &st.rtt);
+        st.rtt.count = 0;
+        st.rtt.sum = 0;
+    }
+    let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
+    let now = counters(sk, st.flags, state, segs_out, segs_in)?;
+    let _ = fold_counters(agg, &mut st.folded, &now);
+    Some(())
+}
+
 /// The idle floor the daemon set for this walk (`WALK_FLOOR`; 0: visit every socket).
 #[inline(always)]
 fn floor() -> u64 {
@@ -173,7 +211,12 @@ fn floor() -> u64 {
 #[inline(always)]
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
-    let flags = untracked_flags(cb as u32)?;
+    let Some(flags) = untracked_flags(cb as u32) else {
+        if cb as u32 & cb::RTT != 0 {
+            return disarm(sk);
+        }
+        return None;
+    };
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     if state as u32 == tcp_state::SYN_SENT && flags & SOCK_CLIENT != 0 {
         return attempt_seen(sk, cookie, flags);
@@ -182,6 +225,37 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
         return None;
     }
     first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
+}
+
+/// A socket with per-segment callbacks and no state entry: armed by an earlier run of the agent
+/// (this one arms them only on sockets it stores, and removes the entry only at the close, after
+/// the last callback). This run cannot count it: it does not know what the earlier one counted.
+/// Left armed, its every segment would run the program and count an untracked event. Its
+/// callbacks are switched off instead, and it is counted once in `UNTRACKED_EVENTS`.
+#[inline(never)]
+fn disarm(sk: *const u8) -> Option<()> {
+    if set_callbacks(sk, 0) {
+        count(stat::UNTRACKED_EVENTS);
+    }
+    None
+}
+
+/// Set the socket's sock_ops callback flags; false if the kernel refuses (before 6.10).
+#[inline(always)]
+fn set_callbacks(sk: *const u8, flags: u32) -> bool {
+    let mut v = flags as i32;
+    // SAFETY: the iterator's socket, locked while the program runs; `v` lives on the stack for
+    // the call.
+    let r = unsafe {
+        bpf_setsockopt(
+            sk.cast_mut().cast(),
+            SOL_TCP,
+            TCP_BPF_SOCK_OPS_CB_FLAGS,
+            (&raw mut v).cast(),
+            size_of::<i32>() as i32,
+        )
+    };
+    r == 0
 }
 
 /// The first fold of an established socket of ours with no state entry (flags `flags`) stores

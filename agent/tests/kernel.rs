@@ -635,6 +635,95 @@ fn namespaces_with_tcp_tables_of_their_own_are_not_noted() {
     assert_eq!(c.established, 1);
 }
 
+/// A connection opened in a namespace before the agent walks it (as a pod's first sockets may be,
+/// before `--walk-netns-all` finds its namespace) folds from per-segment callbacks: a program run
+/// per request. Once the namespace is found, the next walk hands the connection to the walk (its
+/// callbacks become a walked socket's), and the rest of its requests run no program. Its bytes
+/// stay exact across the change. traffic.py `hidden` makes such a namespace that nothing holds
+/// (so the agent cannot find it), opens both ends there, runs requests for 3 s, then binds the
+/// namespace to a file, which the agent finds within ~2 s, and runs 6 s more.
+#[test]
+fn sockets_opened_before_their_namespace_is_walked_are_handed_to_the_walk() {
+    let Some(_g) = privileged("sockets_opened_before_their_namespace_is_walked_are_handed_to_the_walk") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--walk-netns-all"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/traffic.py");
+    let bind = format!("/run/netns/ftadopt{}", std::process::id());
+    // In the test cgroup, not under `ip netns exec`: the bind mount has to be in the agent's
+    // mount namespace.
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(r#"mkdir -p /run/netns && echo $$ > "$CG/cgroup.procs" && exec python3 "$@""#)
+        .arg("bash")
+        .arg(&script)
+        .args(["hidden", "--port", "5013", "--secs", "3", "--after", "6", "--interval-ms", "10", "--bind", &bind])
+        .env("CG", &lab.cgroup)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "traffic.py hidden: {}", String::from_utf8_lossy(&out.stderr));
+    let moved: Value = serde_json::from_slice(&out.stdout).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (lines, log) = agent.stop_with_log();
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(log.contains(&format!("walking a network namespace found (--walk-netns-all) netns={bind}")), "{log}");
+    let sent = moved["sent"].as_u64().unwrap();
+    let rounds: Vec<u64> = moved["rounds"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();
+    let client = flow("127.0.0.1", "127.0.0.1", 5013, Role::Client);
+    let server = flow("127.0.0.1", "127.0.0.1", 5013, Role::Server);
+    let (c, s) = (totals(&reports, &client), totals(&reports, &server));
+    assert_eq!((c.bytes_sent, c.bytes_received, s.bytes_received, s.bytes_sent), (sent, sent, sent, sent));
+    assert_eq!((c.established, s.established), (1, 1));
+    // Program invocations that did work, per 1-s window with traffic on the connection.
+    let busy: Vec<u64> = reports
+        .iter()
+        .filter(|r| totals(std::slice::from_ref(r), &client).bytes_sent > 0)
+        .map(|r| r.agent_stats.events)
+        .collect();
+    eprintln!("rounds {rounds:?}; program invocations that did work, per window with traffic: {busy:?}");
+    assert!(rounds.iter().all(|&n| n >= 100), "{rounds:?}");
+    // Before the namespace is found: the RTT callbacks of both ends, about one per request each.
+    let first = busy[1];
+    assert!(first >= rounds[0] / 8, "per-segment callbacks before: {busy:?}");
+    // The last whole windows of the second phase: the walk's folds only.
+    let n = busy.len();
+    assert!(n >= 6, "{busy:?}");
+    assert!(busy[n - 3..n - 1].iter().all(|&e| e <= 6), "handed to the walk, no program per request: {busy:?}");
+}
+
+/// A connection that an earlier run of the agent armed with per-segment callbacks (it folded it
+/// by callbacks) is one the next run cannot count: it does not know what the earlier run counted.
+/// In a walked namespace the next run switches its callbacks off at its first walk, made at
+/// start, and counts it once in `untracked_events`, rather than running the program and counting
+/// an untracked event at every segment for the rest of the connection's life (as it did before).
+#[test]
+fn sockets_armed_by_an_earlier_run_are_disarmed_at_start() {
+    let Some(_g) = privileged("sockets_armed_by_an_earlier_run_are_disarmed_at_start") else { return };
+    let lab = Lab::new();
+    let earlier = Agent::start(&lab, CALLBACKS);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5014", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5014", "--secs", "6", "--interval-ms", "10"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = earlier.stop();
+    let armed: u64 = before.iter().map(|r| r.agent_stats.events).sum();
+    let agent = Agent::start(&lab, &[]);
+    let client = client.result();
+    server.result();
+    let reports = agent.stop();
+    let rounds = client["rounds"].as_u64().unwrap();
+    let untracked: u64 = reports.iter().map(|r| r.agent_stats.untracked_events).sum();
+    let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!(
+        "{rounds} rounds; earlier run: {armed} program invocations that did work; this run: {untracked} untracked events, {events} that did work"
+    );
+    // The earlier run's callbacks ran at every request: the connection was armed.
+    assert!(armed >= 100, "{armed}");
+    // Both ends counted once (and a few callbacks between the attach and the first walk at most),
+    // not at every segment of the ~4 s left.
+    assert!((2..=12).contains(&untracked), "{untracked} untracked events for {rounds} rounds");
+    assert!(events <= 12, "{events} program invocations did work");
+}
+
 /// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as
 /// `ss -ti` shows it: within 50% or 150 us, whichever is larger (veth RTTs are tens of
 /// microseconds, where scheduling noise dominates). Walk mode takes the socket's smoothed RTT at

@@ -218,6 +218,15 @@ impl Capture {
             walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
             "sock_ops and {synack} attached"
         );
+        // A first walk now rather than at the first window's end: sockets that an earlier run of
+        // the agent armed with per-segment callbacks stop running them at once (the walk program
+        // switches them off, `disarm`).
+        let mut folding = folding;
+        if let Folding::Walk(w) = &mut folding
+            && let Err(e) = w.run()
+        {
+            tracing::warn!("the first walk of open sockets: {e}");
+        }
 
         let flows = HashMap::try_from(ebpf.take_map(FLOWS_MAP).ok_or(CaptureError::MissingMap(FLOWS_MAP))?)
             .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;

@@ -10,8 +10,15 @@ With `serve --expect N` the server reads N bytes (not to the end), replies and c
 an HTTP server with "Connection: close" does; the client then gives `connect --server-closes
 SECS`: it sends without shutting its side, reads to the end and closes SECS later.
   pingpong --addr A --port P --secs S [--size B] [--interval-ms M]
+  hidden --port P --secs S --after S2 --bind PATH [--size B] [--interval-ms M]
+
+`hidden` opens both ends of a connection on 127.0.0.1 in a new network namespace that no process
+stays in and no file is bound to (so `--walk-netns-all` cannot find it), runs pingpong over it
+for --secs, then binds the namespace at PATH (run it in the agent's mount namespace, not under
+`ip netns exec`, so that the agent sees the mount) and runs pingpong for --after seconds more; it prints
+the rounds of each phase and unbinds PATH.
 """
-import argparse, errno, json, socket, sys, threading, time
+import argparse, ctypes, errno, json, os, socket, subprocess, sys, threading, time
 
 
 def family(addr):
@@ -148,10 +155,58 @@ def pingpong(a):
     print(json.dumps({"sent": sent, "received": got, "rounds": rounds}), flush=True)
 
 
+def hidden(a):
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    if libc.unshare(clone_newnet) != 0:
+        raise SystemExit(f"unshare: {os.strerror(ctypes.get_errno())}")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    ns = os.open("/proc/self/ns/net", os.O_RDONLY)
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", a.port))
+    ls.listen(1)
+    c = socket.create_connection(("127.0.0.1", a.port))
+    s, _ = ls.accept()
+    ls.close()
+    # Back home: the sockets stay in the new namespace, which nothing else holds.
+    if libc.setns(home, clone_newnet) != 0:
+        raise SystemExit(f"setns: {os.strerror(ctypes.get_errno())}")
+    for x in (c, s):
+        x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    msg = b"p" * a.size
+    sent = 0
+    rounds = []
+    for phase in range(2):
+        if phase:
+            bind = f"touch {a.bind} && mount --bind /proc/{os.getpid()}/fd/{ns} {a.bind}"
+            subprocess.run(["sh", "-c", bind], check=True)
+        n = 0
+        end = time.time() + (a.after if phase else a.secs)
+        while time.time() < end:
+            c.sendall(msg)
+            need = len(msg)
+            while need:
+                d = s.recv(need)
+                need -= len(d)
+                s.sendall(d)
+            need = len(msg)
+            while need:
+                need -= len(c.recv(need))
+            sent += len(msg)
+            n += 1
+            time.sleep(a.interval_ms / 1000)
+        rounds.append(n)
+    c.close()
+    s.close()
+    subprocess.run(["sh", "-c", f"umount {a.bind}; rm -f {a.bind}"], check=True)
+    print(json.dumps({"sent": sent, "rounds": rounds}), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["serve", "connect", "pingpong"])
-    p.add_argument("--addr", required=True)
+    p.add_argument("mode", choices=["serve", "connect", "pingpong", "hidden"])
+    p.add_argument("--addr")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--reply", type=int, default=0)
@@ -166,8 +221,10 @@ def main():
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--interval-ms", type=float, default=20)
     p.add_argument("--idle-secs", type=float, default=0)
+    p.add_argument("--bind")
+    p.add_argument("--after", type=float, default=0)
     a = p.parse_args()
-    {"serve": serve, "connect": connect, "pingpong": pingpong}[a.mode](a)
+    {"serve": serve, "connect": connect, "pingpong": pingpong, "hidden": hidden}[a.mode](a)
 
 
 if __name__ == "__main__":
