@@ -224,7 +224,32 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
     if !was_established(state as u32) {
         return None;
     }
+    if start_walk() {
+        return baseline(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in);
+    }
     first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
+}
+
+/// Whether this is the walk made at start, before the sock_ops program attached (`WALK_FLOOR`
+/// slot 1).
+#[inline(always)]
+fn start_walk() -> bool {
+    WALK_FLOOR.get(1).is_some_and(|v| *v != 0)
+}
+
+/// At start, an established walked socket with no state entry was armed by an earlier run of the
+/// agent, which counted it up to its last walk. Its entry is stored with everything it did so far
+/// as folded and nothing added: this run counts it from now on, without counting again what the
+/// earlier run did (what it did between that run's last walk and now is not counted). Without
+/// room in SOCKETS (counted), its close would fold it whole.
+#[inline(never)]
+fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
+    let now = counters(sk, flags, state, segs_out, segs_in)?;
+    let (_, folded) = fold_step(&folded_none(0), &now);
+    let _ = insert_late(cookie, &new_state(key, 0, flags, folded));
+    None
 }
 
 /// A socket with per-segment callbacks and no state entry: armed by an earlier run of the agent

@@ -724,6 +724,39 @@ fn sockets_armed_by_an_earlier_run_are_disarmed_at_start() {
     assert!(events <= 12, "{events} program invocations did work");
 }
 
+/// A walked connection still open when the agent restarts: the earlier run counted it up to its
+/// last walk (at its shutdown); the next one, at its walk made at start, stores it with what it
+/// did so far as folded and counts it from then on, so nothing is counted twice. What the
+/// connection moved between the two runs is counted by neither. The next run reports its close,
+/// not its establishment (the earlier run's).
+#[test]
+fn walked_connections_open_across_a_restart_are_not_counted_twice() {
+    let Some(_g) = privileged("walked_connections_open_across_a_restart_are_not_counted_twice") else { return };
+    let lab = Lab::new();
+    let earlier = Agent::start(&lab, &[]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5015", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5015", "--secs", "6", "--interval-ms", "10"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let before = earlier.stop();
+    let agent = Agent::start(&lab, &[]);
+    let client = client.result();
+    server.result();
+    let after = agent.stop();
+    let key = flow(lab.a4, lab.b4, 5015, Role::Client);
+    let (a, b) = (totals(&before, &key), totals(&after, &key));
+    let (sent, rounds) = (client["sent"].as_u64().unwrap(), client["rounds"].as_u64().unwrap());
+    eprintln!("sent {sent} in {rounds} rounds; earlier run {} bytes, next run {}", a.bytes_sent, b.bytes_sent);
+    assert_eq!((a.established, a.closed), (1, 0));
+    assert_eq!((b.established, b.closed), (0, 1), "the next run reports the close only");
+    assert!(b.bytes_sent > 0, "the next run counts the connection");
+    assert!(a.bytes_sent + b.bytes_sent <= sent, "counted twice: {} + {} > {sent}", a.bytes_sent, b.bytes_sent);
+    // Not counted: what moved between the earlier run's last walk and the next run's first,
+    // the next run's start-up (well under 2 s of the ~100 requests per second).
+    let per_sec = sent / 6;
+    assert!(a.bytes_sent + b.bytes_sent + 2 * per_sec >= sent, "{} + {} of {sent}", a.bytes_sent, b.bytes_sent);
+}
+
 /// RTT of a long-lived request/response connection agrees with the kernel's smoothed RTT as
 /// `ss -ti` shows it: within 50% or 150 us, whichever is larger (veth RTTs are tens of
 /// microseconds, where scheduling noise dominates). Walk mode takes the socket's smoothed RTT at

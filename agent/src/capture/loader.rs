@@ -139,7 +139,7 @@ impl Capture {
         let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok())?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
-        let folding = match (&kernel.iter_id, cfg.fold_mode) {
+        let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
             (_, FoldMode::Callbacks) => Folding::Callbacks,
             (Ok(id), FoldMode::Walk) => {
                 start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, |w| Folding::Walk(Box::new(w)))
@@ -151,6 +151,13 @@ impl Capture {
                 "the walk of open sockets is not available ({reason}): every socket folds from per-segment \
                  callbacks, which costs more per packet"
             );
+        }
+
+        // Before the sock_ops program attaches, every socket with this agent's callback flags is
+        // an earlier run's: the walk at start counts the walked ones from now on rather than
+        // whole again, and switches the others' per-segment callbacks off.
+        if let Folding::Walk(w) = &mut folding {
+            w.run_at_start().map_err(CaptureError::Walk)?;
         }
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
@@ -218,15 +225,6 @@ impl Capture {
             walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
             "sock_ops and {synack} attached"
         );
-        // A first walk now rather than at the first window's end: sockets that an earlier run of
-        // the agent armed with per-segment callbacks stop running them at once (the walk program
-        // switches them off, `disarm`).
-        let mut folding = folding;
-        if let Folding::Walk(w) = &mut folding
-            && let Err(e) = w.run()
-        {
-            tracing::warn!("the first walk of open sockets: {e}");
-        }
 
         let flows = HashMap::try_from(ebpf.take_map(FLOWS_MAP).ok_or(CaptureError::MissingMap(FLOWS_MAP))?)
             .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;

@@ -581,6 +581,24 @@ impl Walk {
         );
     }
 
+    /// The walk made at start, before the sock_ops program attaches (`WALK_FLOOR` slot 1 set for
+    /// it): every socket carrying this agent's callback flags was armed by an earlier run. Walked
+    /// ones are stored with what they did so far as folded, so this run counts them from now on
+    /// and not twice; ones with per-segment callbacks have them switched off (both in the walk
+    /// program). A failed walk is logged (the first window's walk then counts the walked ones
+    /// whole, as before); failing to clear the slot after it is an error, since every later walk
+    /// would take this run's sockets for an earlier run's.
+    pub fn run_at_start(&mut self) -> Result<(), String> {
+        if let Err(e) = self.floor_map.set(1, 1, 0) {
+            tracing::warn!("the walk at start: {e}: open connections of an earlier run are counted whole");
+            return Ok(());
+        }
+        if let Err(e) = self.run() {
+            tracing::warn!("the walk at start: {e}");
+        }
+        self.floor_map.set(1, 0, 0).map_err(|e| format!("ending the walk at start: {e}"))
+    }
+
     /// One pass over every walked namespace, the others in parallel with this thread's own.
     pub fn run(&mut self) -> Result<(), String> {
         let now_us = sys::monotonic_us();
