@@ -163,11 +163,17 @@ fn new_socket_flow(ctx: &SockOpsContext, key: &FlowKey) -> Option<*mut FlowAgg> 
     agg
 }
 
+/// The socket's state entry. Without one the event is counted as untracked, and the socket's
+/// callbacks are switched off: this run sets callback flags only on sockets it stores (or, in a
+/// walked namespace, marks as walked, which never come here), so a socket without an entry that
+/// still calls was armed by an earlier run of the agent, and would otherwise run the program at
+/// every segment for its life.
 #[inline(always)]
 fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
     let st = sockets::get(ctx);
     if st.is_none() {
         count(stat::UNTRACKED_EVENTS);
+        let _ = ctx.set_cb_flags(0);
     }
     st
 }
@@ -553,7 +559,7 @@ fn on_send(ctx: &SockOpsContext) {
     if interval == 0 {
         return;
     }
-    let Some(st) = sockets::get(ctx) else {
+    let Some(st) = state(ctx) else {
         return;
     };
     let now = ctx::now_coarse_ns();
