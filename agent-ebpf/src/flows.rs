@@ -63,7 +63,7 @@ pub fn record(h: *mut Hist, v: u64) {
 
 /// Add a socket's pending RTT samples to a histogram.
 #[inline(always)]
-pub fn add_rtt(h: *mut Hist, p: &RttPending) {
+fn add_rtt(h: *mut Hist, p: &RttPending) {
     // SAFETY: as in `add`; `get_mut` bounds-checks every index.
     unsafe {
         add(&raw mut (*h).sum, p.sum);
@@ -76,6 +76,19 @@ pub fn add_rtt(h: *mut Hist, p: &RttPending) {
                 atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(slot, 1);
             }
         }
+    }
+}
+
+/// Add a socket's pending RTT samples to its flow's histogram and empty them. Only the first
+/// `count` buckets are read: resetting count and sum empties it (a whole-struct reset would be a
+/// byte-loop `memset`, see `sockets::new_state`).
+#[inline(always)]
+pub fn flush_rtt(agg: *mut FlowAgg, p: &mut RttPending) {
+    if p.count != 0 {
+        // SAFETY: `agg` is a FLOWS value pointer.
+        add_rtt(unsafe { &raw mut (*agg).rtt_us }, p);
+        p.count = 0;
+        p.sum = 0;
     }
 }
 

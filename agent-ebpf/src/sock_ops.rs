@@ -24,7 +24,7 @@ use aya_ebpf::{
 
 use crate::{
     ctx,
-    flows::{add, add_counters, add_end, add_rtt, add32, flow, fold_counters, record, socket_flow},
+    flows::{add, add_counters, add_end, add32, flow, flush_rtt, fold_counters, record, socket_flow},
     maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count},
     sockets::{self, folded_none, new_state},
 };
@@ -205,14 +205,7 @@ fn fold_at(ctx: &SockOpsContext, st: &mut SockState, now_coarse: u64, state: u32
             add_srtt(ctx, agg);
         }
     } else {
-        if st.rtt.count != 0 {
-            // SAFETY: FLOWS value pointer.
-            add_rtt(unsafe { &raw mut (*agg).rtt_us }, &st.rtt);
-            // Only the first `count` buckets are read: resetting count and sum empties it (a
-            // whole-struct reset would be a byte-loop `memset`, see `sockets::new_state`).
-            st.rtt.count = 0;
-            st.rtt.sum = 0;
-        }
+        flush_rtt(agg, &mut st.rtt);
     }
     Some(agg)
 }

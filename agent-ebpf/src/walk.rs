@@ -25,7 +25,7 @@ use core::ffi::c_void;
 
 use crate::{
     ctx::{AF_INET, AF_INET6},
-    flows::{add, add_counters, add_rtt, flow, fold_counters, record},
+    flows::{add, add_counters, flow, flush_rtt, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
     sockets::{adopted, folded_none, insert_late, new_state},
 };
@@ -144,7 +144,7 @@ fn visit(sk: *mut u8) -> Option<()> {
         Some(st) => {
             if st.flags & SOCK_WALKED == 0 {
                 // Tracked with per-segment callbacks: opened before its namespace was walked.
-                return adopt(sk, st);
+                return adopt(sk, st, segs_out, segs_in);
             }
             if segs_out == st.folded.segs_out && segs_in == st.folded.segs_in {
                 return None;
@@ -173,7 +173,7 @@ const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// callbacks and this run under the socket's lock, so no fold of it is lost between the two
 /// ways. Where the kernel refuses to set the flags (before 6.10) it keeps its callbacks.
 #[inline(never)]
-fn adopt(sk: *const u8, st: &mut SockState) -> Option<()> {
+fn adopt(sk: *const u8, st: &mut SockState, segs_out: u32, segs_in: u32) -> Option<()> {
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     if state as u32 != tcp_state::ESTABLISHED {
         // From FIN_WAIT1 on its close may read the parse callback's flag (`fold::fin_seen`).
@@ -186,13 +186,7 @@ fn adopt(sk: *const u8, st: &mut SockState) -> Option<()> {
     adopted();
     count(stat::EVENTS);
     let agg = flow(&st.key)?;
-    if st.rtt.count != 0 {
-        // SAFETY: FLOWS value pointer.
-        add_rtt(unsafe { &raw mut (*agg).rtt_us }, &st.rtt);
-        st.rtt.count = 0;
-        st.rtt.sum = 0;
-    }
-    let (segs_out, segs_in): (u32, u32) = (field(sk, off(&TCP_OFF_SEGS_OUT))?, field(sk, off(&TCP_OFF_SEGS_IN))?);
+    flush_rtt(agg, &mut st.rtt);
     let now = counters(sk, st.flags, state, segs_out, segs_in)?;
     let _ = fold_counters(agg, &mut st.folded, &now);
     Some(())
