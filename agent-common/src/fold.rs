@@ -93,14 +93,23 @@ pub mod cb {
     /// A callback for every incoming segment, armed at FIN_WAIT1 to catch the peer's FIN
     /// (sockets folded by callbacks; walked ones read `SOCK_DONE` at close instead).
     pub const PARSE_ALL_HDR_OPT: u32 = 1 << 4;
-    /// A callback for incoming segments with unknown TCP options. Sockets of walked namespaces
-    /// use it as their role bit (`UNTRACKED_SERVER`): segments with unknown options are rare,
-    /// and the parse callback only looks at their FIN flag.
+    /// A callback for incoming segments with unknown TCP options. Every socket of ours uses it
+    /// as its role bit (`SERVER`): segments with unknown options are rare, and the parse
+    /// callback only looks at their FIN flag.
     pub const PARSE_UNKNOWN_HDR_OPT: u32 = 1 << 5;
     pub const WRITE_HDR_OPT: u32 = 1 << 6;
 
-    /// The role bit of a socket of a walked namespace: set on the accepting side.
-    pub const UNTRACKED_SERVER: u32 = PARSE_UNKNOWN_HDR_OPT;
+    /// The role bit: set on the accepting side. The flags live in the socket, so they outlast
+    /// the run of the agent that set them: the next run reads a socket's role here.
+    pub const SERVER: u32 = PARSE_UNKNOWN_HDR_OPT;
+
+    /// Callbacks of an established socket folded by callbacks: state changes, retransmissions,
+    /// RTOs, RTT samples, the send path when `send_path` (a fold interval is set), and the role
+    /// bit.
+    #[inline(always)]
+    pub const fn callbacks(server: bool, send_path: bool) -> u32 {
+        RTO | RETRANS | STATE | RTT | if send_path { WRITE_HDR_OPT } else { 0 } | if server { SERVER } else { 0 }
+    }
 
     /// Callbacks of a socket of a walked namespace: state changes (its close folds it) and RTOs
     /// (timeouts). Retransmissions need no callback: the walk and the close fold them from the
@@ -108,7 +117,7 @@ pub mod cb {
     /// the ones folded by callbacks, which always have it.
     #[inline(always)]
     pub fn walked(server: bool) -> u32 {
-        STATE | RTO | if server { UNTRACKED_SERVER } else { 0 }
+        STATE | RTO | if server { SERVER } else { 0 }
     }
 }
 
@@ -129,7 +138,23 @@ pub fn untracked_flags(cb_flags: u32) -> Option<u32> {
     if cb_flags & cb::STATE == 0 || cb_flags & cb::RTT != 0 {
         return None;
     }
-    Some(SOCK_WALKED | if cb_flags & cb::UNTRACKED_SERVER != 0 { 0 } else { SOCK_CLIENT })
+    Some(SOCK_WALKED | if cb_flags & cb::SERVER != 0 { 0 } else { SOCK_CLIENT })
+}
+
+/// The socket flags of a socket armed with per-segment callbacks (`cb::callbacks`: it has the
+/// RTT callback) that has no state entry: `SOCK_CLIENT` unless its role bit says it accepted,
+/// and nothing else. `None` for any other socket.
+///
+/// This run stores a state entry for every socket it arms, before arming it, and removes it only
+/// at the socket's close, after its last callback. So such a socket was armed by an earlier run
+/// of the agent, which counted it up to that run's last fold: the next run stores it with what
+/// it did so far (its payload counters now) as folded, and counts it from then on.
+#[inline(always)]
+pub fn armed_flags(cb_flags: u32) -> Option<u32> {
+    if cb_flags & cb::RTT == 0 {
+        return None;
+    }
+    Some(if cb_flags & cb::SERVER != 0 { 0 } else { SOCK_CLIENT })
 }
 
 /// Whether a walked socket in TCP state `state` (or leaving it for CLOSE) was established: any
@@ -511,8 +536,32 @@ mod tests {
         assert_eq!(untracked_flags(cb::RTO | cb::RETRANS | cb::STATE | cb::RTT), None);
         assert_eq!(untracked_flags(cb::RTO | cb::RETRANS | cb::STATE | cb::RTT | cb::WRITE_HDR_OPT), None);
         // The role bit is the only one of the two sets that differs; RTT never in a walked set.
-        assert_eq!(cb::walked(true) ^ cb::walked(false), cb::UNTRACKED_SERVER);
+        assert_eq!(cb::walked(true) ^ cb::walked(false), cb::SERVER);
         assert_eq!(cb::walked(true) & (cb::RTT | cb::RETRANS | cb::WRITE_HDR_OPT), 0);
+    }
+
+    #[test]
+    fn sockets_armed_by_callbacks_keep_their_role_in_their_flags() {
+        for send_path in [false, true] {
+            let (client, server) = (cb::callbacks(false, send_path), cb::callbacks(true, send_path));
+            assert_eq!(armed_flags(client), Some(SOCK_CLIENT));
+            assert_eq!(armed_flags(server), Some(0));
+            // The parse callback armed at FIN_WAIT1 (and disarmed at the FIN) changes nothing.
+            assert_eq!(armed_flags(client | cb::PARSE_ALL_HDR_OPT), Some(SOCK_CLIENT));
+            assert_eq!(armed_flags(server | cb::PARSE_ALL_HDR_OPT), Some(0));
+            // Never taken for walked sockets, nor walked ones for these.
+            assert_eq!(untracked_flags(client), None);
+            assert_eq!(untracked_flags(server), None);
+            assert_eq!(client ^ server, cb::SERVER);
+            assert_eq!(client & cb::WRITE_HDR_OPT != 0, send_path);
+        }
+        // A client armed at its connect, before its send path is.
+        assert_eq!(armed_flags(cb::RTO | cb::RETRANS | cb::STATE | cb::RTT), Some(SOCK_CLIENT));
+        // Walked sockets, listeners (STATE only) and sockets of no run of ours.
+        assert_eq!(armed_flags(cb::walked(false)), None);
+        assert_eq!(armed_flags(cb::walked(true)), None);
+        assert_eq!(armed_flags(cb::STATE), None);
+        assert_eq!(armed_flags(0), None);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 
 use agent_common::{
     fold::{
-        attempt_due_at_close, attempt_due_at_establishment, cb, classify_end, fin_flags, fin_seen, fin_seen_done,
-        fold_due, fold_step, has_work, op, payload, rtt_push, tcp_state, untracked_flags, was_established,
+        armed_flags, attempt_due_at_close, attempt_due_at_establishment, cb, classify_end, fin_flags, fin_seen,
+        fin_seen_done, fold_due, fold_step, has_work, op, payload, rtt_push, tcp_state, untracked_flags,
+        was_established,
     },
     maps::{
         FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
@@ -61,10 +62,9 @@ fn walked(ctx: &SockOpsContext) -> bool {
     unsafe { WALKED_NETNS.get(cookie) }.is_some()
 }
 
-/// Callbacks of every socket folded by callbacks: state changes, retransmissions, RTOs, RTT
-/// samples (sockets of walked namespaces: `cb::walked`).
-const BASE_CALLBACKS: u32 =
-    BPF_SOCK_OPS_RTO_CB_FLAG | BPF_SOCK_OPS_RETRANS_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
+/// Callbacks of a connecting client folded by callbacks: state changes, retransmissions, RTOs,
+/// RTT samples (sockets of walked namespaces: `cb::walked`; once established: `callbacks`).
+const CONNECTING_CALLBACKS: u32 = cb::callbacks(false, false);
 
 // The plain constants of `fold::cb` are the kernel's.
 const _: () = assert!(
@@ -77,16 +77,12 @@ const _: () = assert!(
         && cb::WRITE_HDR_OPT == BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
 );
 
-/// Callbacks of an established socket folded by callbacks; the send-path fold is armed only
-/// once it is established (it has nothing to fold before, and the SYN would only run it for
-/// nothing).
+/// Callbacks of an established socket folded by callbacks, with its role bit (`cb::callbacks`);
+/// the send-path fold is armed only once it is established (it has nothing to fold before, and
+/// the SYN would only run it for nothing).
 #[inline(always)]
-fn callbacks() -> i32 {
-    let mut f = BASE_CALLBACKS;
-    if fold_interval_ns() != 0 {
-        f |= BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
-    }
-    f as i32
+fn callbacks(server: bool) -> i32 {
+    cb::callbacks(server, fold_interval_ns() != 0) as i32
 }
 
 // The plain constants of `fold::op` are the kernel's.
@@ -163,14 +159,39 @@ fn new_socket_flow(ctx: &SockOpsContext, key: &FlowKey) -> Option<*mut FlowAgg> 
     agg
 }
 
-/// The socket's state entry. Without one the event is counted as untracked, and the socket's
-/// callbacks are switched off: this run sets callback flags only on sockets it stores (or, in a
-/// walked namespace, marks as walked, which never come here), so a socket without an entry that
-/// still calls was armed by an earlier run of the agent, and would otherwise run the program at
-/// every segment for its life.
+/// The socket's state entry, or, for a socket armed by an earlier run of the agent, the one it
+/// gets now (`adopt`).
 #[inline(always)]
 fn state(ctx: &SockOpsContext) -> Option<&'static mut SockState> {
-    let st = sockets::get(ctx);
+    match sockets::get(ctx) {
+        Some(st) => Some(st),
+        None => adopt(ctx, ctx::state(ctx)),
+    }
+}
+
+/// A socket with callbacks and no state entry, in TCP state `state`. This run sets callback flags
+/// only on sockets it stores (or, in a walked namespace, marks as walked, which never come here),
+/// so one with per-segment callbacks was armed by an earlier run of the agent, which counted it
+/// up to that run's last fold (`fold::armed_flags`). It is stored now, with its role from its
+/// callback flags and what it did so far as folded, and counted from here on: its close, not its
+/// establishment (the earlier run's), unless it is still connecting. Any other socket, or one
+/// that does not fit in SOCKETS (counted there), gets its callbacks switched off, is counted once
+/// as untracked, and would otherwise run the program at every segment for its life.
+#[inline(never)]
+fn adopt(ctx: &SockOpsContext, state: u32) -> Option<&'static mut SockState> {
+    let adopted = match armed_flags(ctx.cb_flags()) {
+        Some(role) => {
+            let flags = role | if was_established(state) { SOCK_ESTABLISHED } else { 0 };
+            let key = key_of(ctx, if role & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER });
+            key.is_some_and(|key| {
+                let (una, nxt) = ctx::snd_una_nxt(ctx);
+                let now = payload(&ctx::raw_counters(ctx), flags | fin_flags(state), una, nxt);
+                sockets::track(ctx, &new_state(key, ctx::now_coarse_ns(), flags, now))
+            })
+        }
+        None => false,
+    };
+    let st = if adopted { sockets::get(ctx) } else { None };
     if st.is_none() {
         count(stat::UNTRACKED_EVENTS);
         let _ = ctx.set_cb_flags(0);
@@ -275,7 +296,7 @@ fn on_connect(ctx: &SockOpsContext) {
         return;
     };
     let init = new_state(key, ctx::now_coarse_ns(), SOCK_CLIENT, folded_none(0));
-    if !track(ctx, &init, BASE_CALLBACKS as i32) {
+    if !track(ctx, &init, CONNECTING_CALLBACKS as i32) {
         return;
     }
     if let Some(agg) = new_socket_flow(ctx, &key) {
@@ -304,7 +325,7 @@ fn on_active_established(ctx: &SockOpsContext) {
     }
     let Some(st) = state(ctx) else { return };
     st.flags |= SOCK_ESTABLISHED;
-    let _ = ctx.set_cb_flags(callbacks());
+    let _ = ctx.set_cb_flags(callbacks(false));
     if let Some(agg) = fold(ctx, st) {
         add_established(ctx, agg);
     }
@@ -338,7 +359,7 @@ fn on_passive_established(ctx: &SockOpsContext) {
         let (una, nxt) = ctx::snd_una_nxt(ctx);
         let cur = payload(&ctx::raw_counters(ctx), SOCK_ESTABLISHED, una, nxt);
         let (delta, folded) = fold_step(&folded_none(base), &cur);
-        if !track(ctx, &new_state(key, ctx::now_coarse_ns(), SOCK_ESTABLISHED, folded), callbacks()) {
+        if !track(ctx, &new_state(key, ctx::now_coarse_ns(), SOCK_ESTABLISHED, folded), callbacks(true)) {
             return;
         }
         let agg = new_socket_flow(ctx, &key);
@@ -380,7 +401,9 @@ fn on_rto(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     // Arg 3: whether the retransmission timer gave up on this socket.
     let expired = ctx.arg(2) != 0;
-    let agg = match sockets::get(ctx) {
+    let untracked = untracked_flags(ctx.cb_flags());
+    let st = if untracked.is_some() { sockets::get(ctx) } else { state(ctx) };
+    let agg = match st {
         Some(st) => {
             if expired {
                 st.flags |= SOCK_RTO_EXPIRED;
@@ -388,8 +411,7 @@ fn on_rto(ctx: &SockOpsContext) {
             fold(ctx, st)
         }
         None => {
-            let Some(flags) = untracked_flags(ctx.cb_flags()) else {
-                count(stat::UNTRACKED_EVENTS);
+            let Some(flags) = untracked else {
                 return;
             };
             let Some(key) = key_of(ctx, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
@@ -438,18 +460,19 @@ fn on_state(ctx: &SockOpsContext) {
         }
         tcp_state::CLOSE => {
             count(stat::EVENTS);
-            let untracked = untracked_flags(ctx.cb_flags());
-            if let Some(flags) = untracked
-                && !sockets::walked_entries()
-            {
-                // A walked socket, and no walked socket has an entry: not this one either.
-                return close_untracked(ctx, flags, old);
-            }
-            match sockets::get(ctx) {
-                Some(st) => close(ctx, st, old),
-                None => match untracked {
-                    Some(flags) => close_untracked(ctx, flags, old),
-                    None => count(stat::UNTRACKED_EVENTS),
+            match untracked_flags(ctx.cb_flags()) {
+                Some(flags) => {
+                    // A walked socket: while no walked socket has an entry, not this one either.
+                    if sockets::walked_entries()
+                        && let Some(st) = sockets::get(ctx)
+                    {
+                        return close(ctx, st, old);
+                    }
+                    close_untracked(ctx, flags, old)
+                }
+                None => match sockets::get(ctx) {
+                    Some(st) => close(ctx, st, old),
+                    None => close_armed(ctx),
                 },
             }
         }
@@ -468,6 +491,16 @@ fn close(ctx: &SockOpsContext, st: &mut SockState, old: u32) {
         add_closed(agg, old, flags);
     }
     sockets::forget(ctx, flags);
+}
+
+/// The close of a socket with callbacks and no state entry: one an earlier run armed is stored
+/// (`adopt`) and closed as any other, with nothing folded, so its close is counted.
+#[inline(never)]
+fn close_armed(ctx: &SockOpsContext) {
+    let old = ctx.arg(0);
+    if let Some(st) = adopt(ctx, old) {
+        close(ctx, st, old);
+    }
 }
 
 /// `SOCK_FIN_RCVD` if the peer's FIN arrived at a socket leaving `old` for CLOSE, where its state
@@ -537,7 +570,7 @@ fn add_srtt(ctx: &SockOpsContext, agg: *mut FlowAgg) {
 /// (`fold::fin_seen`), so the socket's state is not looked up here.
 fn on_parse_hdr(ctx: &SockOpsContext) {
     const TCP_FIN: u32 = 0x01;
-    // Not armed: a walked server's role bit (`cb::UNTRACKED_SERVER`) and an unknown option.
+    // Not armed: a server's role bit (`cb::SERVER`) and an unknown option.
     if ctx::skb_tcp_flags(ctx) & TCP_FIN == 0 || ctx.cb_flags() & BPF_SOCK_OPS_PARSE_ALL_HDR_OPT_CB_FLAG == 0 {
         return;
     }

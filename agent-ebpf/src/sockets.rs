@@ -99,6 +99,24 @@ pub fn insert_late(cookie: u64, init: &SockState) -> bool {
     }
 }
 
+/// Store the entry of a socket armed with per-segment callbacks by an earlier run of the agent
+/// (`walk::hand_over`), the socket's cookie given (counted in `SOCKETS_INSERTED`). False when it
+/// has one already or SOCKETS is full (counted).
+#[inline(always)]
+pub fn insert_armed(cookie: u64, init: &SockState) -> bool {
+    match SOCKETS.insert(cookie, init, BPF_NOEXIST) {
+        Ok(()) => {
+            count(stat::SOCKETS_INSERTED);
+            true
+        }
+        Err(e) if e == -EEXIST => false,
+        Err(_) => {
+            count(stat::SOCKETS_FULL);
+            false
+        }
+    }
+}
+
 /// Stop tracking the socket, whose state has flags `flags` (counted in `SOCKETS_REMOVED`).
 #[inline(always)]
 pub fn forget(ctx: &SockOpsContext, flags: u32) {

@@ -14,7 +14,7 @@
 //! is counted in `stat::WALK_IDLE` (see the daemon's `capture::walk` for why that holds).
 
 use agent_common::{
-    fold::{cb, fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
+    fold::{armed_flags, cb, fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
     maps::{
         Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT,
         SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped,
@@ -27,7 +27,7 @@ use crate::{
     ctx::{AF_INET, AF_INET6},
     flows::{add, add_counters, flow, flush_rtt, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
-    sockets::{adopted, folded_none, insert_late, new_state},
+    sockets::{adopted, folded_none, insert_armed, insert_late, new_state},
 };
 
 // Offsets of `struct tcp_sock` fields, which the daemon reads from the kernel's BTF
@@ -206,8 +206,8 @@ fn floor() -> u64 {
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
     let Some(flags) = untracked_flags(cb as u32) else {
-        if cb as u32 & cb::RTT != 0 {
-            return disarm(sk);
+        if let Some(role) = armed_flags(cb as u32) {
+            return hand_over(sk, cookie, role, segs_out, segs_in);
         }
         return None;
     };
@@ -242,20 +242,42 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
     let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
     let now = counters(sk, flags, state, segs_out, segs_in)?;
     let (_, folded) = fold_step(&folded_none(0), &now);
-    let _ = insert_late(cookie, &new_state(key, 0, flags, folded));
+    if insert_late(cookie, &new_state(key, 0, flags, folded)) {
+        // Tracked by this run from now on: its close counts it removed.
+        count(stat::SOCKETS_INSERTED);
+    }
     None
 }
 
-/// A socket with per-segment callbacks and no state entry: armed by an earlier run of the agent
-/// (this one arms them only on sockets it stores, and removes the entry only at the close, after
-/// the last callback). This run cannot count it: it does not know what the earlier one counted.
-/// Left armed, its every segment would run the program and count an untracked event. Its
-/// callbacks are switched off instead, and it is counted once in `UNTRACKED_EVENTS`.
+/// A socket with per-segment callbacks and no state entry, `role` its `fold::armed_flags`: armed
+/// by an earlier run of the agent (this one arms only sockets it stores, and removes the entry
+/// only at the close, after the last callback), which counted it up to its last fold. Once
+/// established it is handed to the walk, as `adopt` hands this run's: stored with everything it
+/// did so far as folded, so this run counts it from now on (its close, not its establishment,
+/// and nothing twice), then its callbacks become a walked socket's. Not established yet, or
+/// with no room in SOCKETS (counted), it keeps its callbacks, and sock_ops stores it at its next
+/// callback (`sock_ops::adopt`).
 #[inline(never)]
-fn disarm(sk: *const u8) -> Option<()> {
-    if set_callbacks(sk, 0) {
-        count(stat::UNTRACKED_EVENTS);
+fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32) -> Option<()> {
+    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    if state as u32 != tcp_state::ESTABLISHED {
+        return None;
     }
+    let flags = role | SOCK_ESTABLISHED;
+    let key = key_of(sk, if role & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
+    let now = counters(sk, flags, state, segs_out, segs_in)?;
+    if !insert_armed(cookie, &new_state(key, 0, flags, now)) {
+        return None;
+    }
+    if !set_callbacks(sk, cb::walked(role & SOCK_CLIENT == 0)) {
+        // Before 6.10: it stays folded by its callbacks, from the entry just stored.
+        return None;
+    }
+    // SAFETY: the SOCKETS value just stored; the socket is locked while the program runs.
+    let st = unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) }?;
+    st.flags |= SOCK_WALKED;
+    adopted();
+    count(stat::EVENTS);
     None
 }
 
