@@ -81,32 +81,16 @@ pub fn track(ctx: &SockOpsContext, init: &SockState) -> bool {
     }
 }
 
-/// Give a socket already tracked without an entry (a walked one) its entry, the socket's cookie
-/// given. False when it has one already or SOCKETS is full (counted).
+/// Give a socket already tracked without an entry (a walked one, or one an earlier run of the
+/// agent armed) its entry, the socket's cookie given. False when it has one already or SOCKETS
+/// is full (counted).
 #[inline(always)]
 pub fn insert_late(cookie: u64, init: &SockState) -> bool {
     match SOCKETS.insert(cookie, init, BPF_NOEXIST) {
         Ok(()) => {
-            // Only sockets of walked namespaces get late entries.
-            walked_entry(1);
-            true
-        }
-        Err(e) if e == -EEXIST => false,
-        Err(_) => {
-            count(stat::SOCKETS_FULL);
-            false
-        }
-    }
-}
-
-/// Store the entry of a socket armed with per-segment callbacks by an earlier run of the agent
-/// (`walk::hand_over`), the socket's cookie given (counted in `SOCKETS_INSERTED`). False when it
-/// has one already or SOCKETS is full (counted).
-#[inline(always)]
-pub fn insert_armed(cookie: u64, init: &SockState) -> bool {
-    match SOCKETS.insert(cookie, init, BPF_NOEXIST) {
-        Ok(()) => {
-            count(stat::SOCKETS_INSERTED);
+            if init.flags & SOCK_WALKED != 0 {
+                walked_entry(1);
+            }
             true
         }
         Err(e) if e == -EEXIST => false,

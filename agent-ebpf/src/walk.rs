@@ -27,7 +27,7 @@ use crate::{
     ctx::{AF_INET, AF_INET6},
     flows::{add, add_counters, flow, flush_rtt, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
-    sockets::{adopted, folded_none, insert_armed, insert_late, new_state},
+    sockets::{adopted, folded_none, insert_late, new_state},
 };
 
 // Offsets of `struct tcp_sock` fields, which the daemon reads from the kernel's BTF
@@ -233,19 +233,13 @@ fn start_walk() -> bool {
 
 /// At start, an established walked socket with no state entry was armed by an earlier run of the
 /// agent, which counted it up to its last walk. Its entry is stored with everything it did so far
-/// as folded and nothing added: this run counts it from now on, without counting again what the
-/// earlier run did (what it did between that run's last walk and now is not counted). Without
-/// room in SOCKETS (counted), its close would fold it whole.
+/// as folded and nothing added (`store_as_folded`): this run counts it from now on, without
+/// counting again what the earlier run did (what it did between that run's last walk and now is
+/// not counted). Without room in SOCKETS (counted), its close would fold it whole.
 #[inline(never)]
 fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
-    let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
-    let now = counters(sk, flags, state, segs_out, segs_in)?;
-    let (_, folded) = fold_step(&folded_none(0), &now);
-    if insert_late(cookie, &new_state(key, 0, flags, folded)) {
-        // Tracked by this run from now on: its close counts it removed.
-        count(stat::SOCKETS_INSERTED);
-    }
+    let _ = store_as_folded(sk, cookie, flags, state, segs_out, segs_in);
     None
 }
 
@@ -253,20 +247,17 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
 /// by an earlier run of the agent (this one arms only sockets it stores, and removes the entry
 /// only at the close, after the last callback), which counted it up to its last fold. Once
 /// established it is handed to the walk, as `adopt` hands this run's: stored with everything it
-/// did so far as folded, so this run counts it from now on (its close, not its establishment,
-/// and nothing twice), then its callbacks become a walked socket's. Not established yet, or
-/// with no room in SOCKETS (counted), it keeps its callbacks, and sock_ops stores it at its next
-/// callback (`sock_ops::adopt`).
+/// did so far as folded (`store_as_folded`), so this run counts it from now on (its close, not
+/// its establishment, and nothing twice), then its callbacks become a walked socket's. Not
+/// established yet, or with no room in SOCKETS (counted), it keeps its callbacks, and sock_ops
+/// stores it at its next callback (`sock_ops::adopt`).
 #[inline(never)]
 fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32) -> Option<()> {
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     if state as u32 != tcp_state::ESTABLISHED {
         return None;
     }
-    let flags = role | SOCK_ESTABLISHED;
-    let key = key_of(sk, if role & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
-    let now = counters(sk, flags, state, segs_out, segs_in)?;
-    if !insert_armed(cookie, &new_state(key, 0, flags, now)) {
+    if !store_as_folded(sk, cookie, role | SOCK_ESTABLISHED, state, segs_out, segs_in) {
         return None;
     }
     if !set_callbacks(sk, cb::walked(role & SOCK_CLIENT == 0)) {
@@ -279,6 +270,23 @@ fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32)
     adopted();
     count(stat::EVENTS);
     None
+}
+
+/// Store the entry of a socket an earlier run of the agent counted (flags `flags`, in TCP state
+/// `state`), with what it did so far as folded and nothing added, and count it as tracked: its
+/// close counts it removed. False when it has one already or SOCKETS is full (counted).
+#[inline(always)]
+fn store_as_folded(sk: *const u8, cookie: u64, flags: u32, state: u8, segs_out: u32, segs_in: u32) -> bool {
+    let Some(key) = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
+        return false;
+    };
+    let Some(now) = counters(sk, flags, state, segs_out, segs_in) else { return false };
+    let (_, folded) = fold_step(&folded_none(0), &now);
+    if !insert_late(cookie, &new_state(key, 0, flags, folded)) {
+        return false;
+    }
+    count(stat::SOCKETS_INSERTED);
+    true
 }
 
 /// Set the socket's sock_ops callback flags; false if the kernel refuses (before 6.10).

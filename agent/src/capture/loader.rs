@@ -154,8 +154,8 @@ impl Capture {
         }
 
         // Before the sock_ops program attaches, every socket with this agent's callback flags is
-        // an earlier run's: the walk at start counts the walked ones from now on rather than
-        // whole again, and switches the others' per-segment callbacks off.
+        // an earlier run's: the walk at start counts them from now on rather than whole again
+        // (or not at all), and hands those with per-segment callbacks to the walk.
         if let Folding::Walk(w) = &mut folding {
             w.run_at_start().map_err(CaptureError::Walk)?;
         }

@@ -582,9 +582,9 @@ impl Walk {
     }
 
     /// The walk made at start, before the sock_ops program attaches (`WALK_FLOOR` slot 1 set for
-    /// it): every socket carrying this agent's callback flags was armed by an earlier run. Walked
-    /// ones are stored with what they did so far as folded, so this run counts them from now on
-    /// and not twice; ones with per-segment callbacks have them switched off (both in the walk
+    /// it): every socket carrying this agent's callback flags was armed by an earlier run. They
+    /// are stored with what they did so far as folded, so this run counts them from now on and
+    /// not twice, and those with per-segment callbacks are handed to the walk (both in the walk
     /// program). A failed walk is logged (the first window's walk then counts the walked ones
     /// whole, as before); failing to clear the slot after it is an error, since every later walk
     /// would take this run's sockets for an earlier run's.
