@@ -695,7 +695,7 @@ fn sockets_opened_before_their_namespace_is_walked_are_handed_to_the_walk() {
 /// from then on, so nothing is counted twice. What the connection moved between the two runs is
 /// counted by neither: at most the next run's start-up, well under 2 s of the ~100 requests per
 /// second. The next run reports the close of both ends, not their establishment (the earlier
-/// run's), each end under its role. Returns the next run's reports and the client's figures.
+/// run's), each end under its role. Returns the next run's reports and the client's rounds.
 fn open_across_a_restart(earlier: &[&str], next: &[&str], port: u16) -> (Vec<Report>, u64) {
     let lab = Lab::new();
     let earlier = Agent::start(&lab, earlier);
