@@ -13,6 +13,20 @@ pub const WALKED_NETNS_MAP: &str = "WALKED_NETNS";
 pub const WALKED_NETNS_LIST_MAP: &str = "WALKED_NETNS_LIST";
 pub const WALK_FLOOR_MAP: &str = "WALK_FLOOR";
 
+/// `WALK_FLOOR` slot 1: what the walk is. Any value but `REGULAR` marks the walk made at start,
+/// before the sock_ops program attaches, when every socket that carries this agent's callback
+/// flags was armed by an earlier run of the agent.
+pub mod walk_kind {
+    /// A walk at a window end.
+    pub const REGULAR: u64 = 0;
+    /// The walk at start in walk mode: the earlier run's sockets are counted from now on by the
+    /// walk (those it folded by callbacks are handed to it).
+    pub const START: u64 = 1;
+    /// The walk at start with `--fold-mode callbacks`, which makes no other walk: the sockets an
+    /// earlier run walked are counted from now on, and handed to callbacks.
+    pub const START_FOR_CALLBACKS: u64 = 2;
+}
+
 /// Network namespaces the daemon walks (own one plus `--walk-netns`), at most.
 pub const MAX_WALKED_NETNS: u32 = 256;
 

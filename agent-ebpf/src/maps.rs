@@ -36,8 +36,9 @@ pub static WALKED_ENTRIES: Array<u64> = Array::with_max_entries(1, 0);
 /// Set by the daemon before each walk. Slot 0, the walk's idle floor: a socket whose
 /// `tcp_mstamp` (µs of CLOCK_MONOTONIC) is below it sent and received nothing since the previous
 /// walk began, and the walk passes it over without a SOCKETS lookup (0: visit every socket).
-/// Slot 1: 1 for the walk made at start, before the sock_ops program attaches, when every
-/// socket that carries this agent's callback flags was armed by an earlier run (`walk::baseline`).
+/// Slot 1: which walk this is (`maps::walk_kind`): one at a window end, or the walk made at
+/// start, before the sock_ops program attaches, when every socket that carries this agent's
+/// callback flags was armed by an earlier run (`walk::baseline`).
 #[map(name = "WALK_FLOOR")]
 pub static WALK_FLOOR: Array<u64> = Array::with_max_entries(2, 0);
 

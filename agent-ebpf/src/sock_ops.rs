@@ -81,7 +81,7 @@ const _: () = assert!(
 /// the send-path fold is armed only once it is established (it has nothing to fold before, and
 /// the SYN would only run it for nothing).
 #[inline(always)]
-fn callbacks(server: bool) -> i32 {
+pub(crate) fn callbacks(server: bool) -> i32 {
     cb::callbacks(server, fold_interval_ns() != 0) as i32
 }
 

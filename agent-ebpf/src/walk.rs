@@ -17,7 +17,7 @@ use agent_common::{
     fold::{armed_flags, cb, fin_flags, fold_step, payload, tcp_state, untracked_flags, was_established},
     maps::{
         Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT,
-        SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped,
+        SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped, walk_kind,
     },
 };
 use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock};
@@ -27,6 +27,7 @@ use crate::{
     ctx::{AF_INET, AF_INET6},
     flows::{add, add_counters, flow, flush_rtt, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
+    sock_ops::callbacks,
     sockets::{adopted, folded_none, insert_late, new_state},
 };
 
@@ -206,9 +207,13 @@ fn floor() -> u64 {
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
     let Some(flags) = untracked_flags(cb as u32) else {
-        if let Some(role) = armed_flags(cb as u32) {
+        if let Some(role) = armed_flags(cb as u32)
+            && kind() != walk_kind::START_FOR_CALLBACKS
+        {
             return hand_over(sk, cookie, role, segs_out, segs_in);
         }
+        // Folded by callbacks, and this run does so too: sock_ops stores it at its next
+        // callback (`sock_ops::adopt`).
         return None;
     };
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
@@ -218,17 +223,17 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
     if !was_established(state as u32) {
         return None;
     }
-    if start_walk() {
+    if kind() != walk_kind::REGULAR {
         return baseline(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in);
     }
     first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
 }
 
-/// Whether this is the walk made at start, before the sock_ops program attached (`WALK_FLOOR`
-/// slot 1).
+/// Which walk this is (`WALK_FLOOR` slot 1, `maps::walk_kind`): one at a window end or the walk
+/// made at start, before the sock_ops program attached.
 #[inline(always)]
-fn start_walk() -> bool {
-    WALK_FLOOR.get(1).is_some_and(|v| *v != 0)
+fn kind() -> u64 {
+    WALK_FLOOR.get(1).copied().unwrap_or(walk_kind::REGULAR)
 }
 
 /// At start, an established walked socket with no state entry was armed by an earlier run of the
@@ -236,9 +241,26 @@ fn start_walk() -> bool {
 /// as folded and nothing added (`store_as_folded`): this run counts it from now on, without
 /// counting again what the earlier run did (what it did between that run's last walk and now is
 /// not counted). Without room in SOCKETS (counted), its close would fold it whole.
+///
+/// With `--fold-mode callbacks` (`walk_kind::START_FOR_CALLBACKS`) nothing walks it again, so an
+/// ESTABLISHED one is handed to callbacks (Linux 6.10): its callbacks become those of a socket
+/// folded by callbacks (`sock_ops::callbacks`), under its role, and its entry is stored without
+/// `SOCK_WALKED`. Flags first: if the kernel refuses them, it is stored as a walked socket and
+/// its close folds what it did from now on; if the store fails (SOCKETS full), it is an armed
+/// socket without an entry, which sock_ops stores at its next callback (`sock_ops::adopt`).
+/// From FIN_WAIT1 on it stays a walked socket, whose close reads the FIN from the socket.
 #[inline(never)]
 fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    let flags = if kind() == walk_kind::START_FOR_CALLBACKS
+        && state as u32 == tcp_state::ESTABLISHED
+        && set_callbacks(sk, callbacks(flags & SOCK_CLIENT == 0) as u32)
+    {
+        count(stat::EVENTS);
+        flags & !SOCK_WALKED
+    } else {
+        flags
+    };
     let _ = store_as_folded(sk, cookie, flags, state, segs_out, segs_in);
     None
 }

@@ -736,6 +736,24 @@ fn walked_connections_open_across_a_restart_are_not_counted_twice() {
     open_across_a_restart(&[], &[], 5015);
 }
 
+/// The earlier run walked the connection, the next one folds by callbacks and makes no walk but
+/// the one at start, which stores each end with what it did so far as folded and hands it to
+/// callbacks (before, the close counted each end whole again: ~6 s of requests, where the sum may
+/// hold at most the 6 s sent). From there on the next run folds it at every RTT sample.
+#[test]
+fn walked_connections_open_across_a_restart_into_callback_mode_are_not_counted_twice() {
+    let Some(_g) = privileged("walked_connections_open_across_a_restart_into_callback_mode_are_not_counted_twice")
+    else {
+        return;
+    };
+    let (after, rounds) = open_across_a_restart(&[], CALLBACKS, 5017);
+    let events: u64 = after.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!("{rounds} rounds; the next run: {events} program invocations that did work");
+    assert!(rounds >= 300, "{rounds}");
+    // The next run has ~4 of the 6 s of requests: an RTT callback per request and end.
+    assert!(events >= rounds / 2, "handed to callbacks: {events} program invocations did work in {rounds} rounds");
+}
+
 /// The earlier run folded the connection by callbacks (its namespace was not walked): its role
 /// is in the socket's callback flags (`cb::SERVER`). In a namespace the next run walks, the walk
 /// made at start hands it to the walk, so the rest of its requests run no program (before, its

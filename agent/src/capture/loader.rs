@@ -73,7 +73,7 @@ impl std::fmt::Display for Attached {
 }
 
 /// What the kernel's BTF gives: the walk's offsets (which the SYN-ACK BTF program reads too),
-/// the iterator's type id (walk mode) and the SYN-ACK tracepoint's; or why it gives nothing.
+/// the iterator's type id and the SYN-ACK tracepoint's; or why it gives nothing.
 struct KernelTypes {
     tcp: Result<TcpOffsets, String>,
     iter_id: Result<u32, String>,
@@ -81,7 +81,7 @@ struct KernelTypes {
 }
 
 impl KernelTypes {
-    fn read(fold_mode: FoldMode) -> KernelTypes {
+    fn read() -> KernelTypes {
         let btf = match Btf::from_sys() {
             Ok(b) => b,
             Err(e) => {
@@ -94,13 +94,9 @@ impl KernelTypes {
             let id = id.ok_or_else(|| format!("{missing} is not in the kernel's BTF"))?;
             tcp.as_ref().map(|_| id).map_err(Clone::clone)
         };
-        let iter_id = match fold_mode {
-            FoldMode::Walk => need(
-                btf.func_id(ITER_TARGET),
-                &format!("function {ITER_TARGET} (this kernel has no such BPF iterator)"),
-            ),
-            FoldMode::Callbacks => Err("fold_mode = callbacks".into()),
-        };
+        // In callback mode too: the walk made at start (`Walk::run_for_callbacks`).
+        let iter_id =
+            need(btf.func_id(ITER_TARGET), &format!("function {ITER_TARGET} (this kernel has no such BPF iterator)"));
         let synack_id = need(btf.typedef_id(SYNACK_BTF_TYPE), &format!("tracepoint type {SYNACK_BTF_TYPE}"));
         KernelTypes { tcp, iter_id, synack_id }
     }
@@ -126,10 +122,22 @@ fn htab_bytes(entries: u32, key: usize, value: usize) -> u64 {
 }
 
 impl Capture {
+    /// Load and attach the programs, and take over the connections an earlier run of the agent
+    /// left open (the walk at start): the daemon.
     pub fn start(cfg: &Config) -> Result<Capture, CaptureError> {
+        Self::start_as(cfg, true)
+    }
+
+    /// `start` without the walk at start, which changes the callback flags of open sockets:
+    /// `flow-agent check`, which may run beside a running agent whose sockets those are.
+    pub fn start_for_check(cfg: &Config) -> Result<Capture, CaptureError> {
+        Self::start_as(cfg, false)
+    }
+
+    fn start_as(cfg: &Config, take_over: bool) -> Result<Capture, CaptureError> {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
-        let kernel = KernelTypes::read(cfg.fold_mode);
+        let kernel = KernelTypes::read();
         // Needed only if the classic tracepoint is attached; read (and tracefs mounted) up front,
         // as the offsets are set when the object loads.
         let tracepoint = match (tracefs::synack_offsets(), cfg.synack_hook) {
@@ -140,7 +148,19 @@ impl Capture {
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
-            (_, FoldMode::Callbacks) => Folding::Callbacks,
+            (_, FoldMode::Callbacks) if !take_over => Folding::Callbacks,
+            (Ok(id), FoldMode::Callbacks) => {
+                // Connections an earlier run in walk mode left open: counted from now on.
+                match start_walk(&mut ebpf, cfg, *id) {
+                    Ok(w) => w.run_for_callbacks().map_err(CaptureError::Walk)?,
+                    Err(e) => tracing::warn!(
+                        "the walk at start is not available ({e}): connections an earlier run of the agent walked \
+                         and left open are counted whole at their close"
+                    ),
+                }
+                Folding::Callbacks
+            }
+            (Err(_), FoldMode::Callbacks) => Folding::Callbacks,
             (Ok(id), FoldMode::Walk) => {
                 start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, |w| Folding::Walk(Box::new(w)))
             }
@@ -156,7 +176,9 @@ impl Capture {
         // Before the sock_ops program attaches, every socket with this agent's callback flags is
         // an earlier run's: the walk at start counts them from now on rather than whole again
         // (or not at all), and hands those with per-segment callbacks to the walk.
-        if let Folding::Walk(w) = &mut folding {
+        if let Folding::Walk(w) = &mut folding
+            && take_over
+        {
             w.run_at_start().map_err(CaptureError::Walk)?;
         }
 

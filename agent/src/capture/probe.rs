@@ -136,7 +136,7 @@ fn classic_tracepoint() -> Result<String, Failure> {
 /// Load the programs and attach them for a moment (detached again when this returns).
 pub fn attach(cfg: &Config) -> Result<String, Failure> {
     let cfg = Config { max_sockets: 16, max_flows: 16, ..cfg.clone() };
-    match Capture::start(&cfg) {
+    match Capture::start_for_check(&cfg) {
         Ok(capture) => {
             let walk = capture.walk_status();
             let synack = match capture.synack() {

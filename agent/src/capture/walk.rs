@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::maps::WalkedNetns;
+use agent_common::maps::{WalkedNetns, walk_kind};
 use aya::maps::{Array, HashMap, MapData};
 
 use super::{
@@ -589,14 +589,34 @@ impl Walk {
     /// whole, as before); failing to clear the slot after it is an error, since every later walk
     /// would take this run's sockets for an earlier run's.
     pub fn run_at_start(&mut self) -> Result<(), String> {
-        if let Err(e) = self.floor_map.set(1, 1, 0) {
+        self.run_at_start_as(walk_kind::START)
+    }
+
+    /// The walk at start with `--fold-mode callbacks`, which makes no other walk: the sockets an
+    /// earlier run in walk mode walked are stored with what they did so far as folded (or it
+    /// would count them whole again at their close), and the established ones are handed to
+    /// callbacks (both in the walk program, `walk_kind::START_FOR_CALLBACKS`). Then the walked
+    /// namespaces are unregistered, so that the sock_ops program arms every new socket with
+    /// callbacks; failing that is an error (their sockets would go uncounted until their close).
+    pub fn run_for_callbacks(mut self) -> Result<(), String> {
+        self.run_at_start_as(walk_kind::START_FOR_CALLBACKS)?;
+        self.registry.list(&[])?;
+        for cookie in self.cookies() {
+            self.registry.remove(cookie);
+        }
+        Ok(())
+    }
+
+    /// The walk at start of kind `kind` (`WALK_FLOOR` slot 1 set for it).
+    fn run_at_start_as(&mut self, kind: u64) -> Result<(), String> {
+        if let Err(e) = self.floor_map.set(1, kind, 0) {
             tracing::warn!("the walk at start: {e}: open connections of an earlier run are counted whole");
             return Ok(());
         }
         if let Err(e) = self.run() {
             tracing::warn!("the walk at start: {e}");
         }
-        self.floor_map.set(1, 0, 0).map_err(|e| format!("ending the walk at start: {e}"))
+        self.floor_map.set(1, walk_kind::REGULAR, 0).map_err(|e| format!("ending the walk at start: {e}"))
     }
 
     /// One pass over every walked namespace, the others in parallel with this thread's own.
