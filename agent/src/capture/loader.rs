@@ -148,8 +148,7 @@ impl Capture {
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
-            (_, FoldMode::Callbacks) if !take_over => Folding::Callbacks,
-            (Ok(id), FoldMode::Callbacks) => {
+            (Ok(id), FoldMode::Callbacks) if take_over => {
                 // Connections an earlier run in walk mode left open: counted from now on.
                 match start_walk(&mut ebpf, cfg, *id) {
                     Ok(w) => w.run_for_callbacks().map_err(CaptureError::Walk)?,
@@ -160,7 +159,7 @@ impl Capture {
                 }
                 Folding::Callbacks
             }
-            (Err(_), FoldMode::Callbacks) => Folding::Callbacks,
+            (_, FoldMode::Callbacks) => Folding::Callbacks,
             (Ok(id), FoldMode::Walk) => {
                 start_walk(&mut ebpf, cfg, *id).map_or_else(Folding::FellBack, |w| Folding::Walk(Box::new(w)))
             }
