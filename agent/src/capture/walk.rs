@@ -11,6 +11,10 @@
 //! namespace no process is in or holds an open socket of, and no file is bound to, is left: its
 //! walker thread ends, so the agent never keeps a namespace alive.
 //!
+//! The walk made at start, before the sock_ops program attaches, takes over the connections an
+//! earlier run left open: in the walked namespaces, and once in every other namespace of the
+//! host, where an earlier run may have walked (`Walk::run_elsewhere_at_start`).
+//!
 //! Before each walk the daemon sets the walk's idle floor (`WALK_FLOOR`, `Floor`): the start of
 //! the last walk that completed, less a margin. The kernel stamps a socket (`tcp_mstamp`) as it
 //! handles a segment in or out, under the socket's lock, which the walk's visit takes too; so a
@@ -45,6 +49,9 @@ const PASS_RETRIES: usize = 64;
 
 /// Longest a pass in another namespace may take before the walk reports it as failed.
 const PASS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many unwalked namespaces the walk at start enters at once (`Walk::run_elsewhere_at_start`).
+const START_WALKERS: usize = 32;
 
 /// A shared TCP table of at least this many buckets is worth a note (`Walk::report_shared_tables`):
 /// ~0.4 ms of CPU per namespace and walk.
@@ -607,7 +614,8 @@ impl Walk {
         Ok(())
     }
 
-    /// The walk at start of kind `kind` (`WALK_FLOOR` slot 1 set for it).
+    /// The walk at start of kind `kind` (`WALK_FLOOR` slot 1 set for it) in the walked
+    /// namespaces, then in the host's others (`run_elsewhere_at_start`).
     fn run_at_start_as(&mut self, kind: u64) -> Result<(), String> {
         if let Err(e) = self.floor_map.set(1, kind, 0) {
             tracing::warn!("the walk at start: {e}: open connections of an earlier run are counted whole");
@@ -616,7 +624,92 @@ impl Walk {
         if let Err(e) = self.run() {
             tracing::warn!("the walk at start: {e}");
         }
+        self.run_elsewhere_at_start();
         self.floor_map.set(1, walk_kind::REGULAR, 0).map_err(|e| format!("ending the walk at start: {e}"))
+    }
+
+    /// The walk at start in the host's network namespaces that this run does not walk: an
+    /// earlier run may have (`--walk-netns`, `--walk-netns-all`), and the walked connections it
+    /// left open there carry no state entry of this run, so their close would count them whole
+    /// again. Each namespace is entered by a walker of its own for one pass of kind
+    /// `walk_kind::START_FOR_CALLBACKS` (every socket visited): a walked socket is stored with
+    /// what it did so far as folded and, while established, handed to callbacks, which fold it
+    /// from then on, as sockets of unwalked namespaces are. Sockets without this agent's
+    /// callback flags are passed over. What cannot be done is logged: the connections there are
+    /// then counted whole at their close, as before.
+    fn run_elsewhere_at_start(&mut self) {
+        let own = match NsId::of(Path::new("/proc/thread-self/ns/net")) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!("the walk at start in unwalked namespaces: reading this thread's namespace: {e}");
+                return;
+            }
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut scanner = netns::Scanner::default();
+        let known: HashSet<NsId> =
+            self.others_ids.iter().chain(self.refused.iter()).chain(self.found.keys()).copied().collect();
+        let unwalked: Vec<(NsId, PathBuf)> = scanner
+            .scan(Path::new("/proc"), &mountinfo, own)
+            .into_iter()
+            .filter(|(id, _)| !known.contains(id))
+            .collect();
+        if scanner.denied() > 0 {
+            tracing::warn!(
+                processes = scanner.denied(),
+                "the walk at start: the network namespace of some processes could not be read (CAP_SYS_PTRACE \
+                 missing, or an LSM forbids it); connections an earlier run walked in a namespace only they are in \
+                 are counted whole at their close"
+            );
+        }
+        if unwalked.is_empty() {
+            return;
+        }
+        let walked = self.cookies();
+        if let Err(e) =
+            self.floor_map.set(1, walk_kind::START_FOR_CALLBACKS, 0).and_then(|()| self.floor_map.set(0, 0, 0))
+        {
+            tracing::warn!("the walk at start in unwalked namespaces: {e}");
+            return;
+        }
+        let (mut visited, mut errors) = (0, Vec::new());
+        for batch in unwalked.chunks(START_WALKERS) {
+            let walkers: Vec<NetnsWalker> = batch
+                .iter()
+                .filter_map(|(id, path)| match NetnsWalker::spawn(path, self.link.clone(), Some(*id)) {
+                    Ok(w) => Some(w).filter(|w| !walked.contains(&w.cookie)),
+                    // The process went, or moved, since the scan.
+                    Err(_) if NsId::of(path).ok() != Some(*id) => None,
+                    Err(e) => {
+                        errors.push(e);
+                        None
+                    }
+                })
+                .collect();
+            let mut asked = Vec::new();
+            for w in &walkers {
+                if w.ask() {
+                    asked.push(w);
+                } else {
+                    errors.push(format!("the thread for {} has stopped", w.path.display()));
+                }
+            }
+            for w in asked {
+                match w.wait() {
+                    Ok(()) => visited += 1,
+                    Err(e) => errors.push(e),
+                }
+            }
+            // Dropped: their threads leave the namespaces.
+        }
+        tracing::debug!(namespaces = visited, "the walk at start in unwalked namespaces");
+        if !errors.is_empty() {
+            tracing::warn!(
+                "the walk at start in unwalked namespaces: {}: connections an earlier run walked there and left open \
+                 are counted whole at their close",
+                errors.join("; ")
+            );
+        }
     }
 
     /// One pass over every walked namespace, the others in parallel with this thread's own.

@@ -239,6 +239,24 @@ impl Agent {
     /// As `start_with`, inside network namespace `netns` (if any) and with extra environment
     /// variables (e.g. AWS_EC2_METADATA_SERVICE_ENDPOINT for a fake IMDS).
     pub fn start_full(lab: &Lab, netns: Option<&str>, mode: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_walking(lab, netns, mode, extra, env, true)
+    }
+
+    /// `start`, walking the agent's own namespace only: the lab's are not given with
+    /// `--walk-netns`, so their sockets fold from callbacks.
+    pub fn start_unwalked(lab: &Lab, extra: &[&str]) -> Agent {
+        Agent::start_walking(lab, None, &["--dry-run"], extra, &[], false)
+    }
+
+    /// `start_full`; `walk_lab`: whether the lab's namespaces are given with `--walk-netns`.
+    fn start_walking(
+        lab: &Lab,
+        netns: Option<&str>,
+        mode: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+        walk_lab: bool,
+    ) -> Agent {
         let control_dir = tempfile::tempdir().expect("control socket directory");
         // Traversable, so that tests can try the socket as other users.
         std::fs::set_permissions(control_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -257,12 +275,14 @@ impl Agent {
             .envs(env.iter().copied())
             .args(mode)
             .args(["--report-interval", "1s", "--aggregate-interval", "500ms"])
-            // The lab's namespaces are walked (the default fold mode's fast path); other sockets
-            // fold from callbacks.
-            .arg("--walk-netns")
-            .arg(format!("/run/netns/{}", lab.a))
-            .arg("--walk-netns")
-            .arg(format!("/run/netns/{}", lab.b))
+            // The lab's namespaces are walked (the default fold mode's fast path) unless the test
+            // says otherwise; other sockets fold from callbacks.
+            .args(
+                [&lab.a, &lab.b]
+                    .into_iter()
+                    .filter(|_| walk_lab)
+                    .flat_map(|ns| ["--walk-netns".to_string(), format!("/run/netns/{ns}")]),
+            )
             .args(["--metrics-address", "127.0.0.1:0", "--cgroup"])
             .arg(&lab.cgroup)
             .arg("--control-socket")
