@@ -638,6 +638,12 @@ impl Walk {
     /// callback flags are passed over. What cannot be done is logged: the connections there are
     /// then counted whole at their close, as before.
     fn run_elsewhere_at_start(&mut self) {
+        if privileges::effective_caps() & (1 << privileges::CAP_SYS_ADMIN) == 0 {
+            // As under the packaged systemd unit: no run with these capabilities walks another
+            // namespace, so none left walked connections there.
+            tracing::debug!("the walk at start does not enter other network namespaces: it needs CAP_SYS_ADMIN");
+            return;
+        }
         let own = match NsId::of(Path::new("/proc/thread-self/ns/net")) {
             Ok(id) => id,
             Err(e) => {
@@ -705,9 +711,11 @@ impl Walk {
         tracing::debug!(namespaces = visited, "the walk at start in unwalked namespaces");
         if !errors.is_empty() {
             tracing::warn!(
-                "the walk at start in unwalked namespaces: {}: connections an earlier run walked there and left open \
+                namespaces = errors.len(),
+                "the walk at start in unwalked namespaces: {}{}: connections an earlier run walked there and left open \
                  are counted whole at their close",
-                errors.join("; ")
+                errors[..errors.len().min(3)].join("; "),
+                if errors.len() > 3 { "; ..." } else { "" }
             );
         }
     }
