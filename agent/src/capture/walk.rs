@@ -661,7 +661,9 @@ impl Walk {
             .filter(|(id, _)| !known.contains(id))
             .collect();
         if scanner.denied() > 0 {
-            tracing::warn!(
+            // Not a warning: without CAP_SYS_PTRACE an earlier run with these capabilities could
+            // walk such a namespace only if given it (`--walk-netns`), as this one is.
+            tracing::info!(
                 processes = scanner.denied(),
                 "the walk at start: the network namespace of some processes could not be read (CAP_SYS_PTRACE \
                  missing, or an LSM forbids it); connections an earlier run walked in a namespace only they are in \
