@@ -752,10 +752,15 @@ fn walked_connections_open_across_a_restart_into_callback_mode_are_not_counted_t
         return;
     };
     let (after, rounds) = open_across_a_restart(&[], CALLBACKS, 5017);
+    assert_handed_to_callbacks(&after, rounds);
+}
+
+/// The next run of `open_across_a_restart` (`after`, the client's `rounds`) folded the connection
+/// by callbacks: it has ~4 of the 6 s of requests, an RTT callback per request and end.
+fn assert_handed_to_callbacks(after: &[Report], rounds: u64) {
     let events: u64 = after.iter().map(|r| r.agent_stats.events).sum();
     eprintln!("{rounds} rounds; the next run: {events} program invocations that did work");
     assert!(rounds >= 300, "{rounds}");
-    // The next run has ~4 of the 6 s of requests: an RTT callback per request and end.
     assert!(events >= rounds / 2, "handed to callbacks: {events} program invocations did work in {rounds} rounds");
 }
 
@@ -772,10 +777,7 @@ fn walked_connections_open_across_a_restart_that_no_longer_walks_their_namespace
         return;
     };
     let (after, rounds) = open_across_a_restart_with(&[], |lab| Agent::start_unwalked(lab, &[]), 5018);
-    let events: u64 = after.iter().map(|r| r.agent_stats.events).sum();
-    eprintln!("{rounds} rounds; the next run: {events} program invocations that did work");
-    assert!(rounds >= 300, "{rounds}");
-    assert!(events >= rounds / 2, "handed to callbacks: {events} program invocations did work in {rounds} rounds");
+    assert_handed_to_callbacks(&after, rounds);
 }
 
 /// The earlier run folded the connection by callbacks (its namespace was not walked): its role

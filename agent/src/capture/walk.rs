@@ -235,6 +235,16 @@ impl NetnsWalker {
         }
     }
 
+    /// `spawn` for namespace `id`, which a scan found at `path`: none (no error) if the process
+    /// there went, or moved to another namespace, since the scan.
+    fn enter_found(path: &Path, id: NsId, link: Arc<OwnedFd>) -> Result<Option<NetnsWalker>, String> {
+        match NetnsWalker::spawn(path, link, Some(id)) {
+            Ok(w) => Ok(Some(w)),
+            Err(_) if NsId::of(path).ok() != Some(id) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn ask(&self) -> bool {
         self.worker.ask(())
     }
@@ -334,10 +344,10 @@ impl FinderState {
             if known.contains(id) || self.failed.contains(id) {
                 continue;
             }
-            match NetnsWalker::spawn(path, self.link.clone(), Some(*id)) {
-                Ok(w) => out.new.push((*id, w)),
-                // The process went, or moved, since the scan: looked for again at the next one.
-                Err(_) if NsId::of(path).ok() != Some(*id) => {}
+            match NetnsWalker::enter_found(path, *id, self.link.clone()) {
+                Ok(Some(w)) => out.new.push((*id, w)),
+                // Looked for again at the next scan.
+                Ok(None) => {}
                 Err(e) => {
                     self.failed.insert(*id);
                     out.failed.push(e);
@@ -684,10 +694,8 @@ impl Walk {
         for batch in unwalked.chunks(START_WALKERS) {
             let walkers: Vec<NetnsWalker> = batch
                 .iter()
-                .filter_map(|(id, path)| match NetnsWalker::spawn(path, self.link.clone(), Some(*id)) {
-                    Ok(w) => Some(w).filter(|w| !walked.contains(&w.cookie)),
-                    // The process went, or moved, since the scan.
-                    Err(_) if NsId::of(path).ok() != Some(*id) => None,
+                .filter_map(|(id, path)| match NetnsWalker::enter_found(path, *id, self.link.clone()) {
+                    Ok(w) => w.filter(|w| !walked.contains(&w.cookie)),
                     Err(e) => {
                         errors.push(e);
                         None
