@@ -257,6 +257,21 @@ impl NetnsWalker {
     }
 }
 
+/// Ask each walker for a pass; the ones whose thread has stopped (it can only have panicked)
+/// are errors naming their namespace, whose open sockets then reach their flows only at their
+/// close, so every walk says so.
+fn ask_all<'a>(walkers: impl IntoIterator<Item = &'a NetnsWalker>, errors: &mut Vec<String>) -> Vec<&'a NetnsWalker> {
+    let mut asked = Vec::new();
+    for w in walkers {
+        if w.ask() {
+            asked.push(w);
+        } else {
+            errors.push(format!("walking {}: its thread has stopped", w.path.display()));
+        }
+    }
+    asked
+}
+
 /// Capabilities the finder keeps (`--walk-netns-all`): CAP_SYS_ADMIN to enter namespaces
 /// (setns), CAP_SYS_PTRACE to see which namespace another user's process is in.
 const FINDER_CAPS: u64 = (1 << privileges::CAP_SYS_ADMIN) | (1 << privileges::CAP_SYS_PTRACE);
@@ -702,15 +717,7 @@ impl Walk {
                     }
                 })
                 .collect();
-            let mut asked = Vec::new();
-            for w in &walkers {
-                if w.ask() {
-                    asked.push(w);
-                } else {
-                    errors.push(format!("the thread for {} has stopped", w.path.display()));
-                }
-            }
-            for w in asked {
+            for w in ask_all(&walkers, &mut errors) {
                 match w.wait() {
                     Ok(()) => visited += 1,
                     Err(e) => errors.push(e),
@@ -743,8 +750,8 @@ impl Walk {
                 false
             }
         };
-        let asked: Vec<&NetnsWalker> = self.others.iter().chain(self.found.values()).filter(|w| w.ask()).collect();
         let mut errors = Vec::new();
+        let asked = ask_all(self.others.iter().chain(self.found.values()), &mut errors);
         if let Err(e) = pass(self.link.as_fd()) {
             errors.push(format!("walking this process's namespace: {e}"));
         }
@@ -818,6 +825,46 @@ mod tests {
         f.completed(100 * S, false);
         assert_eq!(f.last_full_us, None);
         assert_eq!(f.for_walk(130 * S, FIVE_MIN), 0);
+    }
+
+    /// A walker of namespace `path` whose passes succeed, or whose thread panics in its first.
+    fn walker(path: &str, panics: bool) -> NetnsWalker {
+        let serve = move |_: &mut (), ()| -> io::Result<()> {
+            assert!(!panics, "a pass that panics (a test's)");
+            Ok(())
+        };
+        let Ok((worker, ())) = Worker::spawn("test-walker", || Ok::<_, ()>(((), ())), serve) else {
+            panic!("a test thread did not start");
+        };
+        NetnsWalker { path: path.into(), cookie: 1, tid: 0, table: None, worker }
+    }
+
+    #[test]
+    fn a_walker_whose_thread_stopped_is_an_error_naming_its_namespace_at_every_walk() {
+        let walkers = [walker("/run/netns/a", false), walker("/run/netns/b", true), walker("/run/netns/c", false)];
+        let names =
+            |asked: Vec<&NetnsWalker>| -> Vec<String> { asked.iter().map(|w| w.path.display().to_string()).collect() };
+        // The first walk: b's thread panics in its pass.
+        let mut errors = Vec::new();
+        let asked = ask_all(&walkers, &mut errors);
+        assert_eq!(names(asked.clone()), ["/run/netns/a", "/run/netns/b", "/run/netns/c"]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let failed: Vec<String> = asked.iter().filter_map(|w| w.wait().err()).collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].starts_with("walking /run/netns/b: no answer"), "{failed:?}");
+        let b = walkers[1].worker.thread.as_ref().unwrap();
+        let until = Instant::now() + Duration::from_secs(10);
+        while !b.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Every walk after it: b is not asked, and says so.
+        for _ in 0..2 {
+            let mut errors = Vec::new();
+            let asked = ask_all(&walkers, &mut errors);
+            assert_eq!(names(asked.clone()), ["/run/netns/a", "/run/netns/c"]);
+            assert_eq!(errors, ["walking /run/netns/b: its thread has stopped"]);
+            assert!(asked.iter().all(|w| w.wait().is_ok()));
+        }
     }
 
     #[test]
