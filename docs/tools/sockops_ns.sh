@@ -7,8 +7,9 @@
 #   both     wrk in the monitored cgroup too (default); server: nginx's side only
 #   perf     also `perf record -a -g` for 5 s of the storm, then the top symbols
 # STATS=0 leaves kernel.bpf_stats_enabled off (no ns per call then; for profiles without its
-# clock reads).
-# See docs/performance.md, "Where the storm's cost goes now".
+# clock reads). TP=TRACEPOINT also attaches an empty tp_btf program there (tp_state_floor.py,
+# e.g. TP=inet_sock_set_state) and prints its calls per request and ns per call too.
+# See docs/performance.md, "Where the storm's cost goes now" and "A walk mode without sock_ops".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 prog=${1:?usage: sockops_ns.sh PROGRAM [both|server] [perf]}
@@ -21,14 +22,23 @@ else
   python3 "$here/sockops_floor.py" "$cg" "$prog" > /dev/null &
 fi
 pid=$!
+tp_pid=""
+if [ -n "${TP:-}" ]; then
+  python3 "$here/tp_state_floor.py" "$TP" > /dev/null &
+  tp_pid=$!
+fi
 stats_was=$(sysctl -n kernel.bpf_stats_enabled)
-finish() { kill -INT "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; storm_cleanup; }
+finish() {
+  kill -INT "$pid" $tp_pid 2>/dev/null; wait "$pid" $tp_pid 2>/dev/null || true
+  sysctl -q -w kernel.bpf_stats_enabled="$stats_was"; storm_cleanup
+}
 trap finish EXIT
 sleep 1.5
 . "$here/prog_stats.sh"
 sample() { prog_stats "$pid" 13; }
 sysctl -q -w kernel.bpf_stats_enabled="${STATS:-1}"
 read -r t0 c0 < <(sample)
+[ -n "$tp_pid" ] && read -r u0 d0 < <(prog_stats "$tp_pid" 26)
 client=""; [ "$side" = server ] && client=none
 if [ "${3:-}" = perf ]; then
   (sleep 0.5; perf record -q -a -g -o "$dir/perf.data" -- sleep 5 > /dev/null 2>&1) &
@@ -36,15 +46,20 @@ if [ "${3:-}" = perf ]; then
 fi
 rate=$(storm 6 $client | awk '{print $2}')
 read -r t1 c1 < <(sample)
+[ -n "$tp_pid" ] && read -r u1 d1 < <(prog_stats "$tp_pid" 26)
 sysctl -q -w kernel.bpf_stats_enabled=0
 calls=$((c1 - c0))
 reqs=$(awk -v r="$rate" 'BEGIN {printf "%d", r * 6}')
 awk -v t=$((t1 - t0)) -v c="$calls" -v r="$rate" -v q="$reqs" -v p="$prog" -v s="$side" \
   'BEGIN {if (c) printf "%s (%s): %.0f ns/call, %d calls, %.2f calls/request, %s req/s\n", p, s, t / c, c, q ? c / q : 0, r;
          else printf "%s (%s): no run figures (kernel.bpf_stats_enabled off), %s req/s\n", p, s, r}'
+if [ -n "$tp_pid" ]; then
+  awk -v t=$((u1 - u0)) -v c=$((d1 - d0)) -v q="$reqs" -v tp="$TP" \
+    'BEGIN {if (c) printf "tp_btf/%s (empty): %.0f ns/call, %d calls, %.2f calls/request\n", tp, t / c, c, q ? c / q : 0}'
+fi
 if [ -n "${perfpid:-}" ]; then
   wait "$perfpid" || true
-  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -v "^$" | head -40
+  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -v "^$" | head -40 || true
   echo "-- the agent's part (its programs, the dispatch, the map helpers):"
-  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -E "bpf_prog_|sock_ops|htab|lookup_nulls" | head -20
+  perf report -q -i "$dir/perf.data" --no-children -g none --sort symbol 2>/dev/null | grep -E "bpf_prog_|sock_ops|htab|lookup_nulls|bpf_trace" | head -20 || true
 fi
