@@ -27,8 +27,9 @@ pub mod walk_kind {
     pub const START_FOR_CALLBACKS: u64 = 2;
 }
 
-/// Network namespaces the daemon walks (own one plus `--walk-netns`), at most.
-pub const MAX_WALKED_NETNS: u32 = 256;
+/// Network namespaces the daemon walks at most, its own included (`--max-walked-netns`, the
+/// WALKED_NETNS map's size), by default.
+pub const DEFAULT_MAX_WALKED_NETNS: u32 = 256;
 
 /// Walked namespaces the sock_ops program finds in a list (`WalkedNetns`) rather than in the
 /// WALKED_NETNS hash.

@@ -1,6 +1,8 @@
 //! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
 
-use agent_common::maps::{FlowAgg, FlowKey, Listener, MAX_LISTENERS, MAX_WALKED_NETNS, SockState, WalkedNetns, stat};
+use agent_common::maps::{
+    DEFAULT_MAX_WALKED_NETNS, FlowAgg, FlowKey, Listener, MAX_LISTENERS, SockState, WalkedNetns, stat,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
@@ -21,7 +23,7 @@ pub static LISTENERS: HashMap<u32, Listener> = HashMap::with_max_entries(MAX_LIS
 /// Network namespaces (by cookie) whose sockets the daemon walks (`walk.rs`): sockets there get
 /// no per-segment callbacks.
 #[map(name = "WALKED_NETNS")]
-pub static WALKED_NETNS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_WALKED_NETNS, 0);
+pub static WALKED_NETNS: HashMap<u64, u8> = HashMap::with_max_entries(DEFAULT_MAX_WALKED_NETNS, 0);
 
 /// The same namespaces as a short list (`WalkedNetns`), which spares the hash lookup.
 #[map(name = "WALKED_NETNS_LIST")]

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use agent_common::maps::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SOCKETS};
+use agent_common::maps::{DEFAULT_MAX_FLOWS, DEFAULT_MAX_SOCKETS, DEFAULT_MAX_WALKED_NETNS};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
@@ -16,6 +16,8 @@ pub const DEFAULT_TOP_FLOWS: usize = 500;
 /// Default `--fold-interval`: how stale an open socket's byte counters may get in its flow.
 pub const DEFAULT_FOLD_INTERVAL: Duration = Duration::from_millis(100);
 pub const DEFAULT_WALK_FULL_INTERVAL: Duration = Duration::from_secs(300);
+/// The largest `--max-walked-netns`: each walked namespace but the agent's own has a thread.
+const MAX_MAX_WALKED_NETNS: u32 = 65_536;
 /// Default `--metrics-address`: where `/healthz` is served.
 pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9464";
 /// Default `--flow-log-max-aggregation-interval`, in seconds (as flow logs: 60 or 600).
@@ -143,6 +145,12 @@ pub struct RunArgs {
     /// the process drops every capability [default: off].
     #[arg(long)]
     pub walk_netns_all: bool,
+    /// Walk mode: network namespaces walked at most, the agent's own included (a kernel map's
+    /// size). Namespaces beyond it (given with --walk-netns, or found by --walk-netns-all) are
+    /// logged and fold from per-segment callbacks. Each walked namespace but the agent's own has
+    /// a thread of the agent in it [default: 256].
+    #[arg(long, value_name = "N")]
+    pub max_walked_netns: Option<u32>,
     /// Walk mode: how often a walk visits every open socket. The walks in between pass over
     /// sockets that sent and received nothing since the previous walk began (one read each, no
     /// map lookup). A few rare segments leave no such mark (a window update sent as the
@@ -320,6 +328,7 @@ struct FileConfig {
     fold_mode: Option<FoldMode>,
     walk_netns: Option<Vec<PathBuf>>,
     walk_netns_all: Option<bool>,
+    max_walked_netns: Option<u32>,
     walk_full_interval: Option<String>,
     synack_hook: Option<SynackHook>,
     fold_interval: Option<String>,
@@ -372,6 +381,7 @@ pub struct Config {
     pub fold_mode: FoldMode,
     pub walk_netns: Vec<PathBuf>,
     pub walk_netns_all: bool,
+    pub max_walked_netns: u32,
     pub walk_full_interval: Duration,
     pub synack_hook: SynackHook,
     pub fold_interval: Duration,
@@ -464,6 +474,7 @@ impl Config {
                 args.walk_netns.clone()
             },
             walk_netns_all: args.walk_netns_all || file.walk_netns_all.unwrap_or(false),
+            max_walked_netns: args.max_walked_netns.or(file.max_walked_netns).unwrap_or(DEFAULT_MAX_WALKED_NETNS),
             walk_full_interval: args
                 .walk_full_interval
                 .or(file_duration("walk_full_interval", &file.walk_full_interval)?)
@@ -674,6 +685,18 @@ impl Config {
         if self.max_flows == 0 {
             return Err(invalid("max_flows", "must be at least 1"));
         }
+        if self.max_walked_netns == 0 {
+            return Err(invalid("max_walked_netns", "must be at least 1 (the agent's own namespace)"));
+        }
+        if self.max_walked_netns > MAX_MAX_WALKED_NETNS {
+            return Err(invalid(
+                "max_walked_netns",
+                format!(
+                    "{} is above {MAX_MAX_WALKED_NETNS} (each walked namespace has a thread)",
+                    self.max_walked_netns
+                ),
+            ));
+        }
         if self.metadata_refresh_interval < Duration::from_secs(1) {
             return Err(invalid(
                 "metadata_refresh_interval",
@@ -832,6 +855,21 @@ mod tests {
         let from_file = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap();
         assert_eq!(from_file, Config::resolve(&args()).unwrap());
         assert!(doc.contains(&format!("report_interval = \"{}s\"", DEFAULT_REPORT_INTERVAL.as_secs())));
+    }
+
+    #[test]
+    fn max_walked_netns_from_the_flag_or_the_file_within_its_bounds() {
+        assert_eq!(Config::resolve(&args()).unwrap().max_walked_netns, DEFAULT_MAX_WALKED_NETNS);
+        let c = Config::resolve(&RunArgs { max_walked_netns: Some(1024), ..args() }).unwrap();
+        assert_eq!(c.max_walked_netns, 1024);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "max_walked_netns = 8\n").unwrap();
+        assert_eq!(Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap().max_walked_netns, 8);
+        for (n, says) in [(0, "at least 1"), (MAX_MAX_WALKED_NETNS + 1, "above 65536")] {
+            let e = Config::resolve(&RunArgs { max_walked_netns: Some(n), ..args() }).unwrap_err().to_string();
+            assert!(e.contains("max_walked_netns") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

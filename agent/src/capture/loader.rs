@@ -380,6 +380,7 @@ fn load(cfg: &Config, synack: Option<&SynackOffsets>, tcp: Option<&TcpOffsets>) 
     loader
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
         .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
+        .map_max_entries(WALKED_NETNS_MAP, cfg.max_walked_netns)
         .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
         .override_global("TCP_OFF_BYTES_ACKED", &t.bytes_acked, true)
         .override_global("TCP_OFF_BYTES_RECEIVED", &t.bytes_received, true)
@@ -455,7 +456,7 @@ fn start_walk(ebpf: &mut Ebpf, cfg: &Config, iter_id: u32) -> Result<Walk, Strin
         prog_fd.as_fd(),
         &cfg.walk_netns,
         cfg.walk_netns_all,
-        Registry { hash, list },
+        Registry::new(hash, list, cfg.max_walked_netns),
         floor,
         cfg.walk_full_interval,
     )

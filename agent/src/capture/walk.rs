@@ -378,18 +378,31 @@ impl FinderState {
 /// Which namespaces the sock_ops program treats as walked: `WALKED_NETNS` (all of them) and
 /// `WALKED_NETNS_LIST` (the first few, checked without a hash lookup).
 pub struct Registry {
-    pub hash: HashMap<MapData, u64, u8>,
-    pub list: Array<MapData, WalkedNetns>,
+    hash: HashMap<MapData, u64, u8>,
+    list: Array<MapData, WalkedNetns>,
+    /// The hash's size (`--max-walked-netns`) and the namespaces in it.
+    max: u32,
+    len: u32,
 }
 
 impl Registry {
+    pub fn new(hash: HashMap<MapData, u64, u8>, list: Array<MapData, WalkedNetns>, max: u32) -> Registry {
+        Registry { hash, list, max, len: 0 }
+    }
+
     fn add(&mut self, cookie: u64) -> Result<(), String> {
-        self.hash.insert(cookie, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))
+        if self.len >= self.max {
+            return Err(format!("{} network namespaces are walked already (--max-walked-netns)", self.max));
+        }
+        self.hash.insert(cookie, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))?;
+        self.len += 1;
+        Ok(())
     }
 
     fn remove(&mut self, cookie: u64) {
-        if let Err(e) = self.hash.remove(&cookie) {
-            tracing::warn!("unregistering a walked namespace: {e}");
+        match self.hash.remove(&cookie) {
+            Ok(()) => self.len = self.len.saturating_sub(1),
+            Err(e) => tracing::warn!("unregistering a walked namespace: {e}"),
         }
     }
 
@@ -461,7 +474,10 @@ impl Walk {
         for path in others {
             match NetnsWalker::spawn(path, walk.link.clone(), None) {
                 Ok(w) if !walk.cookies().contains(&w.cookie) => {
-                    walk.registry.add(w.cookie)?;
+                    if let Err(e) = walk.registry.add(w.cookie) {
+                        tracing::warn!(netns = %path.display(), "{e}: its sockets fold from per-segment callbacks");
+                        continue;
+                    }
                     if let Ok(id) = NsId::of(path) {
                         walk.others_ids.insert(id);
                     }
@@ -678,8 +694,10 @@ impl Walk {
         };
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut scanner = netns::Scanner::default();
-        let known: HashSet<NsId> =
-            self.others_ids.iter().chain(self.refused.iter()).chain(self.found.keys()).copied().collect();
+        // Refused namespaces are not walked by this run, but may have been by an earlier one (one
+        // whose --max-walked-netns left room for them): visited too. One refused as the same
+        // namespace as a walked one is entered and then left out by its cookie.
+        let known: HashSet<NsId> = self.others_ids.iter().chain(self.found.keys()).copied().collect();
         let unwalked: Vec<(NsId, PathBuf)> = scanner
             .scan(Path::new("/proc"), &mountinfo, own)
             .into_iter()
