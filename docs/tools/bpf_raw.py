@@ -1,5 +1,5 @@
 """The bpf(2) calls the Python tools in this directory make, without libbpf: a raw syscall, an
-instruction encoder, and loading a sock_ops program and linking it to a cgroup."""
+instruction encoder, loading a program, and linking a sock_ops one to a cgroup."""
 import ctypes, os, struct, sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -21,18 +21,27 @@ def insn(code, dst=0, src=0, off=0, imm=0):
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
-def attach_sock_ops(cgroup, insns):
-    """Load `insns` as a GPL sock_ops program and link it to the cgroup directory `cgroup`
-    (exits with the verifier's log if the kernel refuses it); returns (program fd, link fd)."""
+def load_prog(prog_type, insns, expected_attach_type=0, attach_btf_id=0):
+    """Load `insns` as a GPL program of type `prog_type` (exits with the verifier's log if the
+    kernel refuses it); returns its fd."""
     code = ctypes.create_string_buffer(b"".join(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(65536)
-    attr = struct.pack("<IIQQIIQ", 13, len(insns), ctypes.addressof(code), ctypes.addressof(lic), 1, 65536,
-                       ctypes.addressof(log))
+    attr = bytearray(128)
+    struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(insns), ctypes.addressof(code), ctypes.addressof(lic), 1,
+                     65536, ctypes.addressof(log))
+    struct.pack_into("<I", attr, 68, expected_attach_type)
+    struct.pack_into("<I", attr, 108, attach_btf_id)
     try:
-        pfd = bpf(5, attr)  # BPF_PROG_LOAD
+        return bpf(5, bytes(attr))  # BPF_PROG_LOAD
     except OSError as e:
         sys.exit(f"load: {e}: {log.value.decode()}")
+
+
+def attach_sock_ops(cgroup, insns):
+    """Load `insns` as a GPL sock_ops program and link it to the cgroup directory `cgroup`;
+    returns (program fd, link fd)."""
+    pfd = load_prog(13, insns)  # BPF_PROG_TYPE_SOCK_OPS
     cg = os.open(cgroup, os.O_RDONLY)
     lfd = bpf(28, struct.pack("<IIII", pfd, cg, 3, 0))  # BPF_LINK_CREATE, BPF_CGROUP_SOCK_OPS
     return pfd, lfd

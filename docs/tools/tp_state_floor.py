@@ -4,8 +4,8 @@ a design that follows TCP state changes from that tracepoint instead of sock_ops
 call before any work (it fires for every state change of every TCP socket of the host).
 usage: tp_state_floor.py [TRACEPOINT]   (default inet_sock_set_state)
 See docs/performance.md, "A walk mode without sock_ops: what the dispatch would save"."""
-import ctypes, signal, struct, sys
-from bpf_raw import bpf, insn
+import signal, struct, sys
+from bpf_raw import bpf, insn, load_prog
 
 
 def btf_typedef_id(name, path="/sys/kernel/btf/vmlinux"):
@@ -30,18 +30,8 @@ def btf_typedef_id(name, path="/sys/kernel/btf/vmlinux"):
 
 def attach_tp_btf(tracepoint, insns):
     """Load `insns` as a tp_btf program on `tracepoint` and attach it; returns (program fd, link fd)."""
-    code = ctypes.create_string_buffer(b"".join(insns))
-    lic = ctypes.create_string_buffer(b"GPL")
-    log = ctypes.create_string_buffer(65536)
-    attr = bytearray(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, 26, len(insns), ctypes.addressof(code), ctypes.addressof(lic), 1, 65536,
-                     ctypes.addressof(log))  # BPF_PROG_TYPE_TRACING
-    struct.pack_into("<I", attr, 68, 23)  # expected_attach_type: BPF_TRACE_RAW_TP
-    struct.pack_into("<I", attr, 108, btf_typedef_id(f"btf_trace_{tracepoint}"))  # attach_btf_id
-    try:
-        pfd = bpf(5, bytes(attr))  # BPF_PROG_LOAD
-    except OSError as e:
-        sys.exit(f"load: {e}: {log.value.decode()}")
+    # BPF_PROG_TYPE_TRACING, expected_attach_type BPF_TRACE_RAW_TP.
+    pfd = load_prog(26, insns, expected_attach_type=23, attach_btf_id=btf_typedef_id(f"btf_trace_{tracepoint}"))
     lfd = bpf(17, struct.pack("<QI", 0, pfd))  # BPF_RAW_TRACEPOINT_OPEN, the name from the BTF id
     return pfd, lfd
 

@@ -35,7 +35,7 @@ use std::{
 };
 
 use agent_common::maps::{WalkedNetns, walk_kind};
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, MapError};
 
 use super::{
     netns::{self, NsId, TcpTable},
@@ -380,29 +380,28 @@ impl FinderState {
 pub struct Registry {
     hash: HashMap<MapData, u64, u8>,
     list: Array<MapData, WalkedNetns>,
-    /// The hash's size (`--max-walked-netns`) and the namespaces in it.
+    /// The hash's size (`--max-walked-netns`), for the error that says it is full.
     max: u32,
-    len: u32,
 }
 
 impl Registry {
     pub fn new(hash: HashMap<MapData, u64, u8>, list: Array<MapData, WalkedNetns>, max: u32) -> Registry {
-        Registry { hash, list, max, len: 0 }
+        Registry { hash, list, max }
     }
 
     fn add(&mut self, cookie: u64) -> Result<(), String> {
-        if self.len >= self.max {
-            return Err(format!("{} network namespaces are walked already (--max-walked-netns)", self.max));
-        }
-        self.hash.insert(cookie, 1, 0).map_err(|e| format!("registering a walked namespace: {e}"))?;
-        self.len += 1;
-        Ok(())
+        self.hash.insert(cookie, 1, 0).map_err(|e| match &e {
+            // The kernel's answer for a full hash.
+            MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                format!("{} network namespaces are walked already (--max-walked-netns)", self.max)
+            }
+            _ => format!("registering a walked namespace: {e}"),
+        })
     }
 
     fn remove(&mut self, cookie: u64) {
-        match self.hash.remove(&cookie) {
-            Ok(()) => self.len = self.len.saturating_sub(1),
-            Err(e) => tracing::warn!("unregistering a walked namespace: {e}"),
+        if let Err(e) = self.hash.remove(&cookie) {
+            tracing::warn!("unregistering a walked namespace: {e}");
         }
     }
 
