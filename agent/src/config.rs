@@ -116,10 +116,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
     /// How often the kernel maps are drained, e.g. "1s" [default: 1s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub aggregate_interval: Option<Duration>,
     /// Report window, aligned to wall-clock multiples [default: 30s; 10s with --dry-run].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub report_interval: Option<Duration>,
     /// Flows reported whole per window; the rest are summed into `other` [default: 500].
     #[arg(long, value_name = "N")]
@@ -157,7 +157,7 @@ pub struct RunArgs {
     /// application reads old data, a segment dropped from a full backlog); they reach their flow
     /// at the socket's next segment, its close or the next full walk, whichever comes first.
     /// "0s": every walk visits every socket [default: 5m].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub walk_full_interval: Option<Duration>,
     /// Program for SYN-ACK retransmissions: "btf" (a BTF tracepoint, falling back to "tracepoint"
     /// where the kernel refuses it) or "tracepoint" (the classic tracepoint, which the kernel skips
@@ -167,7 +167,7 @@ pub struct RunArgs {
     pub synack_hook: Option<SynackHook>,
     /// Callback mode: longest an open socket's bytes wait before they reach its flow; "0s" folds
     /// them only on RTT/retransmit/close events [default: 100ms].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub fold_interval: Option<Duration>,
     /// Address of the HTTP endpoint serving /healthz (200 once capturing) [default: 127.0.0.1:9464].
     #[arg(long, value_name = "ADDR")]
@@ -207,13 +207,13 @@ pub struct RunArgs {
     pub spool_dir: Option<PathBuf>,
     /// Disk bound of the spool, e.g. "64MiB"; beyond it the oldest reports are dropped and
     /// counted [default: 64MiB].
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, allow_hyphen_values = true)]
     pub spool_max_bytes: Option<u64>,
     /// On SIGTERM, how long to keep delivering spooled reports before exiting [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub shutdown_timeout: Option<Duration>,
     /// Timeout of one HTTP request to a destination [default: 10s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub request_timeout: Option<Duration>,
     /// Proxy URL for every request to destinations (http://, https:// or socks5://) [default: none].
     #[arg(long, value_name = "URL")]
@@ -226,7 +226,7 @@ pub struct RunArgs {
     pub signing_region: Option<String>,
     /// How often EC2 instance metadata (interfaces, subnets, VPCs) is read again from IMDS
     /// [default: 60s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub metadata_refresh_interval: Option<Duration>,
     /// Use IMDSv1 (no session token) when IMDS refuses a token [default: off].
     #[arg(long)]

@@ -32,6 +32,14 @@ fn bad_flags_and_config_name_the_problem() {
     let (code, err) = agent(&["--dry-run", "--max-sockets", "lots"]);
     assert_ne!(code, 0);
     assert!(err.contains("--max-sockets"), "{err}");
+
+    // A negative duration or size is a bad value of its flag, not an unknown flag "-1".
+    let (code, err) = agent(&["--dry-run", "--report-interval", "-1s"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--report-interval") && err.contains(r#"invalid duration "-1s""#), "{err}");
+    let (code, err) = agent(&["--dry-run", "--spool-max-bytes", "-5MiB"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--spool-max-bytes") && err.contains("-5MiB"), "{err}");
 }
 
 #[test]

@@ -508,6 +508,23 @@ fn walker_threads(agent: &Agent) -> usize {
         .count()
 }
 
+/// The network namespaces (inode numbers) the agent's `walk-netns` threads are in.
+fn walked_namespaces(agent: &Agent) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).unwrap();
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "walk-netns"))
+        .filter_map(|t| std::fs::metadata(t.path().join("ns/net")).ok().map(|m| m.ino()))
+        .collect()
+}
+
+/// The inode number of the named network namespace (`ip netns`).
+fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/run/netns/{name}")).unwrap().ino()
+}
+
 /// Wait up to `secs` for `done`.
 fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
     let until = std::time::Instant::now() + Duration::from_secs(secs);
@@ -574,6 +591,71 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
     let rounds = client["rounds"].as_u64().unwrap();
     let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
     eprintln!("{rounds} rounds, {events} program invocations did work");
+    assert!(rounds >= 100, "{rounds} rounds");
+    // Per-segment callbacks would do work at every round (an RTT sample per request at least).
+    assert!(events < 60, "{events} program invocations for {rounds} requests: the sockets ran callbacks");
+    assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
+    assert_eq!(s.bytes_received, client["sent"].as_u64().unwrap());
+    assert_eq!((c.established, s.established), (1, 1));
+}
+
+/// `--walk-netns-all` with `--max-walked-netns` full: namespaces found then are refused (their
+/// sockets fold from per-segment callbacks), and once walked ones are left, as many of the
+/// refused ones are offered again and walked (before, a refused namespace was never offered again
+/// while it lasted, and its sockets ran a program per segment for their life). A connection there
+/// then runs no per-segment program, and its bytes are exact.
+#[test]
+fn namespaces_refused_for_lack_of_room_are_walked_once_room_frees() {
+    let Some(_g) = privileged("namespaces_refused_for_lack_of_room_are_walked_once_room_frees") else { return };
+    let lab = Lab::new();
+    let spare = Lab::new();
+    // How many namespaces the finder walks now (the lab's, the spare two, any others of the host):
+    // the next run has room for those and its own, no more.
+    let count = Agent::start_unwalked(&lab, &["--walk-netns-all"]);
+    assert!(wait_until(10, || walker_threads(&count) >= 4), "the four namespaces are walked");
+    std::thread::sleep(Duration::from_secs(3));
+    let found = walker_threads(&count);
+    count.stop();
+    let max = (found + 1).to_string();
+    let agent = Agent::start_unwalked(&lab, &["--walk-netns-all", "--max-walked-netns", &max]);
+    assert!(wait_until(10, || walker_threads(&agent) == found), "{} walkers, {found} before", walker_threads(&agent));
+    let late = Lab::new();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(walker_threads(&agent), found, "the late namespaces are refused: no room");
+    assert!(!walked_namespaces(&agent).contains(&netns_inode(&late.a)));
+    drop(spare);
+    let late_inodes = [netns_inode(&late.a), netns_inode(&late.b)];
+    assert!(
+        wait_until(15, || {
+            let walked = walked_namespaces(&agent);
+            walked.len() == found && late_inodes.iter().all(|i| walked.contains(i))
+        }),
+        "the late namespaces take the spare ones' room: {} walkers, {found} before",
+        walker_threads(&agent)
+    );
+    assert!(wait_until(3, || agent.metric("flow_agent_walked_namespaces") == (found + 1) as f64));
+    let server = lab.traffic(&late.b, &["serve", "--addr", late.b4, "--port", "5020", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&late.a, &["pingpong", "--addr", late.b4, "--port", "5020", "--secs", "3", "--interval-ms", "10"]);
+    let client = client.result();
+    server.result();
+    let (lines, log) = agent.stop_with_log();
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let refusals = log.matches("network namespaces are walked already (--max-walked-netns)").count();
+    assert_eq!(refusals, 2, "{log}");
+    let late_walked = [&late.a, &late.b]
+        .iter()
+        .filter(|ns| {
+            log.contains(&format!("walking a network namespace found (--walk-netns-all) netns=/run/netns/{ns}"))
+        })
+        .count();
+    assert_eq!(late_walked, 2, "{log}");
+    assert_eq!(log.matches("no longer walking a network namespace").count(), 2, "{log}");
+    let c = totals(&reports, flow("10.77.0.1", "10.77.0.2", 5020, Role::Client));
+    let s = totals(&reports, flow("10.77.0.2", "10.77.0.1", 5020, Role::Server));
+    let rounds = client["rounds"].as_u64().unwrap();
+    let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!("{found} namespaces found; {rounds} rounds, {events} program invocations did work");
     assert!(rounds >= 100, "{rounds} rounds");
     // Per-segment callbacks would do work at every round (an RTT sample per request at least).
     assert!(events < 60, "{events} program invocations for {rounds} requests: the sockets ran callbacks");

@@ -214,12 +214,17 @@ impl NetnsWalker {
     fn spawn(path: &Path, link: Arc<OwnedFd>, expect: Option<NsId>) -> Result<NetnsWalker, String> {
         let p = path.to_path_buf();
         let setup = move || -> io::Result<(Entered, Arc<OwnedFd>)> {
-            let ns = File::open(&p)?;
+            let step = |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+            let ns = File::open(&p).map_err(step("opening it"))?;
             if expect.is_some_and(|id| NsId::of_file(&ns).ok() != Some(id)) {
                 return Err(io::Error::other("it is another namespace than the one found there"));
             }
-            sys::setns_net(ns.as_fd())?;
-            let cookie = sys::netns_cookie()?;
+            sys::setns_net(ns.as_fd()).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) => io::Error::new(e.kind(), "it is not a network namespace"),
+                Some(libc::EPERM) => io::Error::new(e.kind(), "entering a namespace needs CAP_SYS_ADMIN"),
+                _ => step("setns")(e),
+            })?;
+            let cookie = sys::netns_cookie().map_err(step("reading its cookie (SO_NETNS_COOKIE)"))?;
             // Its capabilities were needed to enter; not after.
             privileges::keep_only(0).map_err(io::Error::other)?;
             Ok((Entered { cookie, tid: sys::gettid(), table: netns::tcp_table() }, link))
@@ -231,7 +236,7 @@ impl NetnsWalker {
             }
             Err(WorkerError::Start(e)) => Err(format!("starting a thread for {}: {e}", path.display())),
             Err(WorkerError::Ended) => Err(format!("the thread for {} ended before entering it", path.display())),
-            Err(WorkerError::Setup(e)) => Err(format!("entering {} (needs CAP_SYS_ADMIN): {e}", path.display())),
+            Err(WorkerError::Setup(e)) => Err(format!("entering {}: {e}", path.display())),
         }
     }
 
@@ -375,6 +380,16 @@ impl FinderState {
     }
 }
 
+/// Why `Registry::add` did not register a namespace.
+#[derive(Debug, thiserror::Error)]
+enum RegistryError {
+    /// The hash holds `--max-walked-netns` namespaces already.
+    #[error("{0} network namespaces are walked already (--max-walked-netns)")]
+    Full(u32),
+    #[error("registering a walked namespace: {0}")]
+    Other(MapError),
+}
+
 /// Which namespaces the sock_ops program treats as walked: `WALKED_NETNS` (all of them) and
 /// `WALKED_NETNS_LIST` (the first few, checked without a hash lookup).
 pub struct Registry {
@@ -389,13 +404,13 @@ impl Registry {
         Registry { hash, list, max }
     }
 
-    fn add(&mut self, cookie: u64) -> Result<(), String> {
+    fn add(&mut self, cookie: u64) -> Result<(), RegistryError> {
         self.hash.insert(cookie, 1, 0).map_err(|e| match &e {
             // The kernel's answer for a full hash.
             MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                format!("{} network namespaces are walked already (--max-walked-netns)", self.max)
+                RegistryError::Full(self.max)
             }
-            _ => format!("registering a walked namespace: {e}"),
+            _ => RegistryError::Other(e),
         })
     }
 
@@ -423,8 +438,11 @@ pub struct Walk {
     /// With `--walk-netns-all`: the namespaces found, each walked while anything holds it.
     found: BTreeMap<NsId, NetnsWalker>,
     /// Namespaces found that were not entered or not registered (not offered again while they
-    /// last).
+    /// last, unless `waiting`).
     refused: HashSet<NsId>,
+    /// Those of `refused` turned away for lack of room (`--max-walked-netns`), oldest first: as
+    /// many as namespaces left are offered again at the next look.
+    waiting: Vec<NsId>,
     finder: Option<Finder>,
     last_find: Option<Instant>,
     /// Whether processes whose namespace could not be read were reported (once).
@@ -460,6 +478,7 @@ impl Walk {
             others_ids: HashSet::new(),
             found: BTreeMap::new(),
             refused: HashSet::new(),
+            waiting: Vec::new(),
             finder: None,
             last_find: None,
             denied_reported: false,
@@ -469,7 +488,7 @@ impl Walk {
             floor: Floor::default(),
             full_every,
         };
-        walk.registry.add(own)?;
+        walk.registry.add(own).map_err(|e| e.to_string())?;
         for path in others {
             match NetnsWalker::spawn(path, walk.link.clone(), None) {
                 Ok(w) if !walk.cookies().contains(&w.cookie) => {
@@ -568,7 +587,15 @@ impl Walk {
                     self.found.insert(id, w);
                     added = true;
                 }
-                Err(e) => {
+                Err(e @ RegistryError::Full(_)) => {
+                    tracing::warn!(
+                        netns = %w.path.display(),
+                        "{e}: its sockets fold from per-segment callbacks until one of them is left"
+                    );
+                    self.refused.insert(id);
+                    self.waiting.push(id);
+                }
+                Err(e @ RegistryError::Other(_)) => {
                     tracing::warn!(netns = %w.path.display(), "{e}: its sockets fold from per-segment callbacks");
                     self.refused.insert(id);
                 }
@@ -583,6 +610,7 @@ impl Walk {
         let mut left = Vec::new();
         for id in found.gone {
             self.refused.remove(&id);
+            self.waiting.retain(|w| *w != id);
             let Some(w) = self.found.get(&id) else { continue };
             if netns::has_held_sockets(w.tid) {
                 continue;
@@ -591,6 +619,12 @@ impl Walk {
         }
         if !left.is_empty() {
             self.registry.list(&self.cookies())?;
+            // Room for as many as leave: the namespaces waiting longest are offered again at the
+            // next look (their sockets opened meanwhile are handed to the walk by its first pass
+            // there, as a namespace's first sockets are).
+            for id in self.waiting.drain(..left.len().min(self.waiting.len())) {
+                self.refused.remove(&id);
+            }
             for w in left {
                 self.registry.remove(w.cookie);
                 tracing::info!(
@@ -882,6 +916,20 @@ mod tests {
             assert_eq!(errors, ["walking /run/netns/b: its thread has stopped"]);
             assert!(asked.iter().all(|w| w.wait().is_ok()));
         }
+    }
+
+    #[test]
+    fn a_namespace_path_that_cannot_be_entered_is_an_error_naming_the_path_and_why() {
+        let link = Arc::new(OwnedFd::from(File::open("/dev/null").unwrap()));
+        let entering = |path: &Path| match NetnsWalker::spawn(path, link.clone(), None) {
+            Ok(_) => panic!("{} entered", path.display()),
+            Err(e) => e,
+        };
+        let missing = entering(Path::new("/nonexistent/netns"));
+        assert!(missing.starts_with("entering /nonexistent/netns: opening it: No such file"), "{missing}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let plain = entering(file.path());
+        assert_eq!(plain, format!("entering {}: it is not a network namespace", file.path().display()));
     }
 
     #[test]
