@@ -114,7 +114,11 @@ pub fn capset(keep: u64) -> io::Result<()> {
     if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_TRACE_ITER: u32 = 28;
@@ -173,6 +177,71 @@ pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<u64> {
     // The kernel writes at most `info_len` bytes to `info`, which lives until the call returns.
     bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
     Ok(info.recursion_misses)
+}
+
+/// `union bpf_attr` as BPF_PROG_QUERY reads it (the fields up to `prog_cnt`).
+#[repr(C)]
+struct ProgQuery {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+/// The ids of the sock_ops programs that run for sockets of the cgroup `cgroup`: its own and those
+/// it inherits from its ancestors (BPF_F_QUERY_EFFECTIVE). Needs CAP_SYS_ADMIN (or CAP_NET_ADMIN).
+pub fn cgroup_sock_ops_programs(cgroup: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut ids = vec![0u32; 16];
+    loop {
+        let mut attr = ProgQuery {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_SOCK_OPS,
+            query_flags: BPF_F_QUERY_EFFECTIVE,
+            attach_flags: 0,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: ids.len() as u32,
+            _pad: 0,
+        };
+        // The kernel writes at most `prog_cnt` ids to `ids`, which lives until the call returns,
+        // and the number there is into `attr.prog_cnt` (ENOSPC when they do not all fit).
+        // SAFETY: as `bpf_call` asks; `attr` is written by the kernel, hence the raw call here.
+        let r = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &raw mut attr, size_of::<ProgQuery>() as libc::c_uint)
+        };
+        let count = attr.prog_cnt as usize;
+        if r == 0 {
+            ids.truncate(count.min(ids.len()));
+            return Ok(ids);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSPC) || count <= ids.len() {
+            return Err(e);
+        }
+        ids.resize(count, 0);
+    }
+}
+
+/// The name the loaded program `id` was given (`bpf_prog_info.name`, at most 15 bytes). Needs
+/// CAP_SYS_ADMIN.
+pub fn prog_name(id: u32) -> io::Result<String> {
+    #[repr(C)]
+    struct GetFdById {
+        prog_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &GetFdById { prog_id: id, next_id: 0, open_flags: 0 })?;
+    // SAFETY: a plain C struct of integers; all zeroes is valid.
+    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let attr =
+        ObjInfo { bpf_fd: fd.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: &raw mut info as u64 };
+    // The kernel writes at most `info_len` bytes to `info`, which lives until the call returns.
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    let name: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
 }
 
 /// BPF_LINK_CREATE for a loaded iterator program (`iter/tcp`, say). aya's `Iter::attach` makes

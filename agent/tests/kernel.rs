@@ -661,6 +661,82 @@ fn namespaces_refused_for_lack_of_room_are_walked_once_room_frees() {
     assert_walked_pingpong(&reports, &client, 5020);
 }
 
+/// `flow-agent ARGS` on `cgroup`, with a control socket and metrics address of its own: its exit
+/// status and log if it ends within `secs`, else None (it is then killed).
+fn agent_exits_within(cgroup: &std::path::Path, args: &[&str], secs: u64) -> Option<(bool, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flow-agent"))
+        .args(args)
+        .args(["--dry-run", "--metrics-address", "127.0.0.1:0", "--cgroup"])
+        .arg(cgroup)
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = wait_until(secs, || child.try_wait().unwrap().is_some());
+    if !ended {
+        child.kill().unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    ended.then(|| (out.status.success(), support::strip_ansi(&String::from_utf8_lossy(&out.stderr))))
+}
+
+/// A second agent on sockets another one already runs for (the same cgroup, or one inside it) is
+/// refused before it touches a socket, with an error naming the running one: the two would share
+/// each socket's callback flags. Here the second is in callback mode, whose walk at start hands
+/// the first's walked connections to per-segment callbacks (before, it ran: the first's
+/// connection then ran a program per request, 514 invocations with work for 387 requests when the
+/// second runs on a sibling cgroup, which is not detected). `check` reports the running agent
+/// instead of attaching beside it. Once the first has stopped, the second starts.
+#[test]
+fn a_second_agent_on_the_same_sockets_is_refused_before_it_touches_them() {
+    let Some(_g) = privileged("a_second_agent_on_the_same_sockets_is_refused_before_it_touches_them") else { return };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &[]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5021", "--conns", "1", "--echo"]);
+    let client =
+        lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5021", "--secs", "4", "--interval-ms", "10"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let running = format!("held by pid {}", agent.pid());
+    let inner = lab.cgroup.join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    for cgroup in [&lab.cgroup, &inner] {
+        let refused = agent_exits_within(cgroup, CALLBACKS, 10);
+        let Some((ok, log)) = refused else { panic!("a second agent on {} ran", cgroup.display()) };
+        assert!(!ok, "{log}");
+        let error = format!("another flow-agent already runs for the sockets of cgroup {}", cgroup.display());
+        assert!(log.contains(&error) && log.contains(&running), "{log}");
+    }
+    std::fs::remove_dir(&inner).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_flow-agent"))
+        .args(["check", "--cgroup"])
+        .arg(&lab.cgroup)
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    let attach = check.lines().find(|l| l.contains("sock_ops attach")).unwrap_or_default();
+    assert!(
+        attach.starts_with("OK") && attach.contains("another flow-agent already runs") && attach.contains(&running),
+        "{check}"
+    );
+    let client = client.result();
+    server.result();
+    let reports = agent.stop();
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5021, Role::Client));
+    let s = totals(&reports, flow(lab.b4, lab.a4, 5021, Role::Server));
+    let rounds = client["rounds"].as_u64().unwrap();
+    let events: u64 = reports.iter().map(|r| r.agent_stats.events).sum();
+    eprintln!("{rounds} rounds, {events} program invocations did work");
+    assert!(rounds >= 200, "{rounds} rounds");
+    assert!(events < 60, "{events} program invocations for {rounds} requests: the sockets ran callbacks");
+    assert_eq!((c.bytes_sent, s.bytes_received), (client["sent"].as_u64().unwrap(), client["sent"].as_u64().unwrap()));
+    // Once it has stopped, the next one starts.
+    Agent::start(&lab, CALLBACKS).stop();
+}
+
 /// Whether namespaces made now share a host TCP table big enough for the agent to note that each
 /// walk scans it whole (`SHARED_TABLE_NOTED` in `capture/walk.rs`).
 fn host_table_worth_a_note() -> bool {

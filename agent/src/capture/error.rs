@@ -29,6 +29,10 @@ pub enum CaptureError {
     Walk(String),
     #[error("duplicating a loaded program's file descriptor: {0}")]
     DupProgram(#[source] std::io::Error),
+    #[error(
+        "another flow-agent already runs for the sockets of cgroup {cgroup} ({peers}): two agents on the same sockets share each socket's callback flags and change each other's counts; stop it first (systemctl stop flow-agent), or give this one --cgroup of a cgroup outside its cgroup"
+    )]
+    OtherAgent { cgroup: PathBuf, peers: String },
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
 }

@@ -3,6 +3,7 @@
 use std::{
     fs::File,
     os::fd::AsFd,
+    path::Path,
     sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     time::Instant,
 };
@@ -20,7 +21,7 @@ use aya::{
 use super::{
     CaptureError,
     btf::{Btf, TcpOffsets},
-    cgroup,
+    cgroup, peers,
     privileges::{self, KeptBy},
     tracefs::{self, SynackOffsets},
     walk::{Registry, Walk},
@@ -137,6 +138,9 @@ impl Capture {
     fn start_as(cfg: &Config, take_over: bool) -> Result<Capture, CaptureError> {
         privileges::check()?;
         let cgroup = cgroup::resolve(cfg.cgroup.as_deref())?;
+        if take_over {
+            refuse_beside_another_agent(&cgroup)?;
+        }
         let kernel = KernelTypes::read();
         // Needed only if the classic tracepoint is attached; read (and tracefs mounted) up front,
         // as the offsets are set when the object loads.
@@ -434,6 +438,37 @@ fn attach_synack_tracepoint(ebpf: &mut Ebpf) -> Result<ProgramFd, CaptureError> 
 }
 
 const ITER_TARGET: &str = "bpf_iter_tcp";
+
+/// An error if another flow-agent's sock_ops program already runs for the sockets of `cgroup`
+/// (`peers`): before anything of this run touches a socket. Programs this one cannot name, or a
+/// failed look, are a warning.
+fn refuse_beside_another_agent(cgroup: &Path) -> Result<(), CaptureError> {
+    let file = File::open(cgroup).map_err(|source| CaptureError::OpenCgroup { path: cgroup.to_path_buf(), source })?;
+    let found = match peers::attached(&file) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(
+                cgroup = %cgroup.display(),
+                "looking for another flow-agent on these sockets (BPF_PROG_QUERY): {e}; were one running, the two \
+                 would change each other's counts"
+            );
+            return Ok(());
+        }
+    };
+    if !found.agents.is_empty() {
+        let peers: Vec<String> = found.agents.iter().map(ToString::to_string).collect();
+        return Err(CaptureError::OtherAgent { cgroup: cgroup.to_path_buf(), peers: peers.join("; ") });
+    }
+    if !found.unnamed.is_empty() {
+        tracing::warn!(
+            cgroup = %cgroup.display(),
+            programs = ?found.unnamed,
+            "sock_ops programs already run for these sockets, whose names this agent cannot read (that takes \
+             CAP_SYS_ADMIN); if one is another flow-agent's, the two change each other's counts: run one agent per host"
+        );
+    }
+    Ok(())
+}
 
 /// Load the walk program (its iterator target has kernel type id `iter_id`), link it, enter the
 /// walked namespaces and tell the sock_ops program which they are. The error says why the walk

@@ -6,6 +6,7 @@ mod cgroup;
 mod error;
 mod loader;
 mod netns;
+mod peers;
 mod privileges;
 pub mod probe;
 mod tracefs;

@@ -133,8 +133,16 @@ fn classic_tracepoint() -> Result<String, Failure> {
     Ok(format!("tcp:tcp_retransmit_synack fields found (sport at offset {}){mounted}", o.sport))
 }
 
-/// Load the programs and attach them for a moment (detached again when this returns).
+/// Load the programs and attach them for a moment (detached again when this returns); not beside
+/// another flow-agent on the same sockets, whose sockets' callback flags a program of ours would
+/// change (`peers`), and which shows attaching works.
 pub fn attach(cfg: &Config) -> Result<String, Failure> {
+    if let Some(running) = another_agent(cfg) {
+        return Ok(format!(
+            "another flow-agent already runs for these sockets ({running}): attaching works here; not attached beside \
+             it, which would change its sockets' callback flags"
+        ));
+    }
     let cfg = Config { max_sockets: 16, max_flows: 16, ..cfg.clone() };
     match Capture::start_for_check(&cfg) {
         Ok(capture) => {
@@ -157,4 +165,13 @@ pub fn attach(cfg: &Config) -> Result<String, Failure> {
         }
         Err(e) => Err(failure(e.to_string(), "fix the items above; the error names what the kernel refused")),
     }
+}
+
+/// Another flow-agent's sock_ops program on the sockets of the configured cgroup, if any (found
+/// without mounting anything; None when it cannot be looked for).
+fn another_agent(cfg: &Config) -> Option<String> {
+    let cgroup = cgroup2(cfg.cgroup.as_deref()).ok()?;
+    let peers = super::peers::attached(&std::fs::File::open(cgroup).ok()?).ok()?;
+    let peers: Vec<String> = peers.agents.iter().map(ToString::to_string).collect();
+    (!peers.is_empty()).then(|| peers.join("; "))
 }
