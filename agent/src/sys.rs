@@ -4,7 +4,7 @@ use std::{
     ffi::CString,
     io,
     os::{
-        fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::ffi::OsStrExt,
     },
     path::Path,
@@ -145,8 +145,15 @@ struct IterCreate {
 /// The bpf(2) system call with `attr`, a valid, fully initialised `union bpf_attr` prefix (the
 /// kernel zero-fills the rest) whose pointers, if any, point at memory that lives for the call.
 fn bpf_call<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: as the caller promises above.
+    // SAFETY: as the caller promises above; the commands called this way do not write `attr`.
     let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, size_of::<T>() as libc::c_uint) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
+}
+
+/// `bpf_call` for a command that writes its results into `attr` itself (BPF_PROG_QUERY's count).
+fn bpf_call_mut<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: as `bpf_call`; `attr` is exclusively borrowed, so the kernel may write it.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as libc::c_uint) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r) }
 }
 
@@ -170,13 +177,18 @@ struct ObjInfo {
 /// tracepoint program: whenever any BPF program or BPF map system call holds the CPU).
 /// Needs no capability for a program fd this process holds.
 pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(prog_info(prog)?.recursion_misses)
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD for the loaded program `prog`.
+fn prog_info(prog: BorrowedFd<'_>) -> io::Result<aya_obj::generated::bpf_prog_info> {
     // SAFETY: a plain C struct of integers; all zeroes is valid.
     let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
     let attr =
         ObjInfo { bpf_fd: prog.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: &raw mut info as u64 };
     // The kernel writes at most `info_len` bytes to `info`, which lives until the call returns.
     bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
-    Ok(info.recursion_misses)
+    Ok(info)
 }
 
 /// `union bpf_attr` as BPF_PROG_QUERY reads it (the fields up to `prog_cnt`).
@@ -207,20 +219,16 @@ pub fn cgroup_sock_ops_programs(cgroup: BorrowedFd<'_>) -> io::Result<Vec<u32>> 
         };
         // The kernel writes at most `prog_cnt` ids to `ids`, which lives until the call returns,
         // and the number there is into `attr.prog_cnt` (ENOSPC when they do not all fit).
-        // SAFETY: as `bpf_call` asks; `attr` is written by the kernel, hence the raw call here.
-        let r = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &raw mut attr, size_of::<ProgQuery>() as libc::c_uint)
-        };
+        let r = bpf_call_mut(BPF_PROG_QUERY, &mut attr);
         let count = attr.prog_cnt as usize;
-        if r == 0 {
-            ids.truncate(count.min(ids.len()));
-            return Ok(ids);
+        match r {
+            Ok(_) => {
+                ids.truncate(count.min(ids.len()));
+                return Ok(ids);
+            }
+            Err(e) if e.raw_os_error() != Some(libc::ENOSPC) || count <= ids.len() => return Err(e),
+            Err(_) => ids.resize(count, 0),
         }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::ENOSPC) || count <= ids.len() {
-            return Err(e);
-        }
-        ids.resize(count, 0);
     }
 }
 
@@ -234,12 +242,7 @@ pub fn prog_name(id: u32) -> io::Result<String> {
         open_flags: u32,
     }
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &GetFdById { prog_id: id, next_id: 0, open_flags: 0 })?;
-    // SAFETY: a plain C struct of integers; all zeroes is valid.
-    let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-    let attr =
-        ObjInfo { bpf_fd: fd.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: &raw mut info as u64 };
-    // The kernel writes at most `info_len` bytes to `info`, which lives until the call returns.
-    bpf_call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    let info = prog_info(fd.as_fd())?;
     let name: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     Ok(String::from_utf8_lossy(&name).into_owned())
 }

@@ -455,9 +455,8 @@ fn refuse_beside_another_agent(cgroup: &Path) -> Result<(), CaptureError> {
             return Ok(());
         }
     };
-    if !found.agents.is_empty() {
-        let peers: Vec<String> = found.agents.iter().map(ToString::to_string).collect();
-        return Err(CaptureError::OtherAgent { cgroup: cgroup.to_path_buf(), peers: peers.join("; ") });
+    if let Some(peers) = found.agents_running() {
+        return Err(CaptureError::OtherAgent { cgroup: cgroup.to_path_buf(), peers });
     }
     if !found.unnamed.is_empty() {
         tracing::warn!(

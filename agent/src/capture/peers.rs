@@ -48,6 +48,14 @@ pub struct Attached {
     pub unnamed: Vec<u32>,
 }
 
+impl Attached {
+    /// The other flow-agents, each as `Peer` shows it, or None when there are none.
+    pub fn agents_running(&self) -> Option<String> {
+        let agents: Vec<String> = self.agents.iter().map(ToString::to_string).collect();
+        (!agents.is_empty()).then(|| agents.join("; "))
+    }
+}
+
 /// The sock_ops programs that run for sockets of `cgroup` (its own and those it inherits from
 /// its ancestors; not those of its descendants), other flow-agents' and those whose name could not
 /// be read. Needs CAP_NET_ADMIN (or CAP_SYS_ADMIN).

@@ -171,7 +171,5 @@ pub fn attach(cfg: &Config) -> Result<String, Failure> {
 /// without mounting anything; None when it cannot be looked for).
 fn another_agent(cfg: &Config) -> Option<String> {
     let cgroup = cgroup2(cfg.cgroup.as_deref()).ok()?;
-    let peers = super::peers::attached(&std::fs::File::open(cgroup).ok()?).ok()?;
-    let peers: Vec<String> = peers.agents.iter().map(ToString::to_string).collect();
-    (!peers.is_empty()).then(|| peers.join("; "))
+    super::peers::attached(&std::fs::File::open(cgroup).ok()?).ok()?.agents_running()
 }
