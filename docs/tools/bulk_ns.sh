@@ -5,7 +5,9 @@
 # after the copy), each with its mean. Shows what a call costs when the copy has left the
 # caches cold (docs/performance.md, "Bulk with one stream: where the eBPF time goes").
 # usage (root): docs/tools/bulk_ns.sh PROGRAM [RUNS] [SECS] [STREAMS]
-#   PROGRAM  a flow-agent binary, or `empty` / `flags` / `state` (sockops_floor.py)
+#   PROGRAM  a flow-agent binary, or `empty` / `flags` / `state` / `record` (sockops_floor.py)
+# STEPS=cookie,flows,sockets,delete  with `record`: the agent's kinds of work added to the floor,
+#            each timed entered cold (sockops_floor.py, record_floor)
 # RI=2s      the agent's report interval (the walk runs at each window end; default 2s, as in
 #            the bench's bpf_stats runs); COUNT=1 also prints the callbacks by op
 #            (sockops_ops.py) after each run.
@@ -43,7 +45,7 @@ if [ -x "$prog" ]; then
   "$prog" --dry-run --report-interval "${RI:-2s}" --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
     --cgroup "$cg" --walk-netns "/run/netns/$a" --walk-netns "/run/netns/$b" > /dev/null 2> "$dir/agent.log" &
 else
-  python3 "$here/sockops_floor.py" "$cg" "$prog" > /dev/null &
+  python3 "$here/sockops_floor.py" "$cg" "$prog" ${STEPS:+"$STEPS"} > /dev/null &
 fi
 pid=$!
 sleep 2

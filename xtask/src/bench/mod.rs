@@ -33,7 +33,7 @@ use workloads::{Env, Kind, Load};
 pub use workloads::idle_helper;
 
 /// `storm` runs both storm variants: both ends monitored, and the server side only.
-pub const USAGE: &str = "bench [storm|storm-server|keepalive|bulk|bulk1|bulk16|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]";
+pub const USAGE: &str = "bench [storm|storm-both|storm-server|keepalive|bulk|bulk1|bulk16|idle|backend|all]... [--quick] [--pairs=N] [--twins=N] [--secs=N] [--wrk-threads=N] [--soak]";
 
 /// The agents' report window in the bench's runs (the walk runs at each window end).
 const WINDOW: &str = "10s";
@@ -150,6 +150,8 @@ fn parse(args: &[String]) -> Result<Options> {
             }
             // The groups; `storm` is also the id of its first variant.
             "storm" => o.kinds.extend([Kind::Storm, Kind::StormServer]),
+            // The both-ends variant alone (its id, `storm`, names the group).
+            "storm-both" => o.kinds.push(Kind::Storm),
             "bulk" => o.kinds.extend([Kind::Bulk(1), Kind::Bulk(16)]),
             "backend" => o.backend = true,
             "all" => {
@@ -476,6 +478,8 @@ mod tests {
             assert!(o.kinds == Kind::ALL && o.backend, "{every:?}: {:?}", o.kinds);
         }
         assert_eq!(kinds(&["bulk16", "storm-server"]), [Kind::Bulk(16), Kind::StormServer]);
+        assert_eq!(kinds(&["storm-both"]), [Kind::Storm], "the both-ends variant alone");
+        assert_eq!(kinds(&["storm-both", "storm"]), [Kind::Storm, Kind::StormServer]);
         // A variant named again, alone or in its group, runs once, where it was first named.
         assert_eq!(kinds(&["bulk1", "storm", "bulk"]), [Kind::Bulk(1), Kind::Storm, Kind::StormServer, Kind::Bulk(16)]);
         let e = parse(&args(&["bulk2"])).err().map(|e| e.to_string()).unwrap_or_default();
