@@ -4,7 +4,7 @@ usage: sockops_floor.py CGROUP empty|flags|state|record   (flags: set RTO|RETRAN
 the agent in callback mode; state: RTO|STATE, like a walked socket; record: `state`, and what any exact
 design must do at least: at establishment read the handshake RTT and the socket's addresses, at CLOSE
 its final counters, each into a per-CPU slot, with no hash map, no lookup by socket and no delete)"""
-import os, signal, struct, sys
+import mmap, os, signal, struct, subprocess, sys, threading, time
 from bpf_raw import attach_sock_ops, bpf, insn
 
 
@@ -16,6 +16,23 @@ def set_flags_at_establishment(flags):
             insn(0xb7, 0, imm=1), insn(0x95)]
 
 
+children = []  # the CONSUMER, ended with this process
+
+
+def consume(fd):
+    """Keep the BPF ring buffer `fd` empty: its consumer position follows the producer's."""
+    cons = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+    prod = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ, offset=4096)
+    last, shown = b"", 0.0
+    while True:
+        pos = prod[0:8]
+        cons[0:8] = pos
+        if os.environ.get("RING_DEBUG") and pos != last and time.time() - shown > 1:
+            last, shown = pos, time.time()
+            print(f"ring: {struct.unpack('<Q', pos)[0]} bytes produced", file=sys.stderr, flush=True)
+        time.sleep(0.001)
+
+
 def record_floor(steps=()):
     """`state`, and a record at establishment (srtt, addresses, ports) and at CLOSE (the counters
     `fold::payload` reads, srtt, addresses, ports) into slot 0 of a per-CPU array. `steps` adds the
@@ -23,12 +40,19 @@ def record_floor(steps=()):
     `flows` (a flow of 40-B key and 512-B value in a preallocated hash of 65,536: inserted at
     establishment, looked up at the close with 10 atomic adds over its lines), `sockets` (an
     entry by cookie in a preallocated hash of 262,144: inserted at establishment, looked up at
-    the close), `delete` (that entry deleted at the close)."""
+    the close), `delete` (that entry deleted at the close), `ring` (the slot's first 64 B also
+    sent to a 1-MiB BPF ring buffer at both, without a wakeup; a thread here consumes it every
+    millisecond, as a daemon polling its rings would), `pcpu` (the record goes to a ring of this
+    CPU's in an array instead of the per-CPU slot: see `slot`; with CONSUMER=path, that program
+    reads them as a daemon would, see ring_consume.rs)."""
     mfd = bpf(0, struct.pack("<IIII", 6, 4, 128, 1))  # BPF_MAP_CREATE: a per-CPU array, 1 x 128 B
     zfd = bpf(0, struct.pack("<IIII", 2, 4, 512, 1))  # a zeroed value to insert from
     flows_max, flows_flags = int(os.environ.get("FLOWS_MAX", 65536)), int(os.environ.get("FLOWS_FLAGS", 0))
     ffd = bpf(0, struct.pack("<IIIII", 1, 40, 512, flows_max, flows_flags))  # FLOWS-like
     sfd = bpf(0, struct.pack("<IIII", 1, 8, 96, 262144))  # SOCKETS-like
+    rfd = bpf(0, struct.pack("<IIII", 27, 0, 0, 1 << 20)) if "ring" in steps else None  # BPF_MAP_TYPE_RINGBUF
+    if rfd is not None:
+        threading.Thread(target=consume, args=(rfd,), daemon=True).start()
     out, est, state = "out", "est", "state"
 
     def lookup(fd, key_off):
@@ -36,9 +60,26 @@ def record_floor(steps=()):
         return [insn(0x18, 1, 1, imm=fd), insn(0, imm=0), insn(0xbf, 2, 10), insn(0x07, 2, imm=key_off),
                 insn(0x85, imm=1), (0x15, 0, out, 0)]
 
+    ncpu, per_cpu = os.cpu_count(), 1 << 14
+    if "pcpu" in steps:
+        # A ring per CPU in one array the daemon could map (BPF_F_MMAPABLE): 16,384 slots of 64 B
+        # each, and each CPU's next index on a line of its own, taken by an atomic fetch-add
+        # (a softirq may interrupt a callback on the same CPU). No consumer: slots are reused.
+        rings = bpf(0, struct.pack("<IIIII", 2, 4, 64, ncpu * per_cpu, 1024))
+        heads = bpf(0, struct.pack("<IIIII", 2, 4, 64, ncpu, 1024))
+        if os.environ.get("CONSUMER"):  # e.g. /tmp/ring_consume, built from ring_consume.rs
+            children.append(subprocess.Popen([os.environ["CONSUMER"], str(rings), str(heads), str(ncpu),
+                                              str(per_cpu)], pass_fds=(rings, heads), stdout=sys.stderr))
+
     def slot(fields):
         # The slot; then each (ctx offset, size) copied to it in order.
-        code = [insn(0x62, 10, off=-4, imm=0)] + lookup(mfd, -4)
+        if "pcpu" in steps:
+            code = [insn(0x85, imm=8), insn(0xbf, 7, 0), insn(0x63, 10, 0, -4)] + lookup(heads, -4) + [
+                insn(0xb7, 1, imm=1), insn(0xdb, 0, 1, 0, imm=0x01),  # r1 = fetch_add(head, 1)
+                insn(0x57, 1, imm=per_cpu - 1), insn(0x27, 7, imm=per_cpu), insn(0x0f, 7, 1),
+                insn(0x63, 10, 7, -4)] + lookup(rings, -4)
+        else:
+            code = [insn(0x62, 10, off=-4, imm=0)] + lookup(mfd, -4)
         at = 0
         for off, size in fields:
             ld, st = (0x79, 0x7b) if size == 8 else (0x61, 0x63)
@@ -62,6 +103,11 @@ def record_floor(steps=()):
     counters = [(104, 4), (108, 4), (136, 4), (140, 4), (148, 4), (168, 8), (176, 8)]  # snd_nxt/una, retrans, segs, bytes
     at_est = slot(addrs)
     at_close = slot(addrs + counters)
+    if rfd is not None:  # bpf_ringbuf_output(ring, slot, 64, BPF_RB_NO_WAKEUP)
+        ring = [insn(0xbf, 2, 0), insn(0x18, 1, 1, imm=rfd), insn(0, imm=0), insn(0xb7, 3, imm=64),
+                insn(0xb7, 4, imm=1), insn(0x85, imm=130)]
+        at_est += ring
+        at_close += ring
     if "flows" in steps:
         at_est += flow_key() + insert(ffd, -48)
         at_close += flow_key() + lookup(ffd, -48) + [insn(0xb7, 1, imm=1)] + [
@@ -103,5 +149,11 @@ prog = {
 }[sys.argv[2]] or record_floor(sys.argv[3].split(",") if len(sys.argv) > 3 else ())
 pfd, lfd = attach_sock_ops(sys.argv[1], prog)
 print(f"attached {sys.argv[2]} prog fd {pfd} link {lfd}", flush=True)
-signal.signal(signal.SIGINT, lambda *a: sys.exit(0)); signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+def end(*_):
+    for c in children:
+        c.terminate()
+    sys.exit(0)
+
+
+signal.signal(signal.SIGINT, end); signal.signal(signal.SIGTERM, end)
 while True: signal.pause()

@@ -3,7 +3,8 @@
 # on for the run: ns per call, calls per request, and wrk's rate.
 # usage (root): docs/tools/sockops_ns.sh PROGRAM [both|server] [perf]
 #   PROGRAM  a flow-agent binary (walk mode, the storm's namespace walked), or `empty` / `flags`
-#            (sockops_floor.py: the measurement's floor, and the agent's callback flags alone)
+#            (sockops_floor.py: the measurement's floor, and the agent's callback flags alone),
+#            or `state` / `record` (with STEPS=..., as in bulk_ns.sh)
 #   both     wrk in the monitored cgroup too (default); server: nginx's side only
 #   perf     also `perf record -a -g` for 5 s of the storm, then the top symbols
 # STATS=0 leaves kernel.bpf_stats_enabled off (no ns per call then; for profiles without its
@@ -19,7 +20,7 @@ if [ -x "$prog" ]; then
   "$prog" --dry-run --report-interval 10s --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
     --cgroup "$cg" --walk-netns "/run/netns/$ns" > /dev/null 2> "$dir/agent.log" &
 else
-  python3 "$here/sockops_floor.py" "$cg" "$prog" > /dev/null &
+  python3 "$here/sockops_floor.py" "$cg" "$prog" ${STEPS:+"$STEPS"} > /dev/null &
 fi
 pid=$!
 tp_pid=""
