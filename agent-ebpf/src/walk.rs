@@ -20,7 +20,10 @@ use agent_common::{
         SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped, walk_kind,
     },
 };
-use aya_ebpf::helpers::generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock};
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel,
+    generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock},
+};
 use core::ffi::c_void;
 
 use crate::{
@@ -78,6 +81,26 @@ pub static TCP_OFF_DPORT: u32 = 0;
 /// sock_ops at the close of a walked socket (`ctx::fin_received`).
 #[unsafe(no_mangle)]
 pub static TCP_OFF_SK_FLAGS: u32 = 0;
+
+/// The agent's cgroup id (its directory's inode number), and where a socket's cgroup and its
+/// ancestors' ids are (`struct cgroup`, `struct kernfs_node`): see `in_agent_cgroup`. An id of 0
+/// (the daemon could not read them) checks nothing.
+#[unsafe(no_mangle)]
+static AGENT_CGROUP_ID: u64 = 0;
+#[unsafe(no_mangle)]
+static CG_OFF_SK_CGROUP: u32 = 0;
+#[unsafe(no_mangle)]
+static CG_OFF_LEVEL: u32 = 0;
+#[unsafe(no_mangle)]
+static CG_OFF_ANCESTORS: u32 = 0;
+#[unsafe(no_mangle)]
+static CG_OFF_KN: u32 = 0;
+#[unsafe(no_mangle)]
+static CG_OFF_KN_ID: u32 = 0;
+
+/// Cgroups deeper than this below the agent's are not recognised as its own (their sockets are
+/// left to callbacks' folds at their close, as any socket the walk does not take).
+const MAX_CGROUP_DEPTH: i32 = 32;
 
 /// The iterator's context (`struct bpf_iter__tcp`): one socket of the namespace (listening,
 /// established, time-wait or request socket) and its owner's uid.
@@ -206,6 +229,10 @@ fn floor() -> u64 {
 #[inline(always)]
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
+    if (untracked_flags(cb as u32).is_some() || armed_flags(cb as u32).is_some()) && !in_agent_cgroup(sk) {
+        // Armed by another agent, on a sibling cgroup: its sockets are not this one's to fold.
+        return None;
+    }
     let Some(flags) = untracked_flags(cb as u32) else {
         if let Some(role) = armed_flags(cb as u32)
             && kind() != walk_kind::START_FOR_CALLBACKS
@@ -227,6 +254,43 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
         return baseline(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in);
     }
     first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
+}
+
+/// A kernel pointer read at `addr + offset` (0 if the read faults).
+#[inline(always)]
+fn kernel_u64(addr: u64, offset: usize) -> u64 {
+    // SAFETY: a fault-tolerant read of kernel memory into the returned value.
+    unsafe { bpf_probe_read_kernel((addr as usize + offset) as *const u64) }.unwrap_or(0)
+}
+
+/// Whether the socket's cgroup is the agent's or below it: the id of one of its ancestors
+/// (`cgroup.ancestors[]`, itself included) is the agent's. Sockets of other cgroups in a walked
+/// namespace are not the agent's to fold, even when another agent armed them as walked. Only
+/// sockets the walk has no entry for come here (entries are made only for the agent's), so the
+/// chase of a few pointers is paid once per socket at most. Reads the cgroup by its BTF offsets
+/// through `bpf_probe_read_kernel`, since the ancestor's index varies.
+#[inline(never)]
+fn in_agent_cgroup(sk: *const u8) -> bool {
+    // SAFETY: read of a load-time global; volatile so it is not constant-folded.
+    let agent = unsafe { core::ptr::read_volatile(&AGENT_CGROUP_ID) };
+    if agent == 0 {
+        return true;
+    }
+    let Some(cgroup) = field::<u64>(sk, off(&CG_OFF_SK_CGROUP)) else { return false };
+    if cgroup == 0 {
+        return false;
+    }
+    let level = kernel_u64(cgroup, off(&CG_OFF_LEVEL)) as u32 as i32;
+    let mut depth = 0;
+    while depth <= MAX_CGROUP_DEPTH && depth <= level {
+        let ancestor = kernel_u64(cgroup, off(&CG_OFF_ANCESTORS) + 8 * (level - depth) as usize);
+        let kn = if ancestor == 0 { 0 } else { kernel_u64(ancestor, off(&CG_OFF_KN)) };
+        if kn != 0 && kernel_u64(kn, off(&CG_OFF_KN_ID)) == agent {
+            return true;
+        }
+        depth += 1;
+    }
+    false
 }
 
 /// Which walk this is (`WALK_FLOOR` slot 1, `maps::walk_kind`): one at a window end or the walk

@@ -737,6 +737,55 @@ fn a_second_agent_on_the_same_sockets_is_refused_before_it_touches_them() {
     Agent::start(&lab, CALLBACKS).stop();
 }
 
+/// Two agents on sibling cgroups that walk the same namespaces (as two agents of one host both
+/// walk its own): each reports its own cgroup's connection, exactly, and nothing of the other's.
+/// A walk folds sockets armed as walked, and the other agent's look the same; it now checks that
+/// a socket's cgroup descends from its agent's before it takes one (`walk::in_agent_cgroup`).
+#[test]
+fn agents_on_sibling_cgroups_walking_the_same_namespaces_report_only_their_own_connections() {
+    let Some(_g) =
+        privileged("agents_on_sibling_cgroups_walking_the_same_namespaces_report_only_their_own_connections")
+    else {
+        return;
+    };
+    let lab = Lab::new();
+    let mut name = lab.cgroup.file_name().unwrap().to_os_string();
+    name.push("-sibling");
+    let sibling = lab.cgroup.with_file_name(name);
+    std::fs::create_dir(&sibling).unwrap();
+    // The same namespaces, the sibling cgroup (dropped first: it removes that cgroup).
+    let other =
+        Lab { a: lab.a.clone(), b: lab.b.clone(), cgroup: sibling, a4: lab.a4, b4: lab.b4, a6: lab.a6, b6: lab.b6 };
+    let ours = Agent::start(&lab, &[]);
+    let theirs = Agent::start(&other, &[]);
+    let serve =
+        |l: &Lab, port: &str| l.traffic(&l.b, &["serve", "--addr", l.b4, "--port", port, "--conns", "1", "--echo"]);
+    let (s1, s2) = (serve(&lab, "5022"), serve(&other, "5023"));
+    let pingpong = |l: &Lab, port: &str| {
+        l.traffic(&l.a, &["pingpong", "--addr", l.b4, "--port", port, "--secs", "4", "--interval-ms", "10"])
+    };
+    // Over 4 s, several window ends: each agent walks both connections' sockets.
+    let (c1, c2) = (pingpong(&lab, "5022"), pingpong(&other, "5023"));
+    let (c1, c2) = (c1.result(), c2.result());
+    s1.result();
+    s2.result();
+    let (r1, r2) = (ours.stop(), theirs.stop());
+    for (reports, own, foreign, client) in [(&r1, 5022, 5023, &c1), (&r2, 5023, 5022, &c2)] {
+        let sent = client["sent"].as_u64().unwrap();
+        let c = totals(reports, flow(lab.a4, lab.b4, own, Role::Client));
+        let s = totals(reports, flow(lab.b4, lab.a4, own, Role::Server));
+        assert!(client["rounds"].as_u64().unwrap() >= 200, "{client}");
+        assert_eq!((c.bytes_sent, s.bytes_received, c.closed, s.closed), (sent, sent, 1, 1), "port {own}");
+        let taken: Vec<String> = reports
+            .iter()
+            .flat_map(|r| r.flows.iter())
+            .filter(|f| f.target_port == foreign)
+            .map(|f| format!("{} -> {} {:?}: {} bytes sent", f.local_ip, f.remote_ip, f.role, f.metrics.bytes_sent))
+            .collect();
+        assert!(taken.is_empty(), "the agent of port {own} reported the other agent's connection: {taken:?}");
+    }
+}
+
 /// Whether namespaces made now share a host TCP table big enough for the agent to note that each
 /// walk scans it whole (`SHARED_TABLE_NOTED` in `capture/walk.rs`).
 fn host_table_worth_a_note() -> bool {

@@ -17,6 +17,8 @@ pub enum BtfError {
     NoField { strukt: String, field: String },
     #[error("{strukt}.{field} is {got} bytes in this kernel, not {want}")]
     Size { strukt: String, field: String, got: u32, want: u32 },
+    #[error("{strukt}.{field} is not {want} in the kernel's BTF")]
+    Kind { strukt: String, field: String, want: &'static str },
 }
 
 const MAGIC: u16 = 0xeb9f;
@@ -233,6 +235,27 @@ impl Btf {
     }
 }
 
+impl Btf {
+    /// Byte offset of `strukt.field`, which must be a pointer (`want_kind` = `kind::PTR`), an
+    /// array (`kind::ARRAY`, a flexible one included) or a struct (`kind::STRUCT`), whatever its
+    /// size.
+    fn member_offset(&self, strukt: &str, field: &str, want_kind: u32) -> Result<u32, BtfError> {
+        let rec = self.struct_id(strukt).map(|i| self.types[i]).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let (off, ty) = self
+            .find(&rec, field, 0)
+            .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
+        if self.resolve(ty).map(|t| t.kind()) != Some(want_kind) {
+            let want = match want_kind {
+                kind::PTR => "a pointer",
+                kind::ARRAY => "an array",
+                _ => "a struct",
+            };
+            return Err(BtfError::Kind { strukt: strukt.into(), field: field.into(), want });
+        }
+        Ok(off)
+    }
+}
+
 /// A BTF blob in which function `name` has type id `id` and every lower id is a placeholder (a
 /// pointer to void): what aya's `Iter::load` needs, which looks the iterator's kernel type id up
 /// by name in a parsed BTF. Parsing the kernel's whole BTF a second time for that one id would
@@ -331,6 +354,36 @@ impl TcpOffsets {
     }
 }
 
+/// Where a socket's cgroup and the ids of its cgroup's ancestors are, for the walk to tell the
+/// agent's sockets (its cgroup's or below) from those of another agent on a sibling cgroup,
+/// whose callback flags look the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CgroupOffsets {
+    /// `sock.sk_cgrp_data.cgroup` (a `struct cgroup *`), from the start of the socket.
+    pub sk_cgroup: u32,
+    /// `cgroup.level` (int): 0 for the root.
+    pub level: u32,
+    /// `cgroup.ancestors` (`struct cgroup *[]`, the root first, the cgroup itself at `level`).
+    pub ancestors: u32,
+    /// `cgroup.kn` (a `struct kernfs_node *`).
+    pub kn: u32,
+    /// `kernfs_node.id` (u64): the cgroup's id, its directory's inode number.
+    pub kn_id: u32,
+}
+
+impl CgroupOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<CgroupOffsets, BtfError> {
+        Ok(CgroupOffsets {
+            sk_cgroup: btf.member_offset("sock", "sk_cgrp_data", kind::STRUCT)?
+                + btf.member_offset("sock_cgroup_data", "cgroup", kind::PTR)?,
+            level: btf.field_offset("cgroup", "level", 4)?,
+            ancestors: btf.member_offset("cgroup", "ancestors", kind::ARRAY)?,
+            kn: btf.member_offset("cgroup", "kn", kind::PTR)?,
+            kn_id: btf.field_offset("kernfs_node", "id", 8)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +468,19 @@ mod tests {
         let type_len = u32::from_le_bytes(long[12..16].try_into().unwrap());
         long[24 + type_len as usize - 36 + 4..][..4].copy_from_slice(&(kind::STRUCT << 24 | 200).to_le_bytes());
         assert!(matches!(Btf::parse(long), Err(BtfError::Malformed(m)) if m.contains("ends inside")), "vlen too long");
+    }
+
+    #[test]
+    fn this_kernels_cgroup_offsets() {
+        let btf = Btf::from_sys().expect("the kernel's BTF at /sys/kernel/btf/vmlinux");
+        let o = CgroupOffsets::from_btf(&btf).unwrap();
+        // sk_cgrp_data is well inside struct sock, past sock_common; the cgroup's fields differ.
+        assert!(o.sk_cgroup > 100 && o.sk_cgroup < 1000, "{o:?}");
+        assert!(o.level != o.ancestors && o.kn != o.level && o.kn != o.ancestors, "{o:?}");
+        assert!(o.ancestors > o.level, "the flexible array is the last member: {o:?}");
+        let e = btf.member_offset("cgroup", "level", kind::PTR).unwrap_err();
+        assert_eq!(e.to_string(), "cgroup.level is not a pointer in the kernel's BTF");
+        assert!(matches!(btf.member_offset("cgroup", "nope", kind::PTR), Err(BtfError::NoField { .. })));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use aya::{
 
 use super::{
     CaptureError,
-    btf::{Btf, TcpOffsets},
+    btf::{Btf, CgroupOffsets, TcpOffsets},
     cgroup, peers,
     privileges::{self, KeptBy},
     tracefs::{self, SynackOffsets},
@@ -77,6 +77,8 @@ impl std::fmt::Display for Attached {
 /// the iterator's type id and the SYN-ACK tracepoint's; or why it gives nothing.
 struct KernelTypes {
     tcp: Result<TcpOffsets, String>,
+    /// Where a socket's cgroup is, for the walk to fold only the sockets of the agent's cgroup.
+    cgroup: Result<CgroupOffsets, String>,
     iter_id: Result<u32, String>,
     synack_id: Result<u32, String>,
 }
@@ -87,7 +89,12 @@ impl KernelTypes {
             Ok(b) => b,
             Err(e) => {
                 let e = e.to_string();
-                return KernelTypes { tcp: Err(e.clone()), iter_id: Err(e.clone()), synack_id: Err(e) };
+                return KernelTypes {
+                    tcp: Err(e.clone()),
+                    cgroup: Err(e.clone()),
+                    iter_id: Err(e.clone()),
+                    synack_id: Err(e),
+                };
             }
         };
         let tcp = TcpOffsets::from_btf(&btf).map_err(|e| e.to_string());
@@ -99,7 +106,8 @@ impl KernelTypes {
         let iter_id =
             need(btf.func_id(ITER_TARGET), &format!("function {ITER_TARGET} (this kernel has no such BPF iterator)"));
         let synack_id = need(btf.typedef_id(SYNACK_BTF_TYPE), &format!("tracepoint type {SYNACK_BTF_TYPE}"));
-        KernelTypes { tcp, iter_id, synack_id }
+        let cgroup = CgroupOffsets::from_btf(&btf).map_err(|e| e.to_string());
+        KernelTypes { tcp, cgroup, iter_id, synack_id }
     }
 }
 
@@ -148,7 +156,8 @@ impl Capture {
             (Err(e), SynackHook::Tracepoint) => return Err(e),
             (r, _) => r,
         };
-        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok())?;
+        let agent_cgroup = agent_cgroup(&cgroup, &kernel.cgroup);
+        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup)?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
@@ -376,8 +385,33 @@ impl Capture {
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
 /// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
 /// tracepoint's, which is not attached without them).
-fn load(cfg: &Config, synack: Option<&SynackOffsets>, tcp: Option<&TcpOffsets>) -> Result<Ebpf, CaptureError> {
+/// The agent's cgroup as the walk checks a socket's against it (`walk::in_agent_cgroup`): its
+/// id (its directory's inode number) and where the kernel keeps a socket's. `None`, with a
+/// warning, when either is unknown: the walk then folds every socket armed as walked in its
+/// namespaces, another agent's on a sibling cgroup too.
+fn agent_cgroup(path: &std::path::Path, offsets: &Result<CgroupOffsets, String>) -> Option<(u64, CgroupOffsets)> {
+    use std::os::unix::fs::MetadataExt;
+    let id = std::fs::metadata(path).map(|m| m.ino()).map_err(|e| e.to_string());
+    match id.and_then(|id| offsets.clone().map(|o| (id, o))) {
+        Ok(found) => Some(found),
+        Err(e) => {
+            tracing::warn!(
+                cgroup = %path.display(),
+                "the walk cannot tell this cgroup's sockets from another agent's ({e}): run one agent per host"
+            );
+            None
+        }
+    }
+}
+
+fn load(
+    cfg: &Config,
+    synack: Option<&SynackOffsets>,
+    tcp: Option<&TcpOffsets>,
+    agent_cgroup: Option<(u64, CgroupOffsets)>,
+) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
+    let (cgroup_id, cg) = agent_cgroup.unwrap_or_default();
     let t = tcp.copied().unwrap_or_default();
     let synack = synack.copied().unwrap_or_default();
     let mut loader = EbpfLoader::new();
@@ -405,6 +439,12 @@ fn load(cfg: &Config, synack: Option<&SynackOffsets>, tcp: Option<&TcpOffsets>) 
         .override_global("TCP_OFF_NUM", &t.num, true)
         .override_global("TCP_OFF_DPORT", &t.dport, true)
         .override_global("TCP_OFF_SK_FLAGS", &t.sk_flags, true)
+        .override_global("AGENT_CGROUP_ID", &cgroup_id, true)
+        .override_global("CG_OFF_SK_CGROUP", &cg.sk_cgroup, true)
+        .override_global("CG_OFF_LEVEL", &cg.level, true)
+        .override_global("CG_OFF_ANCESTORS", &cg.ancestors, true)
+        .override_global("CG_OFF_KN", &cg.kn, true)
+        .override_global("CG_OFF_KN_ID", &cg.kn_id, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
         .override_global("SYNACK_OFF_FAMILY", &synack.family, true)
