@@ -229,12 +229,13 @@ fn floor() -> u64 {
 #[inline(always)]
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
     let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
-    if (untracked_flags(cb as u32).is_some() || armed_flags(cb as u32).is_some()) && !in_agent_cgroup(sk) {
+    let (walked, armed) = (untracked_flags(cb as u32), armed_flags(cb as u32));
+    if (walked.is_some() || armed.is_some()) && !in_agent_cgroup(sk) {
         // Armed by another agent, on a sibling cgroup: its sockets are not this one's to fold.
         return None;
     }
-    let Some(flags) = untracked_flags(cb as u32) else {
-        if let Some(role) = armed_flags(cb as u32)
+    let Some(flags) = walked else {
+        if let Some(role) = armed
             && kind() != walk_kind::START_FOR_CALLBACKS
         {
             return hand_over(sk, cookie, role, segs_out, segs_in);
@@ -256,11 +257,11 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
     first_fold(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in)
 }
 
-/// A kernel pointer read at `addr + offset` (0 if the read faults).
+/// A `T` of kernel memory at `addr + offset` (0 if the read faults).
 #[inline(always)]
-fn kernel_u64(addr: u64, offset: usize) -> u64 {
+fn kernel<T: Default>(addr: u64, offset: usize) -> T {
     // SAFETY: a fault-tolerant read of kernel memory into the returned value.
-    unsafe { bpf_probe_read_kernel((addr as usize + offset) as *const u64) }.unwrap_or(0)
+    unsafe { bpf_probe_read_kernel((addr as usize + offset) as *const T) }.unwrap_or_default()
 }
 
 /// Whether the socket's cgroup is the agent's or below it: the id of one of its ancestors
@@ -280,12 +281,12 @@ fn in_agent_cgroup(sk: *const u8) -> bool {
     if cgroup == 0 {
         return false;
     }
-    let level = kernel_u64(cgroup, off(&CG_OFF_LEVEL)) as u32 as i32;
+    let level: i32 = kernel(cgroup, off(&CG_OFF_LEVEL));
     let mut depth = 0;
     while depth <= MAX_CGROUP_DEPTH && depth <= level {
-        let ancestor = kernel_u64(cgroup, off(&CG_OFF_ANCESTORS) + 8 * (level - depth) as usize);
-        let kn = if ancestor == 0 { 0 } else { kernel_u64(ancestor, off(&CG_OFF_KN)) };
-        if kn != 0 && kernel_u64(kn, off(&CG_OFF_KN_ID)) == agent {
+        let ancestor: u64 = kernel(cgroup, off(&CG_OFF_ANCESTORS) + 8 * (level - depth) as usize);
+        let kn: u64 = if ancestor == 0 { 0 } else { kernel(ancestor, off(&CG_OFF_KN)) };
+        if kn != 0 && kernel::<u64>(kn, off(&CG_OFF_KN_ID)) == agent {
             return true;
         }
         depth += 1;

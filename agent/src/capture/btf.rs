@@ -221,29 +221,27 @@ impl Btf {
         self.types.iter().position(|t| t.kind() == kind::STRUCT && self.name(t.name_off) == name.as_bytes())
     }
 
+    /// Byte offset of `strukt.field`, and the field's type id.
+    fn member(&self, strukt: &str, field: &str) -> Result<(u32, u32), BtfError> {
+        let rec = self.struct_id(strukt).map(|i| self.types[i]).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        self.find(&rec, field, 0).ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })
+    }
+
     /// Byte offset of `strukt.field`, whose size must be `size` bytes.
     pub fn field_offset(&self, strukt: &str, field: &str, size: u32) -> Result<u32, BtfError> {
-        let rec = self.struct_id(strukt).map(|i| self.types[i]).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let (off, ty) = self
-            .find(&rec, field, 0)
-            .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
+        let (off, ty) = self.member(strukt, field)?;
         let got = self.size_of(ty).unwrap_or(0);
         if got != size {
             return Err(BtfError::Size { strukt: strukt.into(), field: field.into(), got, want: size });
         }
         Ok(off)
     }
-}
 
-impl Btf {
     /// Byte offset of `strukt.field`, which must be a pointer (`want_kind` = `kind::PTR`), an
     /// array (`kind::ARRAY`, a flexible one included) or a struct (`kind::STRUCT`), whatever its
     /// size.
     fn member_offset(&self, strukt: &str, field: &str, want_kind: u32) -> Result<u32, BtfError> {
-        let rec = self.struct_id(strukt).map(|i| self.types[i]).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let (off, ty) = self
-            .find(&rec, field, 0)
-            .ok_or_else(|| BtfError::NoField { strukt: strukt.into(), field: field.into() })?;
+        let (off, ty) = self.member(strukt, field)?;
         if self.resolve(ty).map(|t| t.kind()) != Some(want_kind) {
             let want = match want_kind {
                 kind::PTR => "a pointer",

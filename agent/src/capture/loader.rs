@@ -382,9 +382,6 @@ impl Capture {
     }
 }
 
-/// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
-/// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
-/// tracepoint's, which is not attached without them).
 /// The agent's cgroup as the walk checks a socket's against it (`walk::in_agent_cgroup`): its
 /// id (its directory's inode number) and where the kernel keeps a socket's. `None`, with a
 /// warning, when either is unknown: the walk then folds every socket armed as walked in its
@@ -404,6 +401,9 @@ fn agent_cgroup(path: &std::path::Path, offsets: &Result<CgroupOffsets, String>)
     }
 }
 
+/// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
+/// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
+/// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`).
 fn load(
     cfg: &Config,
     synack: Option<&SynackOffsets>,
