@@ -99,6 +99,14 @@ pub mod cb {
     pub const PARSE_UNKNOWN_HDR_OPT: u32 = 1 << 5;
     pub const WRITE_HDR_OPT: u32 = 1 << 6;
 
+    /// With connection records (`record`), the mark of a walked socket that got a SOCKETS entry
+    /// from one of its callbacks (its RTO gave up, its flow did not fit, an accept with SYN-ACK
+    /// retransmissions to keep): its records say so (`record::REC_ENTRY`), and the daemon looks
+    /// the entry up. (The entries the walk makes, the common case, the daemon learns from the
+    /// walk's output.) Walked sockets need no retransmission callback otherwise, and the one this
+    /// arms returns at once; these sockets are rare, so are their extra callbacks.
+    pub const ENTRY: u32 = RETRANS;
+
     /// The role bit: set on the accepting side. The flags live in the socket, so they outlast
     /// the run of the agent that set them: the next run reads a socket's role here.
     pub const SERVER: u32 = PARSE_UNKNOWN_HDR_OPT;

@@ -9,6 +9,7 @@
 pub mod fold;
 pub mod hist;
 pub mod maps;
+pub mod record;
 
 #[cfg(feature = "user")]
 pub mod mountinfo;

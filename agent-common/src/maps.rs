@@ -276,7 +276,10 @@ pub mod stat {
     /// Sockets the walk passed over as idle: nothing sent or received since the previous walk
     /// began (`WALK_FLOOR`), so nothing to fold.
     pub const WALK_IDLE: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// Connection records that found their CPU's ring full (`record`): the program folded those
+    /// events in the kernel instead, so nothing was lost, but the daemon is not keeping up.
+    pub const RING_FULL: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 #[cfg(feature = "user")]
@@ -288,6 +291,8 @@ mod pod {
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::WalkedNetns {}
+    unsafe impl aya::Pod for crate::record::ConnRecord {}
+    unsafe impl aya::Pod for crate::record::RingHead {}
 }
 
 #[cfg(all(test, feature = "user"))]

@@ -234,6 +234,11 @@ pub struct AgentStats {
     /// walk before (walk mode; see `--walk-full-interval`). Absent in reports of older agents.
     #[serde(default)]
     pub walk_idle_sockets: u64,
+    /// Connection records that found their CPU's ring full (walk mode, `--record-slots`): those
+    /// events were folded in the kernel instead, so nothing is missing, but the agent is not
+    /// reading the rings fast enough. Absent in reports of older agents.
+    #[serde(default)]
+    pub ring_full: u64,
     /// Flow keys in the kernel map at window end.
     pub flows_tracked: u64,
     /// Open sockets in the kernel map at window end.

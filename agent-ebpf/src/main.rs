@@ -15,6 +15,7 @@
 mod ctx;
 mod flows;
 mod maps;
+mod records;
 mod sock_ops;
 mod sockets;
 mod synack;

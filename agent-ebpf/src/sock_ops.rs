@@ -8,8 +8,9 @@ use agent_common::{
     },
     maps::{
         FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
-        SOCK_RTO_EXPIRED, SOCK_WALKED, SockState, flow_key, stat,
+        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
+    record::{REC_ENTRY, kind},
 };
 use aya_ebpf::{
     bindings::{
@@ -27,6 +28,7 @@ use crate::{
     ctx,
     flows::{add, add_counters, add_end, add32, flow, flush_rtt, fold_counters, record, socket_flow},
     maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count},
+    records::{self, pair},
     sockets::{self, folded_none, new_state},
 };
 
@@ -277,7 +279,43 @@ fn flow_lost(ctx: &SockOpsContext, key: &FlowKey, flags: u32) {
         return;
     }
     count(stat::FLOWS_FULL);
+    mark_entry(ctx);
     let _ = sockets::insert_late(ctx::cookie(ctx), &new_state(*key, 0, flags | SOCK_FLOW_LOST, folded_none(0)));
+}
+
+/// A walked socket that gets a SOCKETS entry from its callbacks: with records on, its callback
+/// flags say so (`cb::ENTRY`), so that its records tell the daemon to look the entry up (the
+/// walk's entries the daemon learns from the walk's output). Set before the entry is stored: a
+/// mark without an entry costs the daemon a lookup that finds nothing, an entry without a mark
+/// would be missed.
+#[inline(always)]
+fn mark_entry(ctx: &SockOpsContext) {
+    if records::on() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | cb::ENTRY) as i32);
+    }
+}
+
+/// Whether a walked socket may have a SOCKETS entry, where the program folds it itself: with
+/// records on, always (the daemon knows the walk's entries, the program does not; it folds only
+/// when a ring is full); without, while any walked socket has one.
+#[inline(always)]
+fn may_have_entry() -> bool {
+    records::on() || sockets::walked_entries()
+}
+
+/// `REC_ENTRY` for a socket with callback flags `cbf` (see `may_have_entry`).
+#[inline(always)]
+fn entry_bit(cbf: u32) -> u32 {
+    if cbf & cb::ENTRY != 0 { REC_ENTRY } else { 0 }
+}
+
+/// A record of a walked socket's event for the daemon (`records::push`): `what` is its kind
+/// and flags, `when` the state it left and the RTT (`records::pair`). False when the CPU's
+/// ring is full, and the caller folds the event itself. A function of its own (five arguments
+/// at most): inlined, its stack would add to every handler's.
+#[inline(never)]
+fn push_record(ctx: &SockOpsContext, key: &FlowKey, what: u64, when: u64, counters: &SockCounters) -> bool {
+    records::push(ctx::cookie(ctx), key, counters, what, when)
 }
 
 fn on_connect(ctx: &SockOpsContext) {
@@ -313,7 +351,12 @@ fn on_active_established(ctx: &SockOpsContext) {
         let Some(key) = key_of(ctx, ROLE_CLIENT) else {
             return;
         };
-        let entry = if sockets::walked_entries() { sockets::get(ctx).map(|st| st.flags) } else { None };
+        let cbf = ctx.cb_flags();
+        let what = pair(kind::ESTABLISHED, SOCK_CLIENT | SOCK_WALKED | entry_bit(cbf));
+        if records::on() && push_record(ctx, &key, what, pair(0, ctx::srtt_us_x8(ctx)), &folded_none(0)) {
+            return;
+        }
+        let entry = if may_have_entry() { sockets::get(ctx).map(|st| st.flags) } else { None };
         if let Some(agg) = untracked_flow(ctx, &key, SOCK_CLIENT | SOCK_WALKED) {
             if attempt_due_at_establishment(entry) {
                 // SAFETY: FLOWS value pointer.
@@ -347,10 +390,15 @@ fn on_passive_established(ctx: &SockOpsContext) {
         // No state entry: the handshake segments wait for the walk or the close.
         let _ = ctx.set_cb_flags(cb::walked(true) as i32);
         count(stat::SOCKETS_INSERTED);
+        let what = pair(kind::ESTABLISHED, SOCK_ESTABLISHED | SOCK_WALKED);
+        if records::on() && push_record(ctx, &key, what, pair(0, ctx::srtt_us_x8(ctx)), &folded_none(0)) {
+            return;
+        }
         untracked_flow(ctx, &key, SOCK_ESTABLISHED | SOCK_WALKED)
     } else if walked {
-        // With a retransmission base to keep, a state entry from the start.
-        if !track(ctx, &new_state(key, 0, SOCK_ESTABLISHED | SOCK_WALKED, folded_none(base)), cb::walked(true) as i32) {
+        // With a retransmission base to keep, a state entry from the start (marked, `mark_entry`).
+        let cbf = cb::walked(true) | if records::on() { cb::ENTRY } else { 0 };
+        if !track(ctx, &new_state(key, 0, SOCK_ESTABLISHED | SOCK_WALKED, folded_none(base)), cbf as i32) {
             return;
         }
         new_socket_flow(ctx, &key)
@@ -389,10 +437,13 @@ fn on_rtt(ctx: &SockOpsContext) {
 }
 
 fn on_retrans(ctx: &SockOpsContext) {
-    count(stat::EVENTS);
     // The count itself comes from the socket's total_retrans (folded like bytes), which the kernel
     // bumps where it bumps TcpRetransSegs; this callback only makes the fold timely (sockets of
-    // walked namespaces do not have it).
+    // walked namespaces do not have it, but for the mark of one with an entry, `cb::ENTRY`).
+    if untracked_flags(ctx.cb_flags()).is_some() {
+        return;
+    }
+    count(stat::EVENTS);
     let Some(st) = state(ctx) else { return };
     let _ = fold(ctx, st);
 }
@@ -419,6 +470,7 @@ fn on_rto(ctx: &SockOpsContext) {
             };
             if expired {
                 // The close that follows must know: the socket gets its state entry now.
+                mark_entry(ctx);
                 let _ = sockets::insert_late(
                     ctx::cookie(ctx),
                     &new_state(key, 0, flags | SOCK_RTO_EXPIRED, folded_none(0)),
@@ -462,8 +514,12 @@ fn on_state(ctx: &SockOpsContext) {
             count(stat::EVENTS);
             match untracked_flags(ctx.cb_flags()) {
                 Some(flags) => {
-                    // A walked socket: while no walked socket has an entry, not this one either.
-                    if sockets::walked_entries()
+                    let cbf = ctx.cb_flags();
+                    if close_record(ctx, flags, cbf, old) {
+                        return;
+                    }
+                    // A walked socket: an entry only if it may have one (`may_have_entry`).
+                    if may_have_entry()
                         && let Some(st) = sockets::get(ctx)
                     {
                         return close(ctx, st, old);
@@ -529,6 +585,31 @@ fn add_closed(agg: *mut FlowAgg, old: u32, flags: u32) {
         add(unsafe { &raw mut (*agg).attempted }, 1);
     }
     add_end(agg, &classify_end(old, flags));
+}
+
+/// The close of a walked socket (`flags` from `untracked_flags`, callback flags `cbf`) as a
+/// record: its payload counters as `close_untracked` reads them, how it ended, and whether it
+/// may have an entry, which the daemon then applies (`record::apply`). False when records are
+/// off or the ring is full: the caller folds it.
+#[inline(always)]
+fn close_record(ctx: &SockOpsContext, mut flags: u32, cbf: u32, old: u32) -> bool {
+    if !records::on() {
+        return false;
+    }
+    flags |= fin_arrived(ctx, old);
+    if was_established(old) {
+        flags |= SOCK_ESTABLISHED;
+    }
+    let Some(key) = key_of(ctx, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
+        return false;
+    };
+    let (una, nxt) = ctx::snd_una_nxt(ctx);
+    let cur = payload(&ctx::raw_counters(ctx), flags | fin_flags(old), una, nxt);
+    if !push_record(ctx, &key, pair(kind::CLOSED, flags | entry_bit(cbf)), pair(old, ctx::srtt_us(ctx)), &cur) {
+        return false;
+    }
+    count(stat::SOCKETS_REMOVED);
+    true
 }
 
 /// `close` for a socket of a walked namespace that never had a state entry (`flags` from

@@ -22,7 +22,7 @@ use agent_common::{
 };
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel,
-    generated::{bpf_get_socket_cookie, bpf_setsockopt, bpf_skc_to_tcp_sock},
+    generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock},
 };
 use core::ffi::c_void;
 
@@ -30,6 +30,7 @@ use crate::{
     ctx::{AF_INET, AF_INET6},
     flows::{add, add_counters, flow, flush_rtt, fold_counters, record},
     maps::{SOCKETS, WALK_FLOOR, count},
+    records,
     sock_ops::callbacks,
     sockets::{adopted, folded_none, insert_late, new_state},
 };
@@ -106,9 +107,17 @@ const MAX_CGROUP_DEPTH: i32 = 32;
 /// established, time-wait or request socket) and its owner's uid.
 #[repr(C)]
 pub struct TcpIterCtx {
-    meta: *mut c_void,
+    meta: *mut IterMeta,
     sk_common: *mut u8,
     uid: u32,
+}
+
+/// `struct bpf_iter_meta`: the output the daemon reads (`seq`).
+#[repr(C)]
+pub struct IterMeta {
+    seq: *mut aya_ebpf::bindings::seq_file,
+    session_id: u64,
+    seq_num: u64,
 }
 
 #[inline(always)]
@@ -134,14 +143,27 @@ pub fn flow_walk(ctx: *mut TcpIterCtx) -> i32 {
     // SAFETY: a context field at its fixed offset; the verifier types it from the iterator's BTF
     // prototype (null at the end of the walk).
     let sk = unsafe { (*ctx).sk_common };
-    if !sk.is_null() {
-        let _ = visit(sk);
+    if !sk.is_null()
+        && let Some(cookie) = visit(sk)
+        && records::on()
+    {
+        // With connection records the daemon keeps the cookies of the walked sockets that have
+        // an entry, to look it up at their establishment or close (`record::REC_ENTRY`); the
+        // walk's output is how it learns them, in the thread that reads the records.
+        // SAFETY: context fields at their fixed offsets, typed by the verifier from the
+        // iterator's BTF prototype; the helper writes the 8 bytes of `cookie` to the output.
+        unsafe {
+            let seq = (*(*ctx).meta).seq;
+            let _ = bpf_seq_write(seq, (&raw const cookie).cast(), size_of::<u64>() as u32);
+        }
     }
     0
 }
 
+/// Visit one socket: fold it, take it over, or pass it by. The socket's cookie when it got a
+/// SOCKETS entry as a walked socket now (see `flow_walk`).
 #[inline(always)]
-fn visit(sk: *mut u8) -> Option<()> {
+fn visit(sk: *mut u8) -> Option<u64> {
     // SAFETY: the iterator's socket; the helper returns null unless it is a full TCP socket
     // (listening, time-wait and request sockets are skipped here, before any cookie is made).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
@@ -168,7 +190,7 @@ fn visit(sk: *mut u8) -> Option<()> {
         Some(st) => {
             if st.flags & SOCK_WALKED == 0 {
                 // Tracked with per-segment callbacks: opened before its namespace was walked.
-                return adopt(sk, st, segs_out, segs_in);
+                return adopt(sk, st, segs_out, segs_in).then_some(cookie);
             }
             if segs_out == st.folded.segs_out && segs_in == st.folded.segs_in {
                 return None;
@@ -180,9 +202,10 @@ fn visit(sk: *mut u8) -> Option<()> {
             let agg = flow(&st.key)?;
             let now = counters(sk, st.flags | SOCK_ESTABLISHED, state, segs_out, segs_in)?;
             let d = fold_counters(agg, &mut st.folded, &now);
-            finish(sk, agg, &d)
+            let _ = finish(sk, agg, &d);
+            None
         }
-        None => untracked(sk, cookie, segs_out, segs_in),
+        None => untracked(sk, cookie, segs_out, segs_in).then_some(cookie),
     }
 }
 
@@ -196,24 +219,27 @@ const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// ones) and its entry `SOCK_WALKED`, after one last fold with its pending RTT samples. The
 /// callbacks and this run under the socket's lock, so no fold of it is lost between the two
 /// ways. Where the kernel refuses to set the flags (before 6.10) it keeps its callbacks.
+/// True once it is a walked socket.
 #[inline(never)]
-fn adopt(sk: *const u8, st: &mut SockState, segs_out: u32, segs_in: u32) -> Option<()> {
-    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+fn adopt(sk: *const u8, st: &mut SockState, segs_out: u32, segs_in: u32) -> bool {
+    let Some(state) = field::<u8>(sk, off(&TCP_OFF_STATE)) else { return false };
     if state as u32 != tcp_state::ESTABLISHED {
         // From FIN_WAIT1 on its close may read the parse callback's flag (`fold::fin_seen`).
-        return None;
+        return false;
     }
     if !set_callbacks(sk, cb::walked(st.flags & SOCK_CLIENT == 0)) {
-        return None;
+        return false;
     }
     st.flags |= SOCK_WALKED | SOCK_ESTABLISHED;
     adopted();
     count(stat::EVENTS);
-    let agg = flow(&st.key)?;
-    flush_rtt(agg, &mut st.rtt);
-    let now = counters(sk, st.flags, state, segs_out, segs_in)?;
-    let _ = fold_counters(agg, &mut st.folded, &now);
-    Some(())
+    if let Some(agg) = flow(&st.key) {
+        flush_rtt(agg, &mut st.rtt);
+        if let Some(now) = counters(sk, st.flags, state, segs_out, segs_in) {
+            let _ = fold_counters(agg, &mut st.folded, &now);
+        }
+    }
+    true
 }
 
 /// The idle floor the daemon set for this walk (`WALK_FLOOR`; 0: visit every socket).
@@ -226,13 +252,14 @@ fn floor() -> u64 {
 /// (`fold::untracked_flags`), folded for the first time once established, or its attempt
 /// counted while it connects. (Two frames of their own, not nested: the verifier limits the
 /// stack of a call chain to 512 bytes.)
+/// True when it got an entry as a walked socket.
 #[inline(always)]
-fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<()> {
-    let cb: u8 = field(sk, off(&TCP_OFF_CB_FLAGS))?;
+fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> bool {
+    let Some(cb) = field::<u8>(sk, off(&TCP_OFF_CB_FLAGS)) else { return false };
     let (walked, armed) = (untracked_flags(cb as u32), armed_flags(cb as u32));
     if (walked.is_some() || armed.is_some()) && !in_agent_cgroup(sk) {
         // Armed by another agent, on a sibling cgroup: its sockets are not this one's to fold.
-        return None;
+        return false;
     }
     let Some(flags) = walked else {
         if let Some(role) = armed
@@ -242,14 +269,14 @@ fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> Option<
         }
         // Folded by callbacks, and this run does so too: sock_ops stores it at its next
         // callback (`sock_ops::adopt`).
-        return None;
+        return false;
     };
-    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+    let Some(state) = field::<u8>(sk, off(&TCP_OFF_STATE)) else { return false };
     if state as u32 == tcp_state::SYN_SENT && flags & SOCK_CLIENT != 0 {
         return attempt_seen(sk, cookie, flags);
     }
     if !was_established(state as u32) {
-        return None;
+        return false;
     }
     if kind() != walk_kind::REGULAR {
         return baseline(sk, cookie, flags | SOCK_ESTABLISHED, segs_out, segs_in);
@@ -314,9 +341,10 @@ fn kind() -> u64 {
 /// its close folds what it did from now on; if the store fails (SOCKETS full), it is an armed
 /// socket without an entry, which sock_ops stores at its next callback (`sock_ops::adopt`).
 /// From FIN_WAIT1 on it stays a walked socket, whose close reads the FIN from the socket.
+/// True when it is stored as a walked socket.
 #[inline(never)]
-fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
-    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> bool {
+    let Some(state) = field::<u8>(sk, off(&TCP_OFF_STATE)) else { return false };
     let flags = if kind() == walk_kind::START_FOR_CALLBACKS
         && state as u32 == tcp_state::ESTABLISHED
         && set_callbacks(sk, callbacks(flags & SOCK_CLIENT == 0) as u32)
@@ -326,8 +354,7 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
     } else {
         flags
     };
-    let _ = store_as_folded(sk, cookie, flags, state, segs_out, segs_in);
-    None
+    store_as_folded(sk, cookie, flags, state, segs_out, segs_in) && flags & SOCK_WALKED != 0
 }
 
 /// A socket with per-segment callbacks and no state entry, `role` its `fold::armed_flags`: armed
@@ -338,25 +365,26 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
 /// its establishment, and nothing twice), then its callbacks become a walked socket's. Not
 /// established yet, or with no room in SOCKETS (counted), it keeps its callbacks, and sock_ops
 /// stores it at its next callback (`sock_ops::adopt`).
+/// True once it is a walked socket with its entry.
 #[inline(never)]
-fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32) -> Option<()> {
-    let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
+fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32) -> bool {
+    let Some(state) = field::<u8>(sk, off(&TCP_OFF_STATE)) else { return false };
     if state as u32 != tcp_state::ESTABLISHED {
-        return None;
+        return false;
     }
     if !store_as_folded(sk, cookie, role | SOCK_ESTABLISHED, state, segs_out, segs_in) {
-        return None;
+        return false;
     }
     if !set_callbacks(sk, cb::walked(role & SOCK_CLIENT == 0)) {
         // Before 6.10: it stays folded by its callbacks, from the entry just stored.
-        return None;
+        return false;
     }
     // SAFETY: the SOCKETS value just stored; the socket is locked while the program runs.
-    let st = unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) }?;
+    let Some(st) = (unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) }) else { return true };
     st.flags |= SOCK_WALKED;
     adopted();
     count(stat::EVENTS);
-    None
+    true
 }
 
 /// Store the entry of a socket an earlier run of the agent counted (flags `flags`, in TCP state
@@ -397,8 +425,24 @@ fn set_callbacks(sk: *const u8, flags: u32) -> bool {
 /// The first fold of an established socket of ours with no state entry (flags `flags`) stores
 /// its state, with everything it did so far folded; without room in SOCKETS (counted), it is
 /// folded whole at its close instead.
+/// True when it got its entry.
 #[inline(never)]
-fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> Option<()> {
+fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> bool {
+    first_fold_flow(sk, cookie, flags, segs_out, segs_in).is_some_and(|(agg, d)| {
+        let _ = finish(sk, agg, &d);
+        true
+    })
+}
+
+/// `first_fold` up to the entry: the flow and what was added to it.
+#[inline(always)]
+fn first_fold_flow(
+    sk: *const u8,
+    cookie: u64,
+    flags: u32,
+    segs_out: u32,
+    segs_in: u32,
+) -> Option<(*mut FlowAgg, SockCounters)> {
     // Read again rather than passed: a BPF function takes at most five arguments.
     let state: u8 = field(sk, off(&TCP_OFF_STATE))?;
     let key = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER })?;
@@ -409,24 +453,25 @@ fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u3
         return None;
     }
     add_counters(agg, &d);
-    finish(sk, agg, &d)
+    Some((agg, d))
 }
 
 /// A client still connecting at a window end, whose connect did not count its attempt
 /// (`fold::attempt_due_at_close`): it is counted in this window, and the state entry made for
 /// it (`SOCK_ATTEMPTED`) tells its establishment or close that it was. Without room in SOCKETS
 /// (counted) the establishment or close counts it instead.
+/// True when it got its entry.
 #[inline(never)]
-fn attempt_seen(sk: *const u8, cookie: u64, flags: u32) -> Option<()> {
-    let key = key_of(sk, ROLE_CLIENT)?;
-    let agg = flow(&key)?;
+fn attempt_seen(sk: *const u8, cookie: u64, flags: u32) -> bool {
+    let Some(key) = key_of(sk, ROLE_CLIENT) else { return false };
+    let Some(agg) = flow(&key) else { return false };
     if !insert_late(cookie, &new_state(key, 0, flags | SOCK_ATTEMPTED, folded_none(0))) {
-        return None;
+        return false;
     }
     // SAFETY: FLOWS value pointer.
     add(unsafe { &raw mut (*agg).attempted }, 1);
     count(stat::EVENTS);
-    Some(())
+    true
 }
 
 /// The socket's payload counters (`fold::payload`) in TCP state `state`.

@@ -130,6 +130,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // Half of WatchdogSec (systemd); without a watchdog the ticks send nothing.
     let mut watchdog = tokio::time::interval(notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
+    // Connection records are read in this task, between walks and readings, never beside them.
+    let mut records = tokio::time::interval(capture::READ_RECORDS_EVERY);
+    records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     health.set_ready();
     notifier.ready();
 
@@ -157,6 +160,10 @@ pub async fn run(cfg: Config) -> Result<()> {
                 notifier.watchdog();
                 continue;
             }
+            _ = records.tick() => {
+                p.capture.read_records();
+                continue;
+            }
         }
         p.capture.refresh_namespaces();
         let walked = p.capture.walk_status().and_then(Result::ok).unwrap_or(0);
@@ -174,6 +181,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     notifier.stopping();
     tracing::info!("shutting down: flushing the partial window");
+    p.capture.finish_records();
     p.walk();
     p.drain();
     p.emit(window_start, Utc::now());

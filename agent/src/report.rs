@@ -79,6 +79,7 @@ pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_f
             untracked_events: s(stat::UNTRACKED_EVENTS),
             missed_runs: s(stat::MISSED_RUNS),
             walk_idle_sockets: s(stat::WALK_IDLE),
+            ring_full: s(stat::RING_FULL),
             flows_tracked: closed.flows_tracked,
             sockets_tracked: closed.sockets_tracked,
             cpu_seconds: usage.cpu_seconds,

@@ -333,3 +333,53 @@ pub fn fix_mmap_threshold() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
+
+/// A shared read-write mapping of a file (a BPF array map created with `BPF_F_MMAPABLE`),
+/// unmapped when dropped.
+pub struct SharedMapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory shared with the kernel; who reads and writes which part of
+// it is the owner's protocol (`capture::records`), not tied to a thread.
+unsafe impl Send for SharedMapping {}
+
+impl SharedMapping {
+    /// Map the first `len` bytes of `fd`, rounded up to whole pages.
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> io::Result<SharedMapping> {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        // SAFETY: a fresh mapping chosen by the kernel (no address given), of a file descriptor
+        // that is open for the call; nothing else refers to the new range.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(SharedMapping { ptr, len })
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: the range this value mapped, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

@@ -133,6 +133,65 @@ fn bytes_and_opens_match_the_traffic_ipv6() {
     bytes_and_opens(true, &[]);
 }
 
+/// Connection records on (`--record-slots`): the establishments and closes of the walked
+/// sockets go to the daemon as records, which it folds.
+const RECORDS: &[&str] = &["--record-slots", "16384"];
+
+#[test]
+fn bytes_and_opens_match_the_traffic_with_connection_records() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_with_connection_records") else { return };
+    bytes_and_opens(false, RECORDS);
+}
+
+#[test]
+fn bytes_and_opens_match_the_traffic_ipv6_with_connection_records() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv6_with_connection_records") else { return };
+    bytes_and_opens(true, RECORDS);
+}
+
+/// Rings of 16 records per CPU (8 usable) against 300 connections made as fast as they go: most
+/// events find their ring full and are folded in the kernel instead, the rest go as records,
+/// and the totals are exact all the same.
+#[test]
+fn connection_records_that_find_their_ring_full_are_folded_in_the_kernel_exactly() {
+    let Some(_g) = privileged("connection_records_that_find_their_ring_full_are_folded_in_the_kernel_exactly") else {
+        return;
+    };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--record-slots", "16"]);
+    let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let server =
+        lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5024", "--conns", "300", "--reply", "700"]);
+    let client = lab
+        .traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5024", "--conns", "300", "--send", "1000"])
+        .result();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(10));
+    let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
+    let reports = agent.stop();
+
+    let ring_full: u64 = reports.iter().map(|r| r.agent_stats.ring_full).sum();
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5024, Role::Client));
+    let s = totals(&reports, flow(lab.b4, lab.a4, 5024, Role::Server));
+    eprintln!("ring_full {ring_full}\nclient flow {c:?}\nserver flow {s:?}");
+    assert!(ring_full > 0, "no record found its ring full: the test did not test the fallback");
+    assert!(ring_full < 4 * 300, "every event found its ring full ({ring_full}): none went as a record");
+    assert_eq!(client["ok"], 300, "client: {client}");
+    assert_eq!((c.bytes_sent, c.bytes_received), (300_000, 210_000));
+    assert_eq!(
+        (s.bytes_received, s.bytes_sent),
+        (server["received"].as_u64().unwrap(), server["sent"].as_u64().unwrap())
+    );
+    assert_eq!((s.bytes_received, s.bytes_sent), (300_000, 210_000));
+    assert_eq!(c.attempted, delta(&na0, &na1, "TcpActiveOpens"));
+    assert_eq!(s.established, delta(&nb0, &nb1, "TcpPassiveOpens"));
+    assert_eq!((c.attempted, c.established, c.closed, c.failed, c.reset), (300, 300, 300, 0, 0));
+    assert_eq!((s.attempted, s.established, s.closed, s.failed, s.reset), (300, 300, 300, 0, 0));
+    assert_eq!(c.handshake_count, 300);
+    let last = reports.last().unwrap();
+    assert_eq!(last.agent_stats.sockets_tracked, 0, "{:?}", last.agent_stats);
+}
+
 #[test]
 fn bytes_and_opens_match_the_traffic_in_callback_mode() {
     let Some(_g) = privileged("bytes_and_opens_match_the_traffic_in_callback_mode") else { return };
@@ -147,7 +206,15 @@ fn bytes_and_opens_match_the_traffic_in_callback_mode() {
 #[test]
 fn open_connections_are_folded_every_window_and_exactly() {
     let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly") else { return };
-    open_connections_folded(false);
+    open_connections_folded(false, &[]);
+}
+
+#[test]
+fn open_connections_are_folded_every_window_and_exactly_with_connection_records() {
+    let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly_with_connection_records") else {
+        return;
+    };
+    open_connections_folded(false, RECORDS);
 }
 
 /// The same over IPv6: the walk's first fold of a socket builds its flow key from the socket
@@ -155,14 +222,14 @@ fn open_connections_are_folded_every_window_and_exactly() {
 #[test]
 fn open_ipv6_connections_are_folded_every_window_and_exactly() {
     let Some(_g) = privileged("open_ipv6_connections_are_folded_every_window_and_exactly") else { return };
-    open_connections_folded(true);
+    open_connections_folded(true, &[]);
 }
 
-fn open_connections_folded(v6: bool) {
+fn open_connections_folded(v6: bool, extra: &[&str]) {
     let lab = Lab::new();
     let (ca, sb) = if v6 { (lab.a6, lab.b6) } else { (lab.a4, lab.b4) };
     lab.lose_data_segments_both_ways(5);
-    let agent = Agent::start(&lab, &[]);
+    let agent = Agent::start(&lab, extra);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
     let server = lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", "5031", "--conns", "6", "--echo"]);
     let clients: Vec<_> = (0..6)
@@ -307,9 +374,21 @@ fn idle_then_busy(extra: &[&str], port: u16) -> (Vec<Report>, std::ops::Range<us
 #[test]
 fn retransmissions_and_timeouts_equal_kernel_counters() {
     let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters") else { return };
+    retransmissions_and_timeouts_equal_kernel_counters_with(&[]);
+}
+
+#[test]
+fn retransmissions_and_timeouts_equal_kernel_counters_with_connection_records() {
+    let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters_with_connection_records") else {
+        return;
+    };
+    retransmissions_and_timeouts_equal_kernel_counters_with(RECORDS);
+}
+
+fn retransmissions_and_timeouts_equal_kernel_counters_with(extra: &[&str]) {
     let lab = Lab::new();
     lab.lose_data_segments_both_ways(5);
-    let agent = Agent::start(&lab, &[]);
+    let agent = Agent::start(&lab, extra);
     let (na0, nb0) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
     let server =
         lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5001", "--conns", "30", "--reply", "100000"]);
@@ -442,6 +521,18 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus() {
     assert_exact(&lost_synacks(false, &[], true));
 }
 
+/// The same with connection records: a client the walk found connecting (its attempt counted)
+/// has its establishment and close in the rings of two CPUs, read in whatever order.
+#[test]
+fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with_connection_records() {
+    let Some(_g) =
+        privileged("handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with_connection_records")
+    else {
+        return;
+    };
+    assert_exact(&lost_synacks(false, RECORDS, true));
+}
+
 /// With the classic tracepoint (`--synack-hook tracepoint`, the fallback), the same load makes
 /// the kernel skip SYN-ACK runs: they are missing from the counts, and reported as missed runs,
 /// never silent. (It also shows that the load does what the test above guards against.)
@@ -469,10 +560,22 @@ fn skipped_synack_runs_are_reported_as_missed_runs() {
 #[test]
 fn refused_and_syn_timeouts_are_failed_connections() {
     let Some(_g) = privileged("refused_and_syn_timeouts_are_failed_connections") else { return };
+    refused_and_syn_timeouts_are_failed_connections_with(&[]);
+}
+
+#[test]
+fn refused_and_syn_timeouts_are_failed_connections_with_connection_records() {
+    let Some(_g) = privileged("refused_and_syn_timeouts_are_failed_connections_with_connection_records") else {
+        return;
+    };
+    refused_and_syn_timeouts_are_failed_connections_with(RECORDS);
+}
+
+fn refused_and_syn_timeouts_are_failed_connections_with(extra: &[&str]) {
     let lab = Lab::new();
     support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_syn_retries=1", lab.a));
     lab.nft_input_rule(&lab.b, "bh", "tcp dport 5003 drop");
-    let agent = Agent::start(&lab, &[]);
+    let agent = Agent::start(&lab, extra);
     let na0 = lab.nstat(&lab.a);
     let refused = lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5002", "--conns", "3"]).result();
     let timed_out = lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5003", "--conns", "1"]).result();
@@ -945,6 +1048,17 @@ fn walked_connections_open_across_a_restart_are_not_counted_twice() {
     open_across_a_restart(&[], &[], 5015);
 }
 
+/// The same with connection records, in both runs: the entries the walk at start stores reach
+/// the daemon through the walk's output.
+#[test]
+fn walked_connections_open_across_a_restart_are_not_counted_twice_with_connection_records() {
+    let Some(_g) = privileged("walked_connections_open_across_a_restart_are_not_counted_twice_with_connection_records")
+    else {
+        return;
+    };
+    open_across_a_restart(RECORDS, RECORDS, 5025);
+}
+
 /// The earlier run walked the connection, the next one folds by callbacks and makes no walk but
 /// the one at start, which stores each end with what it did so far as folded and hands it to
 /// callbacks (before, the close counted each end whole again: ~6 s of requests, where the sum may
@@ -1172,8 +1286,20 @@ fn full_socket_map_loses_nothing_in_a_walked_namespace() {
 #[test]
 fn full_flow_map_is_counted_exactly() {
     let Some(_g) = privileged("full_flow_map_is_counted_exactly") else { return };
+    full_flow_map_is_counted_exactly_with(&[]);
+}
+
+#[test]
+fn full_flow_map_is_counted_exactly_with_connection_records() {
+    let Some(_g) = privileged("full_flow_map_is_counted_exactly_with_connection_records") else {
+        return;
+    };
+    full_flow_map_is_counted_exactly_with(RECORDS);
+}
+
+fn full_flow_map_is_counted_exactly_with(extra: &[&str]) {
     let lab = Lab::new();
-    let agent = Agent::start(&lab, &["--max-flows", "2"]);
+    let agent = Agent::start(&lab, &[&["--max-flows", "2"], extra].concat());
     for port in ["5011", "5012", "5013"] {
         let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", port, "--conns", "1", "--reply", "5"]);
         lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", port, "--conns", "1", "--send", "5"]).result();

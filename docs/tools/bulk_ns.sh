@@ -8,6 +8,8 @@
 #   PROGRAM  a flow-agent binary, or `empty` / `flags` / `state` / `record` (sockops_floor.py)
 # STEPS=cookie,flows,sockets,delete  with `record`: the agent's kinds of work added to the floor,
 #            each timed entered cold (sockops_floor.py, record_floor)
+# AGENT_ARGS="--record-slots 16384"  extra agent flags
+# AGENT_OUT=FILE  the agent's reports (stdout) there
 # RI=2s      the agent's report interval (the walk runs at each window end; default 2s, as in
 #            the bench's bpf_stats runs); COUNT=1 also prints the callbacks by op
 #            (sockops_ops.py) after each run.
@@ -42,8 +44,9 @@ in_cg() { bash -c "echo \$\$ > $cg/cgroup.procs; exec ip netns exec $*"; }
 in_cg "$b" iperf3 -s -B 10.77.0.2 -p 5201 > /dev/null 2>&1 &
 srv=$!
 if [ -x "$prog" ]; then
-  "$prog" --dry-run --report-interval "${RI:-2s}" --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
-    --cgroup "$cg" --walk-netns "/run/netns/$a" --walk-netns "/run/netns/$b" > /dev/null 2> "$dir/agent.log" &
+  # shellcheck disable=SC2086 # AGENT_ARGS: extra agent flags, split on spaces
+  "$prog" --dry-run --report-interval "${RI:-2s}" ${AGENT_ARGS:-} --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
+    --cgroup "$cg" --walk-netns "/run/netns/$a" --walk-netns "/run/netns/$b" > "${AGENT_OUT:-/dev/null}" 2> "$dir/agent.log" &
 else
   python3 "$here/sockops_floor.py" "$cg" "$prog" ${STEPS:+"$STEPS"} > /dev/null &
 fi

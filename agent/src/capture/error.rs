@@ -33,6 +33,8 @@ pub enum CaptureError {
         "another flow-agent already runs for the sockets of cgroup {cgroup} ({peers}): two agents on the same sockets share each socket's callback flags and change each other's counts; stop it first (systemctl stop flow-agent), or give this one --cgroup of a cgroup outside its cgroup"
     )]
     OtherAgent { cgroup: PathBuf, peers: String },
+    #[error("connection records: {0}")]
+    Records(String),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
 }

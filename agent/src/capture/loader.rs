@@ -8,9 +8,12 @@ use std::{
     time::Instant,
 };
 
-use agent_common::maps::{
-    FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
-    WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
+use agent_common::{
+    maps::{
+        FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
+        WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
+    },
+    record::{ConnRecord, RECORD_HEADS_MAP, RECORDS_MAP, RingHead},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -23,6 +26,7 @@ use super::{
     btf::{Btf, CgroupOffsets, TcpOffsets},
     cgroup, peers,
     privileges::{self, KeptBy},
+    records::{RecordFlows, Records, Rings},
     tracefs::{self, SynackOffsets},
     walk::{Registry, Walk},
 };
@@ -47,6 +51,8 @@ pub struct Capture {
     flows: HashMap<MapData, FlowKey, FlowAgg>,
     stats: PerCpuArray<MapData, u64>,
     folding: Folding,
+    /// Connection records (walk mode on Linux 6.10 and later, unless `--record-slots 0`).
+    records: Option<Records>,
     synack: Attached,
     /// The attached programs, whose skipped runs are read into `stat::MISSED_RUNS`.
     progs: Vec<ProgramFd>,
@@ -157,7 +163,8 @@ impl Capture {
             (r, _) => r,
         };
         let agent_cgroup = agent_cgroup(&cgroup, &kernel.cgroup);
-        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup)?;
+        let rings = record_rings(cfg);
+        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup, rings)?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
@@ -197,12 +204,19 @@ impl Capture {
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
         let listeners_mem = htab_bytes(MAX_LISTENERS, 4, size_of::<Listener>());
+        let records_mem = rings.map_or(0, |(cpus, slots)| {
+            (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
+        });
         tracing::info!(
             max_sockets = cfg.max_sockets,
             sockets_mib = format_args!("{:.1}", sockets_mem as f64 / 1048576.0),
             max_flows = cfg.max_flows,
             flows_mib = format_args!("{:.1}", flows_mem as f64 / 1048576.0),
-            total_mib = format_args!("{:.1}", (sockets_mem + flows_mem + listeners_mem) as f64 / 1048576.0),
+            record_rings = rings.map_or(0, |(cpus, _)| cpus),
+            record_slots = rings.map_or(0, |(_, slots)| slots),
+            records_mib = format_args!("{:.1}", records_mem as f64 / 1048576.0),
+            total_mib =
+                format_args!("{:.1}", (sockets_mem + flows_mem + listeners_mem + records_mem) as f64 / 1048576.0),
             "kernel maps sized"
         );
 
@@ -265,11 +279,23 @@ impl Capture {
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
         let _ = LISTENERS_MAP;
+        let mut records = match rings {
+            Some((cpus, slots)) => Some(open_records(&mut ebpf, cfg, cpus, slots)?),
+            None => None,
+        };
+        // The entries of the walk at start.
+        if let Folding::Walk(w) = &mut folding {
+            let entries = w.take_entries();
+            if let Some(r) = &mut records {
+                r.note_entries(entries);
+            }
+        }
         Ok(Capture {
             _ebpf: ebpf,
             flows,
             stats,
             folding,
+            records,
             synack,
             progs,
             missed_runs: AtomicU64::new(0),
@@ -316,13 +342,36 @@ impl Capture {
     pub fn walk(&mut self) -> Result<(), CaptureError> {
         let Folding::Walk(walk) = &mut self.folding else { return Ok(()) };
         let started = Instant::now();
-        walk.run().map_err(CaptureError::Walk)?;
+        let walked = walk.run();
+        // The entries the walk made, whatever its end: records of their sockets refer to them.
+        let entries = walk.take_entries();
+        if let Some(r) = &mut self.records {
+            r.note_entries(entries);
+        }
+        walked.map_err(CaptureError::Walk)?;
         tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");
         Ok(())
     }
 
-    /// Read every flow and the program counters.
-    pub fn read(&self) -> Result<Snapshot, CaptureError> {
+    /// Fold the connection records the programs wrote since the last reading (walk mode): often
+    /// enough that the rings do not fill (`records::READ_EVERY`).
+    pub fn read_records(&mut self) {
+        if let Some(r) = &mut self.records {
+            r.read();
+        }
+    }
+
+    /// The agent is stopping: the readings from now on fold every connection record they read
+    /// (`records::Records::finish`).
+    pub fn finish_records(&mut self) {
+        if let Some(r) = &mut self.records {
+            r.finish();
+        }
+    }
+
+    /// Read every flow and the program counters, connection records folded first.
+    pub fn read(&mut self) -> Result<Snapshot, CaptureError> {
+        self.read_records();
         let map_err = |source| CaptureError::Map { name: FLOWS_MAP, source };
         let mut flows = Vec::new();
         for item in self.flows.iter() {
@@ -340,6 +389,11 @@ impl Capture {
         }
         // The programs never write this slot: the kernel counts their skipped runs itself.
         stats[stat::MISSED_RUNS as usize] = self.missed_runs();
+        if let Some(r) = &self.records {
+            r.flows().add_to(&mut flows);
+            let full = &mut stats[stat::FLOWS_FULL as usize];
+            *full = full.wrapping_add(r.flows().flows_full());
+        }
         Ok(Snapshot { flows, stats })
     }
 
@@ -367,7 +421,18 @@ impl Capture {
 
     /// Remove an idle flow key. Returns the value it held at removal if it changed since `seen`
     /// (a socket folded into it in between), so the caller can account for the difference.
+    /// The key's records' flow (`records::RecordFlows`) goes with it: the value returned is
+    /// the two added up, as `read` gives them.
     pub fn evict(&mut self, key: &FlowKey) -> Result<Option<FlowAgg>, CaptureError> {
+        let kernel = self.evict_kernel(key)?;
+        let mine = self.records.as_mut().and_then(|r| r.flows_mut().remove(key));
+        Ok(match (kernel, mine) {
+            (Some(k), Some(m)) => Some(super::records::sum(&k, &m)),
+            (k, m) => k.or(m),
+        })
+    }
+
+    fn evict_kernel(&mut self, key: &FlowKey) -> Result<Option<FlowAgg>, CaptureError> {
         let last = match self.flows.get(key, 0) {
             Ok(v) => v,
             Err(aya::maps::MapError::KeyNotFound) => return Ok(None),
@@ -401,6 +466,58 @@ fn agent_cgroup(path: &std::path::Path, offsets: &Result<CgroupOffsets, String>)
     }
 }
 
+/// The rings of connection records to make, as (CPUs, records per CPU): in walk mode, unless
+/// `--record-slots 0`, on Linux 6.10 and later, where the walk can mark a socket it keeps an
+/// entry for (`fold::cb::ENTRY`, set from the iterator). `None` otherwise (said why).
+fn record_rings(cfg: &Config) -> Option<(usize, u64)> {
+    use aya::util::KernelVersion;
+    if cfg.fold_mode != FoldMode::Walk || cfg.record_slots == 0 {
+        return None;
+    }
+    match KernelVersion::current() {
+        Ok(v) if v >= KernelVersion::new(6, 10, 0) => {}
+        Ok(v) => {
+            tracing::info!(
+                "connection records need Linux 6.10 (this is {v}): the programs fold connection events themselves"
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("the kernel's version is unknown ({e}): the programs fold connection events themselves");
+            return None;
+        }
+    }
+    match aya::util::nr_cpus() {
+        Ok(n) => Some((n, cfg.record_slots as u64)),
+        Err((path, e)) => {
+            tracing::warn!(
+                "the number of possible CPUs is unknown ({path}: {e}): the programs fold connection events themselves"
+            );
+            None
+        }
+    }
+}
+
+/// Map the rings (`records::Rings`) and take the SOCKETS map, whose entries records refer to.
+fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Result<Records, CaptureError> {
+    let mut mapped = |name: &'static str, len: usize| -> Result<(MapData, sys::SharedMapping), CaptureError> {
+        let data = match ebpf.take_map(name) {
+            Some(Map::Array(m)) => m,
+            _ => return Err(CaptureError::MissingMap(name)),
+        };
+        let mapping = sys::SharedMapping::new(data.fd().as_fd(), len)
+            .map_err(|e| CaptureError::Records(format!("mapping {name} into memory: {e}")))?;
+        Ok((data, mapping))
+    };
+    let (_heads_map, heads) = mapped(RECORD_HEADS_MAP, cpus * size_of::<RingHead>())?;
+    let (_records_map, records) = mapped(RECORDS_MAP, cpus * slots as usize * size_of::<ConnRecord>())?;
+    let rings = Rings::new(heads, records, cpus, slots).map_err(CaptureError::Records)?;
+    let sockets = HashMap::try_from(ebpf.take_map(SOCKETS_MAP).ok_or(CaptureError::MissingMap(SOCKETS_MAP))?)
+        .map_err(|source| CaptureError::Map { name: SOCKETS_MAP, source })?;
+    let flows = RecordFlows::new(cfg.max_flows as usize, cfg.max_sockets as usize);
+    Ok(Records::new(rings, flows, sockets, cfg.max_sockets as usize))
+}
+
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
 /// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
 /// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`).
@@ -409,8 +526,11 @@ fn load(
     synack: Option<&SynackOffsets>,
     tcp: Option<&TcpOffsets>,
     agent_cgroup: Option<(u64, CgroupOffsets)>,
+    rings: Option<(usize, u64)>,
 ) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
+    // Without records, the smallest arrays (the programs' global says there are none).
+    let (cpus, slots) = rings.unwrap_or((1, 0));
     let (cgroup_id, cg) = agent_cgroup.unwrap_or_default();
     let t = tcp.copied().unwrap_or_default();
     let synack = synack.copied().unwrap_or_default();
@@ -419,6 +539,9 @@ fn load(
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
         .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
         .map_max_entries(WALKED_NETNS_MAP, cfg.max_walked_netns)
+        .map_max_entries(RECORDS_MAP, (cpus as u64 * slots.max(1)) as u32)
+        .map_max_entries(RECORD_HEADS_MAP, cpus as u32)
+        .override_global("RECORD_SLOTS", &slots, true)
         .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
         .override_global("TCP_OFF_BYTES_ACKED", &t.bytes_acked, true)
         .override_global("TCP_OFF_BYTES_RECEIVED", &t.bytes_received, true)

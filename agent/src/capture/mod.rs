@@ -9,9 +9,11 @@ mod netns;
 mod peers;
 mod privileges;
 pub mod probe;
+mod records;
 mod tracefs;
 mod walk;
 
 pub use error::CaptureError;
 pub use loader::{Attached, Capture, Snapshot};
 pub use privileges::drop_all as drop_privileges;
+pub use records::READ_EVERY as READ_RECORDS_EVERY;

@@ -94,16 +94,35 @@ impl Floor {
     }
 }
 
+/// What one pass made: the cookies of the walked sockets that got a SOCKETS entry in it (with
+/// connection records on, the program writes each as 8 bytes of its output), and how it ended.
+/// The cookies read before an error are kept: the entries exist either way.
+type PassResult = (Vec<u64>, io::Result<()>);
+
 /// One pass over the calling thread's namespace: reading the iterator runs the program on every
-/// TCP socket; it writes nothing, so the read ends at end of file.
-fn pass(link: BorrowedFd<'_>) -> io::Result<()> {
+/// TCP socket, and the read ends at end of file.
+fn pass(link: BorrowedFd<'_>) -> PassResult {
+    let mut cookies = Vec::new();
+    let end = pass_into(link, &mut cookies);
+    (cookies, end)
+}
+
+fn pass_into(link: BorrowedFd<'_>, cookies: &mut Vec<u64>) -> io::Result<()> {
     let mut f = File::from(sys::bpf_iter_create(link)?);
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 4096];
+    let mut have = 0;
     let mut retries = 0;
     loop {
-        match f.read(&mut buf) {
+        match f.read(&mut buf[have..]) {
             Ok(0) => return Ok(()),
-            Ok(_) => {}
+            Ok(n) => {
+                have += n;
+                let whole = have - have % 8;
+                cookies
+                    .extend(buf[..whole].chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())));
+                buf.copy_within(whole..have, 0);
+                have -= whole;
+            }
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && retries < PASS_RETRIES => retries += 1,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -197,7 +216,7 @@ struct NetnsWalker {
     tid: i32,
     /// The namespace's TCP table, which each pass scans whole (`netns::tcp_table`).
     table: Option<TcpTable>,
-    worker: Worker<(), io::Result<()>>,
+    worker: Worker<(), PassResult>,
 }
 
 /// What a walker's thread learns once it has entered its namespace.
@@ -254,9 +273,13 @@ impl NetnsWalker {
         self.worker.ask(())
     }
 
-    fn wait(&self) -> Result<(), String> {
+    /// The pass's end, its entries added to `cookies`.
+    fn wait(&self, cookies: &mut Vec<u64>) -> Result<(), String> {
         match self.worker.answer(PASS_TIMEOUT) {
-            Some(r) => r.map_err(|e| format!("walking {}: {e}", self.path.display())),
+            Some((made, r)) => {
+                cookies.extend(made);
+                r.map_err(|e| format!("walking {}: {e}", self.path.display()))
+            }
             None => Err(format!("walking {}: no answer within {PASS_TIMEOUT:?}", self.path.display())),
         }
     }
@@ -453,6 +476,8 @@ pub struct Walk {
     floor_map: Array<MapData, u64>,
     floor: Floor,
     full_every: Duration,
+    /// What the walks made since `take_entries` (see there).
+    entries: Vec<u64>,
 }
 
 impl Walk {
@@ -487,6 +512,7 @@ impl Walk {
             floor_map,
             floor: Floor::default(),
             full_every,
+            entries: Vec::new(),
         };
         walk.registry.add(own).map_err(|e| e.to_string())?;
         for path in others {
@@ -769,7 +795,7 @@ impl Walk {
                 })
                 .collect();
             for w in ask_all(&walkers, &mut errors) {
-                match w.wait() {
+                match w.wait(&mut self.entries) {
                     Ok(()) => visited += 1,
                     Err(e) => errors.push(e),
                 }
@@ -803,11 +829,11 @@ impl Walk {
         };
         let mut errors = Vec::new();
         let asked = ask_all(self.others.iter().chain(self.found.values()), &mut errors);
-        if let Err(e) = pass(self.link.as_fd()) {
+        if let Err(e) = pass_into(self.link.as_fd(), &mut self.entries) {
             errors.push(format!("walking this process's namespace: {e}"));
         }
         for w in asked {
-            if let Err(e) = w.wait() {
+            if let Err(e) = w.wait(&mut self.entries) {
                 errors.push(e);
             }
         }
@@ -816,6 +842,12 @@ impl Walk {
         }
         self.floor.completed(now_us, full);
         Ok(())
+    }
+
+    /// The cookies of the walked sockets the walks since the last call gave a SOCKETS entry
+    /// (with connection records on; see `records`).
+    pub fn take_entries(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.entries)
     }
 
     pub fn namespaces(&self) -> usize {
@@ -880,9 +912,9 @@ mod tests {
 
     /// A walker of namespace `path` whose passes succeed, or whose thread panics in its first.
     fn walker(path: &str, panics: bool) -> NetnsWalker {
-        let serve = move |_: &mut (), ()| -> io::Result<()> {
+        let serve = move |_: &mut (), ()| -> PassResult {
             assert!(!panics, "a pass that panics (a test's)");
-            Ok(())
+            (vec![7], Ok(()))
         };
         let Ok((worker, ())) = Worker::spawn("test-walker", || Ok::<_, ()>(((), ())), serve) else {
             panic!("a test thread did not start");
@@ -900,7 +932,9 @@ mod tests {
         let asked = ask_all(&walkers, &mut errors);
         assert_eq!(names(asked.clone()), ["/run/netns/a", "/run/netns/b", "/run/netns/c"]);
         assert!(errors.is_empty(), "{errors:?}");
-        let failed: Vec<String> = asked.iter().filter_map(|w| w.wait().err()).collect();
+        let mut made = Vec::new();
+        let failed: Vec<String> = asked.iter().filter_map(|w| w.wait(&mut made).err()).collect();
+        assert_eq!(made, [7, 7], "the passes that answered give their entries");
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(failed[0].starts_with("walking /run/netns/b: no answer"), "{failed:?}");
         let b = walkers[1].worker.thread.as_ref().unwrap();
@@ -914,7 +948,7 @@ mod tests {
             let asked = ask_all(&walkers, &mut errors);
             assert_eq!(names(asked.clone()), ["/run/netns/a", "/run/netns/c"]);
             assert_eq!(errors, ["walking /run/netns/b: its thread has stopped"]);
-            assert!(asked.iter().all(|w| w.wait().is_ok()));
+            assert!(asked.iter().all(|w| w.wait(&mut Vec::new()).is_ok()));
         }
     }
 

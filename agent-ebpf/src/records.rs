@@ -1,0 +1,122 @@
+//! Connection records into a ring per CPU (`agent_common::record`), read by the daemon through a
+//! shared mapping of the two arrays below.
+
+use agent_common::{
+    maps::{FlowKey, SockCounters, stat},
+    record::{ConnRecord, RingHead, has_room},
+};
+use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::Array};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use crate::maps::count;
+
+/// `BPF_F_MMAPABLE`: the daemon maps the array's values into its memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// The rings, one after the other: CPU `c`'s ring is entries `c * slots ..`. Sized by the daemon.
+#[map(name = "RECORDS")]
+pub static RECORDS: Array<ConnRecord> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Each CPU's ring positions.
+#[map(name = "RECORD_HEADS")]
+pub static RECORD_HEADS: Array<RingHead> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Records per CPU (a power of two), set by the daemon; 0: no records, the programs fold every
+/// event in the kernel.
+#[unsafe(no_mangle)]
+static RECORD_SLOTS: u64 = 0;
+
+#[inline(always)]
+fn slots() -> u64 {
+    // SAFETY: read of a global the loader may have rewritten; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(&RECORD_SLOTS) }
+}
+
+/// Whether connection events go to the daemon as records.
+#[inline(always)]
+pub fn on() -> bool {
+    slots() != 0
+}
+
+/// Write a record into this CPU's ring (`ConnRecord`'s fields, given one by one so that no
+/// record is built on the stack, which the handlers' call chain has little of left; `what` is
+/// `kind` and `flags` in one word, `when` `old_state` and `rtt`, as `pair` makes them). False when
+/// records are off or the ring is full (counted in `stat::RING_FULL`): the caller folds the
+/// event itself.
+#[inline(always)]
+pub fn push(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, when: u64) -> bool {
+    let slots = slots();
+    if slots == 0 {
+        return false;
+    }
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(h) = RECORD_HEADS.get_ptr_mut(cpu) else {
+        return false;
+    };
+    // SAFETY: `h` is this CPU's value of an array map, mapped for the program's run. The tail is
+    // the daemon's (a plain load); the head is taken by an atomic add, since a program in
+    // softirq can interrupt one in process context on this CPU (`RING_NESTING`). SeqCst: LLVM
+    // lowers a relaxed fetch-add to an add that returns nothing (see `flows::add32`).
+    let pos = unsafe {
+        let head = core::ptr::read_volatile(&raw const (*h).head);
+        let tail = core::ptr::read_volatile(&raw const (*h).tail);
+        if !has_room(head, tail, slots) {
+            count(stat::RING_FULL);
+            return false;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*h).head, 1)
+    };
+    let index = (cpu as u64) * slots + (pos & (slots - 1));
+    let Some(slot) = RECORDS.get_ptr_mut(index as u32) else {
+        // Not with the sizes the daemon sets (possible CPUs x slots); the slot would stay
+        // uncommitted and stop the daemon's reading of this ring, so it is never taken here.
+        return false;
+    };
+    // SAFETY: `slot` is a whole record of the array, which no other writer holds (its position
+    // was taken above) and the daemon does not read before its commit word, written last;
+    // volatile keeps the stores in this order (and x86 keeps it for the other CPU). The field
+    // offsets are `ConnRecord`'s (checked below).
+    unsafe {
+        let w = slot.cast::<u64>();
+        core::ptr::write_volatile(w.add(1), cookie);
+        copy_words(w.add(2), (key as *const FlowKey).cast(), size_of::<FlowKey>() / 8);
+        copy_words(w.add(7), (counters as *const SockCounters).cast(), size_of::<SockCounters>() / 8);
+        core::ptr::write_volatile(w.add(11), what);
+        core::ptr::write_volatile(w.add(12), when);
+        core::ptr::write_volatile(w, pos + 1);
+    }
+    true
+}
+
+/// Two 32-bit fields of a record in the one word they share (the first at the lower address).
+#[inline(always)]
+pub fn pair(first: u32, second: u32) -> u64 {
+    first as u64 | (second as u64) << 32
+}
+
+/// Copy `n` words with volatile stores.
+///
+/// # Safety
+/// `dst` and `src` valid for `n` aligned words.
+#[inline(always)]
+unsafe fn copy_words(dst: *mut u64, src: *const u64, n: usize) {
+    let mut i = 0;
+    while i < n {
+        // SAFETY: as the caller promises.
+        unsafe { core::ptr::write_volatile(dst.add(i), core::ptr::read(src.add(i))) };
+        i += 1;
+    }
+}
+
+const _: () = assert!(
+    core::mem::offset_of!(ConnRecord, cookie) == 8
+        && core::mem::offset_of!(ConnRecord, key) == 16
+        && core::mem::offset_of!(ConnRecord, counters) == 56
+        && core::mem::offset_of!(ConnRecord, kind) == 88
+        && core::mem::offset_of!(ConnRecord, flags) == 92
+        && core::mem::offset_of!(ConnRecord, old_state) == 96
+        && core::mem::offset_of!(ConnRecord, rtt) == 100
+        && size_of::<FlowKey>() == 40
+        && size_of::<SockCounters>() == 32
+);

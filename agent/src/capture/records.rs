@@ -1,0 +1,455 @@
+//! Connection records (`agent_common::record`): read from the kernel's per-CPU rings, folded
+//! into flows here, and added to the kernel's FLOWS at each reading.
+//!
+//! The sock_ops program writes a record at the establishment and the close of a socket of a
+//! walked namespace rather than folding it into FLOWS itself: a hash operation entered with cold
+//! caches costs it ~1 µs. The daemon reads the rings every `READ_EVERY` and at each window end,
+//! in the thread that runs the walk, so a record is read after the walk that made the socket's
+//! entry (its first fold, the attempt it saw) and before the window's counters are read.
+
+use std::collections::{HashMap, HashSet, hash_map::Entry};
+
+use agent_common::{
+    maps::{FlowAgg, FlowKey, SOCK_FLOW_LOST, SockState},
+    record::{ConnRecord, REC_ENTRY, RingHead, apply, kind},
+};
+use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+
+use crate::sys::SharedMapping;
+
+/// How often the daemon reads the rings between window ends. At the storm's rate (~55,000
+/// records per second per CPU) a ring of the default 16,384 slots holds ~0.3 s.
+pub const READ_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The rings as mapped into the daemon: `cpus` rings of `slots` records, their heads, and the
+/// position up to which each was read (written back as its tail, which is how the programs know
+/// there is room).
+pub struct Rings {
+    heads: SharedMapping,
+    records: SharedMapping,
+    cpus: usize,
+    slots: u64,
+    tails: Vec<u64>,
+}
+
+impl Rings {
+    /// The rings of `cpus` CPUs with `slots` records each (a power of two), in mappings at least
+    /// that big.
+    pub fn new(heads: SharedMapping, records: SharedMapping, cpus: usize, slots: u64) -> Result<Rings, String> {
+        let need = cpus * slots as usize * size_of::<ConnRecord>();
+        if !slots.is_power_of_two() || records.len() < need || heads.len() < cpus * size_of::<RingHead>() {
+            return Err(format!(
+                "mapped {} bytes of rings and {} of heads for {cpus} CPUs of {slots} records",
+                records.len(),
+                heads.len()
+            ));
+        }
+        // The maps were made for this run: every ring starts at position 0.
+        let rings = Rings { heads, records, cpus, slots, tails: vec![0; cpus] };
+        Ok(rings)
+    }
+
+    fn head(&self, cpu: usize) -> *mut RingHead {
+        self.heads.as_ptr().cast::<RingHead>().wrapping_add(cpu)
+    }
+
+    /// Append every record committed since the last call to `out`, ring by ring, in order.
+    pub fn take(&mut self, out: &mut Vec<ConnRecord>) {
+        for cpu in 0..self.cpus {
+            let ring = self.records.as_ptr().cast::<ConnRecord>().wrapping_add(cpu * self.slots as usize);
+            // SAFETY: `head(cpu)` and the ring's `slots` records are inside the mappings
+            // (checked in `new`), which live as long as `self`.
+            self.tails[cpu] = unsafe { take_ring(self.head(cpu), ring, self.slots, self.tails[cpu], out) };
+        }
+    }
+}
+
+/// Read one ring from position `tail` up to its head, stopping at a record not committed yet
+/// (a program is writing it); publish and return the new tail.
+///
+/// # Safety
+/// `head` must point to the ring's `RingHead` and `ring` to its `slots` records, both valid for
+/// reads and writes and shared only with the kernel's writers of this protocol.
+unsafe fn take_ring(
+    head: *mut RingHead,
+    ring: *const ConnRecord,
+    slots: u64,
+    mut tail: u64,
+    out: &mut Vec<ConnRecord>,
+) -> u64 {
+    use std::sync::atomic::{Ordering, fence};
+    // SAFETY: as the caller promises.
+    unsafe {
+        let end = std::ptr::read_volatile(&raw const (*head).head);
+        fence(Ordering::Acquire);
+        while tail != end {
+            let slot = ring.add((tail & (slots - 1)) as usize);
+            let commit = std::ptr::read_volatile(&raw const (*slot).commit);
+            fence(Ordering::Acquire);
+            if commit != tail.wrapping_add(1) {
+                break;
+            }
+            out.push(std::ptr::read_volatile(slot));
+            tail = tail.wrapping_add(1);
+        }
+        // The slots read may be written again from now on.
+        fence(Ordering::Release);
+        std::ptr::write_volatile(&raw mut (*head).tail, tail);
+    }
+    tail
+}
+
+/// Flows as records make them, cumulative like the kernel's FLOWS (the reading adds the two), at
+/// most `max_flows` keys (`--max-flows`, as FLOWS). A record whose key finds no room is counted
+/// in `flows_full`, once per socket (its close is not counted again once its establishment was).
+pub struct RecordFlows {
+    flows: HashMap<FlowKey, FlowAgg>,
+    max_flows: usize,
+    /// Sockets whose establishment found no room, until their close.
+    lost: HashSet<u64>,
+    max_lost: usize,
+    flows_full: u64,
+}
+
+impl RecordFlows {
+    pub fn new(max_flows: usize, max_sockets: usize) -> RecordFlows {
+        RecordFlows { flows: HashMap::new(), max_flows, lost: HashSet::new(), max_lost: max_sockets, flows_full: 0 }
+    }
+
+    /// Fold a record, with its socket's entry if it had one.
+    pub fn fold(&mut self, rec: &ConnRecord, entry: Option<&SockState>) {
+        let was_lost = rec.kind == kind::CLOSED && self.lost.remove(&rec.cookie);
+        let room = self.flows.len() < self.max_flows;
+        match self.flows.entry(rec.key) {
+            Entry::Occupied(mut e) => apply(rec, entry, e.get_mut()),
+            Entry::Vacant(e) if room => apply(rec, entry, e.insert(FlowAgg::default())),
+            Entry::Vacant(_) => {
+                if !was_lost && entry.is_none_or(|e| e.flags & SOCK_FLOW_LOST == 0) {
+                    self.flows_full += 1;
+                }
+                // Bounded: a socket whose close never comes as a record (its ring was full) stays.
+                if rec.kind == kind::ESTABLISHED && self.lost.len() < self.max_lost {
+                    self.lost.insert(rec.cookie);
+                }
+            }
+        }
+    }
+
+    /// Records that found no room, in all (`stat::FLOWS_FULL`).
+    pub fn flows_full(&self) -> u64 {
+        self.flows_full
+    }
+
+    /// Add these flows to a reading of the kernel's.
+    pub fn add_to(&self, flows: &mut Vec<(FlowKey, FlowAgg)>) {
+        if self.flows.is_empty() {
+            return;
+        }
+        let mut mine: HashMap<&FlowKey, &FlowAgg> = self.flows.iter().collect();
+        for (k, v) in flows.iter_mut() {
+            if let Some(m) = mine.remove(k) {
+                *v = sum(v, m);
+            }
+        }
+        flows.extend(mine.into_iter().map(|(k, v)| (*k, *v)));
+    }
+
+    /// Take a key out (an idle flow evicted): what it held.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<FlowAgg> {
+        self.flows.remove(key)
+    }
+}
+
+/// Two cumulative readings of one flow added up (the counters wrap as the kernel's do).
+pub fn sum(a: &FlowAgg, b: &FlowAgg) -> FlowAgg {
+    let mut s = *a;
+    let w = |x: &mut u64, y: u64| *x = x.wrapping_add(y);
+    w(&mut s.attempted, b.attempted);
+    w(&mut s.established, b.established);
+    w(&mut s.closed, b.closed);
+    w(&mut s.failed, b.failed);
+    w(&mut s.refused, b.refused);
+    w(&mut s.timed_out, b.timed_out);
+    w(&mut s.reset, b.reset);
+    w(&mut s.bytes_sent, b.bytes_sent);
+    w(&mut s.bytes_received, b.bytes_received);
+    w(&mut s.segments_sent, b.segments_sent);
+    w(&mut s.segments_received, b.segments_received);
+    w(&mut s.retransmissions, b.retransmissions);
+    w(&mut s.timeouts, b.timeouts);
+    for (h, o) in [(&mut s.rtt_us, &b.rtt_us), (&mut s.handshake_us, &b.handshake_us)] {
+        w(&mut h.sum, o.sum);
+        for (x, y) in h.buckets.iter_mut().zip(o.buckets.iter()) {
+            *x = x.wrapping_add(*y);
+        }
+    }
+    s
+}
+
+/// The rings, the flows they make, and the SOCKETS map, whose entries records may refer to.
+pub struct Records {
+    rings: Rings,
+    flows: RecordFlows,
+    sockets: BpfHashMap<MapData, u64, SockState>,
+    /// Cookies of walked sockets the walk gave a SOCKETS entry (its output, `note_entries`),
+    /// until their close's record. The program cannot tell those from the others without a
+    /// lookup; sockets that got theirs from a callback say so themselves (`REC_ENTRY`).
+    entries: HashSet<u64>,
+    /// `entries` beyond which the cookies whose entry has gone (their close folded in the
+    /// kernel, when the ring was full) are looked for and dropped.
+    max_entries: usize,
+    buf: Vec<ConnRecord>,
+    /// Whether a failed lookup of an entry was logged (once is enough).
+    lookup_failed: bool,
+    /// Set by `finish`.
+    finishing: bool,
+}
+
+impl Records {
+    pub fn new(
+        rings: Rings,
+        flows: RecordFlows,
+        sockets: BpfHashMap<MapData, u64, SockState>,
+        max_sockets: usize,
+    ) -> Records {
+        let max_entries = max_sockets.max(1024);
+        Records {
+            rings,
+            flows,
+            sockets,
+            entries: HashSet::new(),
+            max_entries,
+            buf: Vec::new(),
+            lookup_failed: false,
+            finishing: false,
+        }
+    }
+
+    /// The walk gave these walked sockets a SOCKETS entry: their records are to look it up.
+    pub fn note_entries(&mut self, cookies: Vec<u64>) {
+        self.entries.extend(cookies);
+        if self.entries.len() > self.max_entries {
+            let sockets = &self.sockets;
+            self.entries.retain(|c| !matches!(sockets.get(c, 0), Err(MapError::KeyNotFound)));
+            tracing::debug!(
+                entries = self.entries.len(),
+                "dropped the cookies of sockets folded in the kernel at their close"
+            );
+        }
+    }
+
+    /// Read the rings and fold what they hold. A record of a socket that may have a SOCKETS entry
+    /// (the walk made one, or the record says so: `REC_ENTRY`) gets it looked up, and at the
+    /// close deleted: the close was the last of the socket, and the entry is the daemon's to
+    /// free from then on.
+    ///
+    /// A socket's establishment and close may be in the rings of two CPUs, and a close must be
+    /// folded after its establishment (which may need the entry the close deletes, and says
+    /// whether its flow was lost). So the rings are read twice: a record read in the first pass
+    /// was written after every record written before it was committed, and those are all read
+    /// by the end of the second. Establishments of both passes are folded, then closes of the
+    /// first (and those held from the last reading); the second's closes wait for the next
+    /// reading, unless this is the last (`finish`).
+    pub fn read(&mut self) {
+        // `buf` starts with the closes held from the last reading.
+        let mut buf = std::mem::take(&mut self.buf);
+        self.rings.take(&mut buf);
+        let first = buf.len();
+        self.rings.take(&mut buf);
+        let finishing = self.finishing;
+        let now = |i: usize, rec: &ConnRecord| rec.kind != kind::CLOSED || i < first || finishing;
+        let mut later = Vec::new();
+        let mut closes = Vec::new();
+        for (i, rec) in buf.drain(..).enumerate() {
+            if !now(i, &rec) {
+                later.push(rec);
+            } else if rec.kind == kind::CLOSED {
+                closes.push(rec);
+            } else {
+                self.fold(&rec);
+            }
+        }
+        for rec in &closes {
+            self.fold(rec);
+        }
+        buf.extend(later);
+        self.buf = buf;
+    }
+
+    /// From now on every record read is folded at once (the agent is stopping: no later reading
+    /// would fold what is held).
+    pub fn finish(&mut self) {
+        self.finishing = true;
+    }
+
+    fn fold(&mut self, rec: &ConnRecord) {
+        let walk_entry = if rec.kind == kind::CLOSED {
+            self.entries.remove(&rec.cookie)
+        } else {
+            self.entries.contains(&rec.cookie)
+        };
+        let entry = if walk_entry || rec.flags & REC_ENTRY != 0 { self.entry(rec) } else { None };
+        self.flows.fold(rec, entry.as_ref());
+    }
+
+    fn entry(&mut self, rec: &ConnRecord) -> Option<SockState> {
+        match self.sockets.get(&rec.cookie, 0) {
+            Ok(st) => {
+                if rec.kind == kind::CLOSED {
+                    match self.sockets.remove(&rec.cookie) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(e) => self.log_failure(&e),
+                    }
+                }
+                Some(st)
+            }
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => {
+                self.log_failure(&e);
+                None
+            }
+        }
+    }
+
+    fn log_failure(&mut self, e: &MapError) {
+        if !std::mem::replace(&mut self.lookup_failed, true) {
+            tracing::error!(
+                "the SOCKETS entry of a closed walked socket (eBPF map SOCKETS): {e}; its close is counted as if it \
+                 had none (bytes the walk folded before may count twice)"
+            );
+        }
+    }
+
+    pub fn flows(&self) -> &RecordFlows {
+        &self.flows
+    }
+
+    pub fn flows_mut(&mut self) -> &mut RecordFlows {
+        &mut self.flows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_common::{
+        fold::tcp_state,
+        maps::{SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_WALKED, SockCounters},
+    };
+
+    /// A ring in ordinary memory, written as the kernel writes it.
+    struct FakeRing {
+        head: Box<RingHead>,
+        slots: Vec<ConnRecord>,
+    }
+
+    impl FakeRing {
+        fn new(slots: usize) -> FakeRing {
+            FakeRing { head: Box::default(), slots: vec![ConnRecord::default(); slots] }
+        }
+
+        /// Take a position; commit it now or leave it being written.
+        fn write(&mut self, cookie: u64, commit: bool) {
+            let pos = self.head.head;
+            self.head.head += 1;
+            let n = self.slots.len() as u64;
+            let slot = &mut self.slots[(pos & (n - 1)) as usize];
+            slot.cookie = cookie;
+            slot.commit = if commit { pos + 1 } else { slot.commit };
+        }
+
+        fn commit(&mut self, pos: u64) {
+            let n = self.slots.len() as u64;
+            self.slots[(pos & (n - 1)) as usize].commit = pos + 1;
+        }
+
+        fn take(&mut self, tail: u64, out: &mut Vec<ConnRecord>) -> u64 {
+            let n = self.slots.len() as u64;
+            // SAFETY: the head and the slots are owned by this test value.
+            unsafe { take_ring(&mut *self.head, self.slots.as_ptr(), n, tail, out) }
+        }
+    }
+
+    fn cookies(v: &[ConnRecord]) -> Vec<u64> {
+        v.iter().map(|r| r.cookie).collect()
+    }
+
+    #[test]
+    fn a_ring_is_read_in_order_up_to_a_record_not_committed_yet() {
+        let mut r = FakeRing::new(4);
+        let mut out = Vec::new();
+        r.write(10, true);
+        r.write(11, false);
+        r.write(12, true);
+        let tail = r.take(0, &mut out);
+        assert_eq!((tail, cookies(&out)), (1, vec![10]), "stops at the record being written");
+        assert_eq!(r.head.tail, 1, "the tail is published");
+        r.commit(1);
+        let tail = r.take(tail, &mut out);
+        assert_eq!((tail, cookies(&out)), (3, vec![10, 11, 12]));
+    }
+
+    #[test]
+    fn a_slot_of_an_earlier_lap_is_not_read_as_new() {
+        let mut r = FakeRing::new(2);
+        let mut out = Vec::new();
+        r.write(1, true);
+        r.write(2, true);
+        let tail = r.take(0, &mut out);
+        r.write(3, true);
+        r.write(4, false);
+        let tail = r.take(tail, &mut out);
+        assert_eq!((tail, cookies(&out)), (3, vec![1, 2, 3]), "slot 1 still holds lap 0's commit");
+    }
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey { target_port: port, ..Default::default() }
+    }
+
+    fn rec(kind: u32, cookie: u64, port: u16) -> ConnRecord {
+        let flags = SOCK_CLIENT | SOCK_WALKED | if kind == kind::CLOSED { SOCK_ESTABLISHED } else { 0 };
+        ConnRecord {
+            kind,
+            cookie,
+            key: key(port),
+            flags,
+            old_state: tcp_state::FIN_WAIT2,
+            counters: SockCounters { bytes_acked: 5, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_socket_whose_flow_finds_no_room_is_counted_once() {
+        let mut f = RecordFlows::new(1, 100);
+        f.fold(&rec(kind::ESTABLISHED, 1, 80), None);
+        f.fold(&rec(kind::ESTABLISHED, 2, 81), None);
+        f.fold(&rec(kind::CLOSED, 2, 81), None);
+        f.fold(&rec(kind::CLOSED, 3, 82), None);
+        assert_eq!(f.flows_full(), 2, "socket 2 once, socket 3 once");
+        f.fold(&rec(kind::CLOSED, 1, 80), None);
+        let mut flows = Vec::new();
+        f.add_to(&mut flows);
+        assert_eq!(flows.len(), 1);
+        assert_eq!(
+            (flows[0].1.attempted, flows[0].1.established, flows[0].1.closed, flows[0].1.bytes_sent),
+            (1, 1, 1, 5)
+        );
+    }
+
+    #[test]
+    fn record_flows_add_to_the_kernels_and_leave_with_an_eviction() {
+        let mut f = RecordFlows::new(10, 10);
+        f.fold(&rec(kind::CLOSED, 1, 80), None);
+        f.fold(&rec(kind::CLOSED, 2, 81), None);
+        let kernel = FlowAgg { bytes_sent: 100, closed: 2, ..Default::default() };
+        let mut flows = vec![(key(80), kernel)];
+        f.add_to(&mut flows);
+        flows.sort_by_key(|(k, _)| k.target_port);
+        assert_eq!(flows.len(), 2);
+        assert_eq!((flows[0].1.bytes_sent, flows[0].1.closed), (105, 3));
+        assert_eq!((flows[1].1.bytes_sent, flows[1].1.closed), (5, 1));
+        assert_eq!(f.remove(&key(81)).map(|a| a.bytes_sent), Some(5));
+        assert!(f.remove(&key(81)).is_none());
+    }
+}
