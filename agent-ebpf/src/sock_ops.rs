@@ -345,13 +345,13 @@ fn on_connect(ctx: &SockOpsContext) {
 
 fn on_active_established(ctx: &SockOpsContext) {
     count(stat::EVENTS);
-    if untracked_flags(ctx.cb_flags()).is_some() {
+    let cbf = ctx.cb_flags();
+    if untracked_flags(cbf).is_some() {
         // A walked socket: its handshake segments wait for the walk or the close. Its attempt
         // is counted now, unless the walk found it connecting (then it has a state entry).
         let Some(key) = key_of(ctx, ROLE_CLIENT) else {
             return;
         };
-        let cbf = ctx.cb_flags();
         let what = pair(kind::ESTABLISHED, SOCK_CLIENT | SOCK_WALKED | entry_bit(cbf));
         if records::on() && push_record(ctx, &key, what, pair(0, ctx::srtt_us_x8(ctx)), &folded_none(0)) {
             return;
@@ -512,9 +512,9 @@ fn on_state(ctx: &SockOpsContext) {
         }
         tcp_state::CLOSE => {
             count(stat::EVENTS);
-            match untracked_flags(ctx.cb_flags()) {
+            let cbf = ctx.cb_flags();
+            match untracked_flags(cbf) {
                 Some(flags) => {
-                    let cbf = ctx.cb_flags();
                     if close_record(ctx, flags, cbf, old) {
                         return;
                     }

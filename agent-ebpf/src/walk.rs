@@ -219,6 +219,7 @@ const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
 /// ones) and its entry `SOCK_WALKED`, after one last fold with its pending RTT samples. The
 /// callbacks and this run under the socket's lock, so no fold of it is lost between the two
 /// ways. Where the kernel refuses to set the flags (before 6.10) it keeps its callbacks.
+///
 /// True once it is a walked socket.
 #[inline(never)]
 fn adopt(sk: *const u8, st: &mut SockState, segs_out: u32, segs_in: u32) -> bool {
@@ -252,6 +253,7 @@ fn floor() -> u64 {
 /// (`fold::untracked_flags`), folded for the first time once established, or its attempt
 /// counted while it connects. (Two frames of their own, not nested: the verifier limits the
 /// stack of a call chain to 512 bytes.)
+///
 /// True when it got an entry as a walked socket.
 #[inline(always)]
 fn untracked(sk: *const u8, cookie: u64, segs_out: u32, segs_in: u32) -> bool {
@@ -341,6 +343,7 @@ fn kind() -> u64 {
 /// its close folds what it did from now on; if the store fails (SOCKETS full), it is an armed
 /// socket without an entry, which sock_ops stores at its next callback (`sock_ops::adopt`).
 /// From FIN_WAIT1 on it stays a walked socket, whose close reads the FIN from the socket.
+///
 /// True when it is stored as a walked socket.
 #[inline(never)]
 fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> bool {
@@ -365,6 +368,7 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
 /// its establishment, and nothing twice), then its callbacks become a walked socket's. Not
 /// established yet, or with no room in SOCKETS (counted), it keeps its callbacks, and sock_ops
 /// stores it at its next callback (`sock_ops::adopt`).
+///
 /// True once it is a walked socket with its entry.
 #[inline(never)]
 fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32) -> bool {
@@ -425,6 +429,7 @@ fn set_callbacks(sk: *const u8, flags: u32) -> bool {
 /// The first fold of an established socket of ours with no state entry (flags `flags`) stores
 /// its state, with everything it did so far folded; without room in SOCKETS (counted), it is
 /// folded whole at its close instead.
+///
 /// True when it got its entry.
 #[inline(never)]
 fn first_fold(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32) -> bool {
@@ -460,6 +465,7 @@ fn first_fold_flow(
 /// (`fold::attempt_due_at_close`): it is counted in this window, and the state entry made for
 /// it (`SOCK_ATTEMPTED`) tells its establishment or close that it was. Without room in SOCKETS
 /// (counted) the establishment or close counts it instead.
+///
 /// True when it got its entry.
 #[inline(never)]
 fn attempt_seen(sk: *const u8, cookie: u64, flags: u32) -> bool {

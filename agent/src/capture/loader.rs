@@ -467,8 +467,10 @@ fn agent_cgroup(path: &std::path::Path, offsets: &Result<CgroupOffsets, String>)
 }
 
 /// The rings of connection records to make, as (CPUs, records per CPU): in walk mode, unless
-/// `--record-slots 0`, on Linux 6.10 and later, where the walk can mark a socket it keeps an
-/// entry for (`fold::cb::ENTRY`, set from the iterator). `None` otherwise (said why).
+/// `--record-slots 0`, on Linux 6.10 and later. (The gate dates from a first design in which the
+/// walk marked its sockets with `bpf_setsockopt`, which the iterator has from 6.10; the design
+/// kept needs nothing newer than the walk itself, but it is tested on 6.18 only.) `None`
+/// otherwise (said why).
 fn record_rings(cfg: &Config) -> Option<(usize, u64)> {
     use aya::util::KernelVersion;
     if cfg.fold_mode != FoldMode::Walk || cfg.record_slots == 0 {
@@ -500,17 +502,16 @@ fn record_rings(cfg: &Config) -> Option<(usize, u64)> {
 
 /// Map the rings (`records::Rings`) and take the SOCKETS map, whose entries records refer to.
 fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Result<Records, CaptureError> {
-    let mut mapped = |name: &'static str, len: usize| -> Result<(MapData, sys::SharedMapping), CaptureError> {
-        let data = match ebpf.take_map(name) {
-            Some(Map::Array(m)) => m,
-            _ => return Err(CaptureError::MissingMap(name)),
+    // The mapping holds the map: its fd may close.
+    let mut mapped = |name: &'static str, len: usize| -> Result<sys::SharedMapping, CaptureError> {
+        let Some(Map::Array(data)) = ebpf.take_map(name) else {
+            return Err(CaptureError::MissingMap(name));
         };
-        let mapping = sys::SharedMapping::new(data.fd().as_fd(), len)
-            .map_err(|e| CaptureError::Records(format!("mapping {name} into memory: {e}")))?;
-        Ok((data, mapping))
+        sys::SharedMapping::new(data.fd().as_fd(), len)
+            .map_err(|e| CaptureError::Records(format!("mapping {name} into memory: {e}")))
     };
-    let (_heads_map, heads) = mapped(RECORD_HEADS_MAP, cpus * size_of::<RingHead>())?;
-    let (_records_map, records) = mapped(RECORDS_MAP, cpus * slots as usize * size_of::<ConnRecord>())?;
+    let heads = mapped(RECORD_HEADS_MAP, cpus * size_of::<RingHead>())?;
+    let records = mapped(RECORDS_MAP, cpus * slots as usize * size_of::<ConnRecord>())?;
     let rings = Rings::new(heads, records, cpus, slots).map_err(CaptureError::Records)?;
     let sockets = HashMap::try_from(ebpf.take_map(SOCKETS_MAP).ok_or(CaptureError::MissingMap(SOCKETS_MAP))?)
         .map_err(|source| CaptureError::Map { name: SOCKETS_MAP, source })?;

@@ -45,8 +45,7 @@ impl Rings {
             ));
         }
         // The maps were made for this run: every ring starts at position 0.
-        let rings = Rings { heads, records, cpus, slots, tails: vec![0; cpus] };
-        Ok(rings)
+        Ok(Rings { heads, records, cpus, slots, tails: vec![0; cpus] })
     }
 
     fn head(&self, cpu: usize) -> *mut RingHead {
@@ -256,17 +255,12 @@ impl Records {
         self.rings.take(&mut buf);
         let first = buf.len();
         self.rings.take(&mut buf);
-        let finishing = self.finishing;
-        let now = |i: usize, rec: &ConnRecord| rec.kind != kind::CLOSED || i < first || finishing;
-        let mut later = Vec::new();
-        let mut closes = Vec::new();
+        let (mut closes, mut later) = (Vec::new(), Vec::new());
         for (i, rec) in buf.drain(..).enumerate() {
-            if !now(i, &rec) {
-                later.push(rec);
-            } else if rec.kind == kind::CLOSED {
-                closes.push(rec);
-            } else {
-                self.fold(&rec);
+            match rec.kind {
+                kind::CLOSED if i >= first && !self.finishing => later.push(rec),
+                kind::CLOSED => closes.push(rec),
+                _ => self.fold(&rec),
             }
         }
         for rec in &closes {
