@@ -1,7 +1,7 @@
 //! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
 
 use agent_common::maps::{
-    DEFAULT_MAX_WALKED_NETNS, FlowAgg, FlowKey, Listener, MAX_LISTENERS, SockState, WalkedNetns, stat,
+    DEFAULT_MAX_WALKED_NETNS, FlowAgg, FlowKey, LISTENER_PORTS, Listener, SockState, WalkedNetns, stat,
 };
 use aya_ebpf::{
     macros::map,
@@ -16,9 +16,18 @@ pub static SOCKETS: HashMap<u64, SockState> = HashMap::with_max_entries(1024, 0)
 #[map(name = "FLOWS")]
 pub static FLOWS: HashMap<FlowKey, FlowAgg> = HashMap::with_max_entries(1024, 0);
 
-/// Listening sockets of the monitored cgroup, keyed by local port (host order).
+/// Listening sockets of the monitored cgroup by local port (host order): `Listener::count` says
+/// whether there are any (see `LISTENER_PORTS`).
 #[map(name = "LISTENERS")]
-pub static LISTENERS: HashMap<u32, Listener> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+pub static LISTENERS: Array<Listener> = Array::with_max_entries(LISTENER_PORTS, 0);
+
+/// The listeners on local port `port`, if the cgroup has any.
+#[inline(always)]
+pub fn listener(port: u32) -> Option<*mut Listener> {
+    let l = LISTENERS.get_ptr_mut(port)?;
+    // SAFETY: LISTENERS value pointer (an array's values stay mapped).
+    if unsafe { core::ptr::read_volatile(&raw const (*l).count) } == 0 { None } else { Some(l) }
+}
 
 /// Network namespaces (by cookie) whose sockets the daemon walks (`walk.rs`): sockets there get
 /// no per-segment callbacks.

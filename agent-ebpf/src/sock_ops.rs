@@ -7,8 +7,8 @@ use agent_common::{
         was_established,
     },
     maps::{
-        FlowAgg, FlowKey, Listener, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
-        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
+        FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST, SOCK_RTO_EXPIRED,
+        SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
     record::{REC_ENTRY, kind},
 };
@@ -27,9 +27,10 @@ use aya_ebpf::{
 use crate::{
     ctx,
     flows::{add, add_counters, add_end, add32, flow, flush_rtt, fold_counters, record, socket_flow},
-    maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count},
+    maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count, listener},
     records::{self, pair},
     sockets::{self, folded_none, new_state},
+    synack::synack_by_cgroup,
 };
 
 /// Sockets of a network namespace the daemon walks (`WALKED_NETNS`, see `walk.rs`) get no
@@ -43,8 +44,6 @@ use crate::{
 /// daemon; 0 disables send-path folding and folds at every RTT sample.
 #[unsafe(no_mangle)]
 static FOLD_INTERVAL_NS: u64 = 100_000_000;
-
-const BPF_ANY: u64 = 0;
 
 #[inline(always)]
 fn fold_interval_ns() -> u64 {
@@ -105,10 +104,27 @@ const _: () = assert!(
 /// here, in the entry's few instructions, without entering the handler and its ~25 KB of code.
 #[sock_ops]
 pub fn flow_sock_ops(ctx: SockOpsContext) -> u32 {
-    if has_work(ctx.op(), ctx.arg(0), ctx.arg(1)) {
+    let (op, arg1) = (ctx.op(), ctx.arg(1));
+    if has_work(op, ctx.arg(0), arg1) && !none_here(&ctx, op, arg1) {
         handle(ctx);
     }
     1
+}
+
+/// Callbacks `has_work` lets through that have no work for this socket or this run, answered
+/// here rather than in the handler (entered cold, as after a bulk copy, that costs ~200-400 ns
+/// more than this):
+/// - the FIN_WAIT1 of a socket of a walked namespace (`fold::untracked_flags`): its close reads
+///   the FIN from the socket (`fin_arrived`);
+/// - a listen, when the SYN-ACK programs check the listener's cgroup (`synack_by_cgroup`): the
+///   listener is not noted, and gets no callback at its close either.
+#[inline(always)]
+fn none_here(ctx: &SockOpsContext, op: u32, arg1: u32) -> bool {
+    match op {
+        BPF_SOCK_OPS_STATE_CB => arg1 == tcp_state::FIN_WAIT1 && untracked_flags(ctx.cb_flags()).is_some(),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => synack_by_cgroup(),
+        _ => false,
+    }
 }
 
 /// One small handler per callback (a separate function: see `flow_sock_ops`).
@@ -380,11 +396,13 @@ fn on_passive_established(ctx: &SockOpsContext) {
         return;
     };
     // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
-    // listener is one of ours, the tracepoint has counted them already: start from there (in the
-    // state it is created with, which the walk may read at once). Without any (nearly every
+    // tracepoint counted its listener's (its listener is of the cgroup, as the socket is, or its
+    // port in LISTENERS: `synack`), it has counted them already: start from there (in the state
+    // it is created with, which the walk may read at once). Without any (nearly every
     // connection) there is nothing to look up.
     let inherited = ctx::raw_counters(ctx).total_retrans;
-    let base = if inherited != 0 && LISTENERS.get_ptr(ctx::local_port(ctx) as u32).is_some() { inherited } else { 0 };
+    let counted = || synack_by_cgroup() || listener(ctx::local_port(ctx) as u32).is_some();
+    let base = if inherited != 0 && counted() { inherited } else { 0 };
     let walked = walked(ctx);
     let agg = if walked && base == 0 {
         // No state entry: the handshake segments wait for the walk or the close.
@@ -677,41 +695,36 @@ fn on_send(ctx: &SockOpsContext) {
     let _ = fold_at(ctx, st, now, ctx::state(ctx));
 }
 
+/// A listen, where the SYN-ACK programs go by LISTENERS (`synack_by_cgroup` false; otherwise it
+/// returns in the entry, `none_here`).
 fn on_listen(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     let Some((local, _)) = ctx::addrs(ctx) else {
         return;
     };
-    let port = ctx::local_port(ctx) as u32;
-    match LISTENERS.get_ptr_mut(port) {
-        // SAFETY: LISTENERS value pointer; listen() runs under the socket lock, but two sockets
-        // may share a port (SO_REUSEPORT), so the count is atomic.
-        Some(l) => unsafe {
-            add32(&raw mut (*l).count, 1);
-            if (*l).addr != local {
-                // Wildcard. An opaque zero, not a byte-loop `memset` (see `sockets::new_state`).
-                let z = core::hint::black_box(0u32);
-                (*l).addr = [z, z, z, z];
-            }
-        },
-        None => {
-            let l = Listener { addr: local, count: 1, _pad: 0 };
-            if LISTENERS.insert(port, l, BPF_ANY).is_err() {
-                count(stat::LISTENERS_FULL);
-                return;
-            }
+    let Some(l) = LISTENERS.get_ptr_mut(ctx::local_port(ctx) as u32) else {
+        return;
+    };
+    // SAFETY: LISTENERS value pointer; listen() runs under the socket lock, but sockets of other
+    // namespaces (or SO_REUSEPORT) may share the port, so the count is atomic. The address is
+    // written after the count: no SYN-ACK of the port is retransmitted before its first listen.
+    unsafe {
+        if add32(&raw mut (*l).count, 1) == 0 {
+            (*l).addr = local;
+        } else if (*l).addr != local {
+            // Wildcard. An opaque zero, not a byte-loop `memset` (see `sockets::new_state`).
+            let z = core::hint::black_box(0u32);
+            (*l).addr = [z, z, z, z];
         }
     }
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
+/// A listener's close. One an earlier run armed, which this run never counted, finds the count 0
+/// and leaves it there.
 fn forget_listener(ctx: &SockOpsContext) {
-    let port = ctx::local_port(ctx) as u32;
-    if let Some(l) = LISTENERS.get_ptr_mut(port) {
+    if let Some(l) = listener(ctx::local_port(ctx) as u32) {
         // SAFETY: LISTENERS value pointer.
-        let left = add32(unsafe { &raw mut (*l).count }, u32::MAX);
-        if left <= 1 {
-            let _ = LISTENERS.remove(port);
-        }
+        add32(unsafe { &raw mut (*l).count }, u32::MAX);
     }
 }

@@ -1,7 +1,10 @@
 //! SYN-ACK retransmissions of the accepting side. They happen on request sockets, before a full
 //! socket exists, so sock_ops never sees them; the kernel's `tcp_retransmit_synack` tracepoint
-//! fires once per successful retransmission, exactly where it counts TcpRetransSegs. Only ports
-//! that a listener of the monitored cgroup listens on are counted.
+//! fires once per successful retransmission, exactly where it counts TcpRetransSegs. Only those
+//! of listeners of the monitored cgroup are counted: the programs check the listener's own
+//! cgroup (`SYNACK_BY_CGROUP`), so listeners opened before the agent started count too, and a
+//! listener of another cgroup on the same port does not. Where the agent's cgroup is not known,
+//! they count the ports a listener of the cgroup listened on since the agent started (LISTENERS).
 //!
 //! Two programs for the one tracepoint, and the daemon attaches one of them:
 //! - `flow_synack_retrans_btf` (`tp_btf`), preferred. A BTF tracepoint program is skipped only
@@ -22,15 +25,46 @@ use aya_ebpf::{
 use crate::{
     ctx::AF_INET,
     flows::{add, flow},
-    maps::{LISTENERS, count},
+    maps::{count, listener},
     walk::{
         TCP_OFF_DADDR, TCP_OFF_DPORT, TCP_OFF_FAMILY, TCP_OFF_NUM, TCP_OFF_RCV_SADDR, TCP_OFF_V6_DADDR,
-        TCP_OFF_V6_RCV_SADDR, off,
+        TCP_OFF_V6_RCV_SADDR, off, sock_in_agent_cgroup,
     },
 };
 
+/// 1 when the agent's cgroup is known (set by the daemon): the programs count a SYN-ACK
+/// retransmission by its listener's cgroup, an accepted socket of the cgroup (whose listener is
+/// of the cgroup too) starts from the retransmissions it inherits
+/// (`sock_ops::on_passive_established`), and sock_ops keeps no LISTENERS. 0: by the ports in
+/// LISTENERS.
+#[unsafe(no_mangle)]
+static SYNACK_BY_CGROUP: u32 = 0;
+
+/// `SYNACK_BY_CGROUP` (see there).
+#[inline(always)]
+pub fn synack_by_cgroup() -> bool {
+    // SAFETY: read of a load-time global; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(&SYNACK_BY_CGROUP) != 0 }
+}
+
+/// The address to count SYN-ACKs of local port `sport` for (all zero: any), if their listener
+/// (at the address `listener` reads) is of the cgroup (`SYNACK_BY_CGROUP`: the request's own
+/// address then), or the port one a listener of the cgroup listens on (LISTENERS: the address
+/// the port's listeners are bound to).
+#[inline(always)]
+fn ours(sport: u16, listener_sk: impl FnOnce() -> Option<u64>) -> Option<Addr> {
+    if synack_by_cgroup() {
+        return if sock_in_agent_cgroup(listener_sk()?) { Some([0; 4]) } else { None };
+    }
+    let l = listener(sport as u32)?;
+    // SAFETY: LISTENERS value pointer.
+    Some(unsafe { (*l).addr })
+}
+
 // Field offsets in the tracepoint record. The daemon reads them from the tracepoint's `format`
 // file and rewrites these globals at load time.
+#[unsafe(no_mangle)]
+static SYNACK_OFF_SKADDR: u32 = 8;
 #[unsafe(no_mangle)]
 static SYNACK_OFF_SPORT: u32 = 24;
 #[unsafe(no_mangle)]
@@ -60,7 +94,8 @@ pub fn flow_synack_retrans(ctx: TracePointContext) -> u32 {
 
 fn on_synack_retrans(ctx: &TracePointContext) -> Option<()> {
     let sport: u16 = read(ctx, off(&SYNACK_OFF_SPORT))?;
-    retransmitted(sport, || {
+    let bound = ours(sport, || read(ctx, off(&SYNACK_OFF_SKADDR)))?;
+    retransmitted(sport, bound, || {
         let dport: u16 = read(ctx, off(&SYNACK_OFF_DPORT))?;
         let family: u16 = read(ctx, off(&SYNACK_OFF_FAMILY))?;
         let (local, remote): (Addr, Addr) = if family as u32 == AF_INET {
@@ -93,7 +128,8 @@ pub fn flow_synack_retrans_btf(ctx: BtfTracePointContext) -> i32 {
 fn on_synack_retrans_btf(ctx: &BtfTracePointContext) -> Option<()> {
     let (sk, req): (*const u8, *const u8) = (ctx.arg(0), ctx.arg(1));
     let sport: u16 = kread(req, off(&TCP_OFF_NUM))?;
-    retransmitted(sport, || {
+    let bound = ours(sport, || Some(sk as u64))?;
+    retransmitted(sport, bound, || {
         let dport: u16 = u16::from_be(kread(req, off(&TCP_OFF_DPORT))?);
         let family: u16 = kread(sk, off(&TCP_OFF_FAMILY))?;
         let (local, remote): (Addr, Addr) = if family as u32 == AF_INET {
@@ -105,16 +141,13 @@ fn on_synack_retrans_btf(ctx: &BtfTracePointContext) -> Option<()> {
     })
 }
 
-/// One SYN-ACK retransmission from local port `sport`: counted on its flow if a listener of the
-/// monitored cgroup has the port (and the address); `rest` reads the remote port and the local
-/// and remote addresses, only then.
+/// One SYN-ACK retransmission from local port `sport` of a listener of the monitored cgroup
+/// bound to `bound` (all zero: any address): counted on its flow if the request's local address
+/// is that; `rest` reads the remote port and the local and remote addresses.
 #[inline(always)]
-fn retransmitted(sport: u16, rest: impl FnOnce() -> Option<(u16, Addr, Addr)>) -> Option<()> {
-    let l = LISTENERS.get_ptr(sport as u32)?;
+fn retransmitted(sport: u16, bound: Addr, rest: impl FnOnce() -> Option<(u16, Addr, Addr)>) -> Option<()> {
     count(stat::EVENTS);
     let (dport, local, remote) = rest()?;
-    // SAFETY: LISTENERS value pointer.
-    let bound = unsafe { (*l).addr };
     if bound != [0; 4] && bound != local {
         return None;
     }

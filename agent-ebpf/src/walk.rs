@@ -307,6 +307,23 @@ fn in_agent_cgroup(sk: *const u8) -> bool {
         return true;
     }
     let Some(cgroup) = field::<u64>(sk, off(&CG_OFF_SK_CGROUP)) else { return false };
+    descends_from(cgroup, agent)
+}
+
+/// Whether the socket at `sk` (any kernel socket, read through `bpf_probe_read_kernel`) is of
+/// the agent's cgroup or below it, as `in_agent_cgroup`; false when the agent's cgroup is not
+/// known (`AGENT_CGROUP_ID` 0).
+#[inline(never)]
+pub fn sock_in_agent_cgroup(sk: u64) -> bool {
+    // SAFETY: read of a load-time global; volatile so it is not constant-folded.
+    let agent = unsafe { core::ptr::read_volatile(&AGENT_CGROUP_ID) };
+    agent != 0 && descends_from(kernel(sk, off(&CG_OFF_SK_CGROUP)), agent)
+}
+
+/// Whether the cgroup at `cgroup` is the one with id `agent` or below it: the id of one of its
+/// ancestors (itself included).
+#[inline(always)]
+fn descends_from(cgroup: u64, agent: u64) -> bool {
     if cgroup == 0 {
         return false;
     }

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub untracked_events: AtomicU64,
     pub missed_runs: AtomicU64,
     pub walk_idle_sockets: AtomicU64,
+    pub ring_full: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
     /// Network namespaces the walk covers (the agent's own included; 0 without the walk).
@@ -65,6 +66,7 @@ impl Metrics {
         self.untracked_events.fetch_add(s.untracked_events, Relaxed);
         self.missed_runs.fetch_add(s.missed_runs, Relaxed);
         self.walk_idle_sockets.fetch_add(s.walk_idle_sockets, Relaxed);
+        self.ring_full.fetch_add(s.ring_full, Relaxed);
         self.flows_tracked.store(s.flows_tracked, Relaxed);
         self.sockets_tracked.store(s.sockets_tracked, Relaxed);
     }
@@ -115,6 +117,12 @@ impl Metrics {
             "counter",
             "Open sockets the walks passed over as idle (nothing sent or received since the walk before).",
             &[("", g(&self.walk_idle_sockets))],
+        );
+        metric(
+            "ring_full_total",
+            "counter",
+            "Connection records that found their CPU's ring full (--record-slots) and were folded in the kernel instead.",
+            &[("", g(&self.ring_full))],
         );
         metric(
             "flows_tracked",
@@ -198,6 +206,7 @@ mod tests {
         let m = Metrics::default();
         m.destination("backend").deliveries.fetch_add(3, Relaxed);
         m.spool_bytes.store(1234, Relaxed);
+        m.ring_full.store(5, Relaxed);
         let t = m.render();
         assert!(
             t.contains(
@@ -206,6 +215,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("\nflow_agent_spool_bytes 1234\n"), "{t}");
+        assert!(t.contains("\nflow_agent_ring_full_total 5\n"), "{t}");
         assert!(t.contains("flow_agent_map_full_total{map=\"flows\"} 0\n"), "{t}");
         for line in t.lines().filter(|l| !l.starts_with('#')) {
             let (name, value) = line.rsplit_once(' ').unwrap();

@@ -27,15 +27,22 @@ def load_prog(prog_type, insns, expected_attach_type=0, attach_btf_id=0):
     code = ctypes.create_string_buffer(b"".join(insns))
     lic = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(65536)
-    attr = bytearray(128)
-    struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(insns), ctypes.addressof(code), ctypes.addressof(lic), 1,
-                     65536, ctypes.addressof(log))
-    struct.pack_into("<I", attr, 68, expected_attach_type)
-    struct.pack_into("<I", attr, 108, attach_btf_id)
-    try:
+
+    def load(level):
+        attr = bytearray(128)
+        struct.pack_into("<IIQQIIQ", attr, 0, prog_type, len(insns), ctypes.addressof(code), ctypes.addressof(lic),
+                         level, 65536 if level else 0, ctypes.addressof(log) if level else 0)
+        struct.pack_into("<I", attr, 68, expected_attach_type)
+        struct.pack_into("<I", attr, 108, attach_btf_id)
         return bpf(5, bytes(attr))  # BPF_PROG_LOAD
-    except OSError as e:
-        sys.exit(f"load: {e}: {log.value.decode()}")
+
+    try:
+        return load(0)  # without a log: a long program's would not fit in the buffer
+    except OSError:
+        try:
+            return load(1)
+        except OSError as e:
+            sys.exit(f"load: {e}: {log.value.decode()[-4000:]}")
 
 
 def attach_sock_ops(cgroup, insns):

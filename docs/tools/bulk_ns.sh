@@ -7,9 +7,11 @@
 # usage (root): docs/tools/bulk_ns.sh PROGRAM [RUNS] [SECS] [STREAMS]
 #   PROGRAM  a flow-agent binary, or `empty` / `flags` / `state` / `record` (sockops_floor.py)
 # STEPS=cookie,flows,sockets,delete  with `record`: the agent's kinds of work added to the floor,
-#            each timed entered cold (sockops_floor.py, record_floor)
+#            each timed entered cold (sockops_floor.py, record_floor); `spread` (SPREAD=60 GAP=100)
+#            lays the floor's paths out over that many blocks of code that many instructions apart
 # AGENT_ARGS="--record-slots 16384"  extra agent flags
 # AGENT_OUT=FILE  the agent's reports (stdout) there
+# AFTER=CMD  run `CMD AGENT_PID` after each copy (docs/tools/op_time.py)
 # RI=2s      the agent's report interval (the walk runs at each window end; default 2s, as in
 #            the bench's bpf_stats runs); COUNT=1 also prints the callbacks by op
 #            (sockops_ops.py) after each run.
@@ -67,4 +69,5 @@ for i in $(seq "$runs"); do
   gbit=$(python3 -c "import json; print(round(json.load(open('$dir/out.json'))['end']['sum_received']['bits_per_second'] / 1e9, 2))")
   echo "run $i: sock_ops $(mean $((t1 - t0)) $((c1 - c0))) (set-up $(mean $((tm - t0)) $((cm - c0))), rest $(mean $((t1 - tm)) $((c1 - cm)))), walk $(mean $((w1 - w0)) $((v1 - v0))), $gbit Gbit/s"
   if [ -n "${cpid:-}" ]; then kill -USR1 "$cpid"; sleep 0.2; fi
+  if [ -n "${AFTER:-}" ]; then $AFTER "$pid"; fi
 done

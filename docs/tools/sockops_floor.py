@@ -103,6 +103,17 @@ def record_floor(steps=()):
     counters = [(104, 4), (108, 4), (136, 4), (140, 4), (148, 4), (168, 8), (176, 8)]  # snd_nxt/una, retrans, segs, bytes
     at_est = slot(addrs)
     at_close = slot(addrs + counters)
+    if "spread" in steps:
+        # The path through a large program: SPREAD blocks, each two instructions taken and a
+        # jump over GAP instructions not taken (4 B of x86 each), so each block's head is a
+        # code cache line of its own.
+        def spread(tag, n=int(os.environ.get("SPREAD", 60)), gap=int(os.environ.get("GAP", 100))):
+            code = [insn(0xb7, 4, imm=0)]
+            for i in range(n):
+                code += [insn(0x61, 3, 6, 0), (0x55, 3, f"{tag}{i}", 0x7777)] + [insn(0x07, 4, imm=1)] * gap + [f"{tag}{i}"]
+            return code
+        at_est = spread("se") + at_est
+        at_close = spread("sc") + at_close
     if rfd is not None:  # bpf_ringbuf_output(ring, slot, 64, BPF_RB_NO_WAKEUP)
         ring = [insn(0xbf, 2, 0), insn(0x18, 1, 1, imm=rfd), insn(0, imm=0), insn(0xb7, 3, imm=64),
                 insn(0xb7, 4, imm=1), insn(0x85, imm=130)]

@@ -10,7 +10,7 @@ use std::{
 
 use agent_common::{
     maps::{
-        FLOWS_MAP, FlowAgg, FlowKey, LISTENERS_MAP, Listener, MAX_LISTENERS, SOCKETS_MAP, STATS_MAP, SockState,
+        FLOWS_MAP, FlowAgg, FlowKey, LISTENER_PORTS, LISTENERS_MAP, Listener, SOCKETS_MAP, STATS_MAP, SockState,
         WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
     },
     record::{ConnRecord, RECORD_HEADS_MAP, RECORDS_MAP, RingHead},
@@ -164,7 +164,10 @@ impl Capture {
         };
         let agent_cgroup = agent_cgroup(&cgroup, &kernel.cgroup);
         let rings = record_rings(cfg);
-        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup, rings)?;
+        // Either SYN-ACK program checks the listener's cgroup when the agent's is known.
+        let synack_by_cgroup = agent_cgroup.is_some();
+        let mut ebpf =
+            load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup, synack_by_cgroup, rings)?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
@@ -203,7 +206,7 @@ impl Capture {
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
-        let listeners_mem = htab_bytes(MAX_LISTENERS, 4, size_of::<Listener>());
+        let listeners_mem = LISTENER_PORTS as u64 * size_of::<Listener>() as u64;
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -521,12 +524,14 @@ fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Resul
 
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
 /// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
-/// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`).
+/// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`;
+/// `synack_by_cgroup`: the SYN-ACK programs count by the listener's cgroup, `synack.rs`).
 fn load(
     cfg: &Config,
     synack: Option<&SynackOffsets>,
     tcp: Option<&TcpOffsets>,
     agent_cgroup: Option<(u64, CgroupOffsets)>,
+    synack_by_cgroup: bool,
     rings: Option<(usize, u64)>,
 ) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
@@ -535,6 +540,7 @@ fn load(
     let (cgroup_id, cg) = agent_cgroup.unwrap_or_default();
     let t = tcp.copied().unwrap_or_default();
     let synack = synack.copied().unwrap_or_default();
+    let by_cgroup = synack_by_cgroup as u32;
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
@@ -569,6 +575,8 @@ fn load(
         .override_global("CG_OFF_ANCESTORS", &cg.ancestors, true)
         .override_global("CG_OFF_KN", &cg.kn, true)
         .override_global("CG_OFF_KN_ID", &cg.kn_id, true)
+        .override_global("SYNACK_BY_CGROUP", &by_cgroup, true)
+        .override_global("SYNACK_OFF_SKADDR", &synack.skaddr, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
         .override_global("SYNACK_OFF_FAMILY", &synack.family, true)

@@ -10,6 +10,8 @@ pub const FORMAT: &str = "events/tcp/tcp_retransmit_synack/format";
 /// Offsets of the fields the SYN-ACK program reads, as the running kernel lays them out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SynackOffsets {
+    /// The listener's address (`skaddr`), whose cgroup the program checks.
+    pub skaddr: u32,
     pub sport: u32,
     pub dport: u32,
     pub family: u32,
@@ -53,6 +55,7 @@ impl SynackOffsets {
             Err(format!("field {name} not found in the format file"))
         };
         Ok(SynackOffsets {
+            skaddr: field("skaddr", 8)?,
             sport: field("sport", 2)?,
             dport: field("dport", 2)?,
             family: field("family", 2)?,
@@ -102,7 +105,16 @@ format:
         let o = SynackOffsets::parse(FORMAT_6_18).unwrap();
         assert_eq!(
             o,
-            SynackOffsets { sport: 24, dport: 26, family: 28, saddr: 30, daddr: 34, saddr_v6: 38, daddr_v6: 54 }
+            SynackOffsets {
+                skaddr: 8,
+                sport: 24,
+                dport: 26,
+                family: 28,
+                saddr: 30,
+                daddr: 34,
+                saddr_v6: 38,
+                daddr_v6: 54
+            }
         );
     }
 

@@ -363,6 +363,7 @@ mod tests {
         let mut r = report(0, vec![]);
         r.agent_stats.cpu_seconds = 1.5;
         r.agent_stats.walk_idle_sockets = 7;
+        r.agent_stats.ring_full = 3;
         let b = s.apply(&r, &[]);
         for (_, name, v) in agent_counters(&r.agent_stats) {
             let series = b.series.iter().find(|s| s.labels.iter().any(|l| l.name == "__name__" && l.value == name));
