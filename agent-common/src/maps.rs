@@ -77,7 +77,8 @@ pub const DEFAULT_MAX_SOCKETS: u32 = 65_536;
 pub const DEFAULT_MAX_FLOWS: u32 = 8_192;
 /// LISTENERS is an array indexed by local port: one entry per port, so it cannot fill, and a
 /// listen or a listener's close costs no hash-map operation (~1-2 µs each entered cold, as after
-/// a bulk copy). 65,536 entries of 24 bytes: 1.5 MiB.
+/// a bulk copy). 65,536 entries of 24 bytes: 1.5 MiB, where the SYN-ACK programs go by port; one
+/// entry, unused, where they check the listener's cgroup (the default).
 pub const LISTENER_PORTS: u32 = 65_536;
 
 pub const ROLE_CLIENT: u8 = 1;

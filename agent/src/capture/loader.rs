@@ -206,7 +206,7 @@ impl Capture {
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
-        let listeners_mem = LISTENER_PORTS as u64 * size_of::<Listener>() as u64;
+        let listeners_mem = listener_slots(synack_by_cgroup) as u64 * size_of::<Listener>() as u64;
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -281,7 +281,6 @@ impl Capture {
             .map_err(|source| CaptureError::Map { name: FLOWS_MAP, source })?;
         let stats = PerCpuArray::try_from(ebpf.take_map(STATS_MAP).ok_or(CaptureError::MissingMap(STATS_MAP))?)
             .map_err(|source| CaptureError::Map { name: STATS_MAP, source })?;
-        let _ = LISTENERS_MAP;
         let mut records = match rings {
             Some((cpus, slots)) => Some(open_records(&mut ebpf, cfg, cpus, slots)?),
             None => None,
@@ -450,6 +449,13 @@ impl Capture {
     }
 }
 
+/// LISTENERS' entries: one per port (1.5 MiB) where the SYN-ACK programs go by port, and the
+/// least an array can have where they check the listener's cgroup and nothing uses it
+/// (`synack_by_cgroup`: listens are not noted, and a lookup past its end finds no listener).
+fn listener_slots(synack_by_cgroup: bool) -> u32 {
+    if synack_by_cgroup { 1 } else { LISTENER_PORTS }
+}
+
 /// The agent's cgroup as the walk checks a socket's against it (`walk::in_agent_cgroup`): its
 /// id (its directory's inode number) and where the kernel keeps a socket's. `None`, with a
 /// warning, when either is unknown: the walk then folds every socket armed as walked in its
@@ -543,6 +549,7 @@ fn load(
     let by_cgroup = synack_by_cgroup as u32;
     let mut loader = EbpfLoader::new();
     loader
+        .map_max_entries(LISTENERS_MAP, listener_slots(synack_by_cgroup))
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
         .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
         .map_max_entries(WALKED_NETNS_MAP, cfg.max_walked_netns)
