@@ -101,7 +101,9 @@ const _: () = assert!(
 );
 
 /// The entry: callbacks without work (`fold::has_work`: 12 of a short connection's 17) return
-/// here, in the entry's few instructions, without entering the handler and its ~25 KB of code.
+/// here, in the entry's few instructions, without entering the handler and its ~36 KB of code
+/// (entered cold, each line of it a call's path touches costs ~20 ns: docs/performance.md,
+/// "Results, 2026-12-06 (seventh)"); so do those `none_here` answers.
 #[sock_ops]
 pub fn flow_sock_ops(ctx: SockOpsContext) -> u32 {
     let (op, arg1) = (ctx.op(), ctx.arg(1));

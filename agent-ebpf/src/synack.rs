@@ -47,10 +47,10 @@ pub fn synack_by_cgroup() -> bool {
     unsafe { core::ptr::read_volatile(&SYNACK_BY_CGROUP) != 0 }
 }
 
-/// The address to count SYN-ACKs of local port `sport` for (all zero: any), if their listener
-/// (at the address `listener` reads) is of the cgroup (`SYNACK_BY_CGROUP`: the request's own
-/// address then), or the port one a listener of the cgroup listens on (LISTENERS: the address
-/// the port's listeners are bound to).
+/// The address to count SYN-ACKs of local port `sport` for (all zero: any): with
+/// `SYNACK_BY_CGROUP`, any if their listener (the kernel address `listener_sk` reads) is of the
+/// cgroup; otherwise, if a listener of the cgroup listens on the port (LISTENERS), the address
+/// the port's listeners are bound to. None: not ours.
 #[inline(always)]
 fn ours(sport: u16, listener_sk: impl FnOnce() -> Option<u64>) -> Option<Addr> {
     if synack_by_cgroup() {
