@@ -164,10 +164,7 @@ impl Capture {
         };
         let agent_cgroup = agent_cgroup(&cgroup, &kernel.cgroup);
         let rings = record_rings(cfg);
-        // Either SYN-ACK program checks the listener's cgroup when the agent's is known.
-        let synack_by_cgroup = agent_cgroup.is_some();
-        let mut ebpf =
-            load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup, synack_by_cgroup, rings)?;
+        let mut ebpf = load(cfg, tracepoint.as_ref().ok(), kernel.tcp.as_ref().ok(), agent_cgroup, rings)?;
         // Before the sock_ops program attaches, so that sockets of walked namespaces get no
         // per-segment callbacks from the start.
         let mut folding = match (&kernel.iter_id, cfg.fold_mode) {
@@ -206,7 +203,7 @@ impl Capture {
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
-        let listeners_mem = listener_slots(synack_by_cgroup) as u64 * size_of::<Listener>() as u64;
+        let listeners_mem = listener_slots(agent_cgroup.is_some()) as u64 * size_of::<Listener>() as u64;
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -450,10 +447,11 @@ impl Capture {
 }
 
 /// LISTENERS' entries: one per port (1.5 MiB) where the SYN-ACK programs go by port, and the
-/// least an array can have where they check the listener's cgroup and nothing uses it
-/// (`synack_by_cgroup`: listens are not noted, and a lookup past its end finds no listener).
-fn listener_slots(synack_by_cgroup: bool) -> u32 {
-    if synack_by_cgroup { 1 } else { LISTENER_PORTS }
+/// least an array can have where they check the listener's cgroup (`by_cgroup`: the agent's
+/// cgroup is known, `load`) and nothing uses it: listens are not noted, and a lookup past its end
+/// finds no listener.
+fn listener_slots(by_cgroup: bool) -> u32 {
+    if by_cgroup { 1 } else { LISTENER_PORTS }
 }
 
 /// The agent's cgroup as the walk checks a socket's against it (`walk::in_agent_cgroup`): its
@@ -530,14 +528,13 @@ fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Resul
 
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
 /// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
-/// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`;
-/// `synack_by_cgroup`: the SYN-ACK programs count by the listener's cgroup, `synack.rs`).
+/// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`, and
+/// where it is known the SYN-ACK programs count by the listener's cgroup, `synack.rs`).
 fn load(
     cfg: &Config,
     synack: Option<&SynackOffsets>,
     tcp: Option<&TcpOffsets>,
     agent_cgroup: Option<(u64, CgroupOffsets)>,
-    synack_by_cgroup: bool,
     rings: Option<(usize, u64)>,
 ) -> Result<Ebpf, CaptureError> {
     let fold_ns = cfg.fold_interval.as_nanos().min(u64::MAX as u128) as u64;
@@ -546,10 +543,11 @@ fn load(
     let (cgroup_id, cg) = agent_cgroup.unwrap_or_default();
     let t = tcp.copied().unwrap_or_default();
     let synack = synack.copied().unwrap_or_default();
-    let by_cgroup = synack_by_cgroup as u32;
+    let by_cgroup = agent_cgroup.is_some();
+    let synack_by_cgroup = by_cgroup as u32;
     let mut loader = EbpfLoader::new();
     loader
-        .map_max_entries(LISTENERS_MAP, listener_slots(synack_by_cgroup))
+        .map_max_entries(LISTENERS_MAP, listener_slots(by_cgroup))
         .map_max_entries(FLOWS_MAP, cfg.max_flows)
         .map_max_entries(SOCKETS_MAP, cfg.max_sockets)
         .map_max_entries(WALKED_NETNS_MAP, cfg.max_walked_netns)
@@ -582,7 +580,7 @@ fn load(
         .override_global("CG_OFF_ANCESTORS", &cg.ancestors, true)
         .override_global("CG_OFF_KN", &cg.kn, true)
         .override_global("CG_OFF_KN_ID", &cg.kn_id, true)
-        .override_global("SYNACK_BY_CGROUP", &by_cgroup, true)
+        .override_global("SYNACK_BY_CGROUP", &synack_by_cgroup, true)
         .override_global("SYNACK_OFF_SKADDR", &synack.skaddr, true)
         .override_global("SYNACK_OFF_SPORT", &synack.sport, true)
         .override_global("SYNACK_OFF_DPORT", &synack.dport, true)
