@@ -91,6 +91,22 @@ pub enum SynackHook {
     Tracepoint,
 }
 
+/// How the SYN-ACK programs tell a listener of the monitored cgroup (the SYN-ACK retransmissions
+/// of its requests are counted) from another's.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynackListeners {
+    /// By the listener's own cgroup, read as the walk reads a socket's: every listener of the
+    /// cgroup, those opened before the agent started included. Falls back to `port` (logged)
+    /// where the kernel's cgroup layout is unknown to the agent (no BTF).
+    #[default]
+    Cgroup,
+    /// By local port: the ports listeners of the cgroup listened on since the agent started
+    /// (sock_ops notes them), shared by namespaces listening on the same port. A listener older
+    /// than the agent is counted only through the connections it accepts.
+    Port,
+}
+
 /// Compression of OTLP requests.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,6 +197,11 @@ pub struct RunArgs {
     /// [default: btf].
     #[arg(long, value_enum)]
     pub synack_hook: Option<SynackHook>,
+    /// How the SYN-ACK programs match a request's listener to the monitored cgroup: "cgroup" (the
+    /// listener's own cgroup; "port" where the kernel's cgroup layout is unknown) or "port" (the
+    /// local ports the cgroup's listeners listened on since the agent started) [default: cgroup].
+    #[arg(long, value_enum)]
+    pub synack_listeners: Option<SynackListeners>,
     /// Callback mode: longest an open socket's bytes wait before they reach its flow; "0s" folds
     /// them only on RTT/retransmit/close events [default: 100ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -348,6 +369,7 @@ struct FileConfig {
     record_slots: Option<u32>,
     walk_full_interval: Option<String>,
     synack_hook: Option<SynackHook>,
+    synack_listeners: Option<SynackListeners>,
     fold_interval: Option<String>,
     metrics_address: Option<String>,
     flow_log_destination: Option<String>,
@@ -402,6 +424,7 @@ pub struct Config {
     pub record_slots: u32,
     pub walk_full_interval: Duration,
     pub synack_hook: SynackHook,
+    pub synack_listeners: SynackListeners,
     pub fold_interval: Duration,
     pub metrics_address: SocketAddr,
     pub flow_log_destination: Option<FlowLogDestination>,
@@ -499,6 +522,7 @@ impl Config {
                 .or(file_duration("walk_full_interval", &file.walk_full_interval)?)
                 .unwrap_or(DEFAULT_WALK_FULL_INTERVAL),
             synack_hook: args.synack_hook.or(file.synack_hook).unwrap_or_default(),
+            synack_listeners: args.synack_listeners.or(file.synack_listeners).unwrap_or_default(),
             fold_interval: args
                 .fold_interval
                 .or(file_duration("fold_interval", &file.fold_interval)?)
@@ -909,6 +933,21 @@ mod tests {
             let e = Config::resolve(&RunArgs { max_walked_netns: Some(n), ..args() }).unwrap_err().to_string();
             assert!(e.contains("max_walked_netns") && e.contains(says), "{e}");
         }
+    }
+
+    #[test]
+    fn synack_listeners_from_the_flag_or_the_file() {
+        assert_eq!(Config::resolve(&args()).unwrap().synack_listeners, SynackListeners::Cgroup);
+        let c = Config::resolve(&RunArgs { synack_listeners: Some(SynackListeners::Port), ..args() }).unwrap();
+        assert_eq!(c.synack_listeners, SynackListeners::Port);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "synack_listeners = \"port\"\n").unwrap();
+        let c = Config::resolve(&RunArgs { config: Some(path.clone()), ..args() }).unwrap();
+        assert_eq!(c.synack_listeners, SynackListeners::Port);
+        std::fs::write(&path, "synack_listeners = \"pid\"\n").unwrap();
+        let e = Config::resolve(&RunArgs { config: Some(path), ..args() }).unwrap_err().to_string();
+        assert!(e.contains("synack_listeners") && e.contains("pid"), "{e}");
     }
 
     #[test]

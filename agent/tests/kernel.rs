@@ -565,32 +565,67 @@ fn synack_retransmissions_of_unanswered_handshakes_to_a_listener_older_than_the_
         return;
     };
     for hook in ["btf", "tracepoint"] {
-        let lab = Lab::new();
-        // One SYN-ACK retransmission per request by its timer (and one per repeated SYN), then
-        // the request is dropped; the client gives up after one SYN retransmission.
-        support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_synack_retries=1", lab.b));
-        support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_syn_retries=1", lab.a));
-        let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5026", "--conns", "1"]);
-        let agent = Agent::start(&lab, &["--synack-hook", hook]);
-        let nb0 = lab.nstat(&lab.b);
-        lab.nft_input_rule(&lab.a, "synack", "tcp flags & (syn|ack) == syn|ack drop");
-        let client = lab
-            .traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5026", "--conns", "2", "--parallel"])
-            .result();
-        let requests_gone =
-            || support::sh(&format!("ip netns exec {} ss -Htn state syn-recv", lab.b)).trim().is_empty();
-        assert!(wait_until(20, requests_gone), "the requests must expire");
-        let nb1 = lab.nstat(&lab.b);
-        let reports = agent.stop();
-        drop(server);
-        assert_eq!(client["errors"]["ETIMEDOUT"], 2, "{client}");
-        let s = totals(&reports, flow(lab.b4, lab.a4, 5026, Role::Server));
-        let kernel = delta(&nb0, &nb1, "TcpRetransSegs");
-        eprintln!("{hook}: SYN-ACK retransmissions {} (kernel {kernel})", s.retransmissions);
-        assert!(kernel >= 2, "the server must have retransmitted SYN-ACKs ({hook})");
-        assert_eq!(s.retransmissions, kernel, "{hook}");
-        assert_eq!(s.established, 0, "{hook}");
+        let log = unanswered_synacks(5026, &["--synack-hook", hook], true);
+        assert!(log.contains("synack_listeners=cgroup"), "{log}");
     }
+}
+
+/// The same, the programs going by port (`--synack-listeners port`, as where the kernel's cgroup
+/// layout is unknown), to a listener on a port listened on before and closed since (its count of
+/// listeners in LISTENERS goes 1, 0, 1), both SYN-ACK programs.
+#[test]
+fn synack_retransmissions_of_unanswered_handshakes_counted_by_port_equal_kernel_counters() {
+    let Some(_g) = privileged("synack_retransmissions_of_unanswered_handshakes_counted_by_port_equal_kernel_counters")
+    else {
+        return;
+    };
+    for hook in ["btf", "tracepoint"] {
+        let log = unanswered_synacks(5027, &["--synack-hook", hook, "--synack-listeners", "port"], false);
+        assert!(log.contains("synack_listeners=port"), "{log}");
+    }
+}
+
+/// Two handshakes to `port` whose SYN-ACKs are all dropped, with the agent started with `extra`,
+/// its listener listening before the agent starts (`older`), or after a first listener on the
+/// port served a connection and closed: the server's SYN-ACK retransmissions on its flow equal the
+/// kernel's. The agent's log.
+fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
+    let lab = Lab::new();
+    let port = port.to_string();
+    let tag = extra.join(" ");
+    // One SYN-ACK retransmission per request by its timer (and one per repeated SYN), then the
+    // request is dropped; the client gives up after one SYN retransmission.
+    support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_synack_retries=1", lab.b));
+    support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_syn_retries=1", lab.a));
+    let serve = |conns: &str| lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", &port, "--conns", conns]);
+    let early = older.then(|| serve("1"));
+    let agent = Agent::start(&lab, extra);
+    let server = early.unwrap_or_else(|| {
+        let first = serve("1");
+        let c = lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", &port, "--conns", "1"]).result();
+        assert_eq!(c["ok"], 1, "client before: {c}");
+        first.result();
+        serve("1")
+    });
+    let nb0 = lab.nstat(&lab.b);
+    lab.nft_input_rule(&lab.a, "synack", "tcp flags & (syn|ack) == syn|ack drop");
+    let client =
+        lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", &port, "--conns", "2", "--parallel"]).result();
+    let requests_gone = || support::sh(&format!("ip netns exec {} ss -Htn state syn-recv", lab.b)).trim().is_empty();
+    assert!(wait_until(20, requests_gone), "the requests must expire ({tag})");
+    let nb1 = lab.nstat(&lab.b);
+    let (lines, log) = agent.stop_with_log();
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    drop(server);
+    assert_eq!(client["errors"]["ETIMEDOUT"], 2, "{client}");
+    let s = totals(&reports, flow(lab.b4, lab.a4, port.parse().unwrap(), Role::Server));
+    let kernel = delta(&nb0, &nb1, "TcpRetransSegs");
+    eprintln!("{tag}: SYN-ACK retransmissions {} (kernel {kernel})", s.retransmissions);
+    assert!(kernel >= 2, "the server must have retransmitted SYN-ACKs ({tag})");
+    let before = if older { 0 } else { 1 };
+    assert_eq!(s.retransmissions, kernel, "{tag}");
+    assert_eq!(s.established, before, "{tag}");
+    log
 }
 
 /// The same while BPF map system calls hold every CPU (as the agent's own map reads do, or any

@@ -31,7 +31,7 @@ use super::{
     walk::{Registry, Walk},
 };
 use crate::{
-    config::{Config, FoldMode, SynackHook},
+    config::{Config, FoldMode, SynackHook, SynackListeners},
     sys,
 };
 
@@ -203,7 +203,8 @@ impl Capture {
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
-        let listeners_mem = listener_slots(agent_cgroup.is_some()) as u64 * size_of::<Listener>() as u64;
+        let listeners_mem =
+            listener_slots(synack_by_cgroup(cfg, agent_cgroup.is_some())) as u64 * size_of::<Listener>() as u64;
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -268,9 +269,11 @@ impl Capture {
                     .map_err(CaptureError::DupProgram)?,
             );
         }
+        let listeners = if synack_by_cgroup(cfg, agent_cgroup.is_some()) { "cgroup" } else { "port" };
         tracing::info!(
             cgroup = %cgroup.display(),
             walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
+            synack_listeners = %listeners,
             "sock_ops and {synack} attached"
         );
 
@@ -454,6 +457,13 @@ fn listener_slots(by_cgroup: bool) -> u32 {
     if by_cgroup { 1 } else { LISTENER_PORTS }
 }
 
+/// Whether the SYN-ACK programs check a listener's cgroup (`synack.rs`): as configured
+/// (`--synack-listeners`), where the agent's cgroup is known (`known`, see `agent_cgroup`);
+/// otherwise they go by port.
+fn synack_by_cgroup(cfg: &Config, known: bool) -> bool {
+    known && cfg.synack_listeners == SynackListeners::Cgroup
+}
+
 /// The agent's cgroup as the walk checks a socket's against it (`walk::in_agent_cgroup`): its
 /// id (its directory's inode number) and where the kernel keeps a socket's. `None`, with a
 /// warning, when either is unknown: the walk then folds every socket armed as walked in its
@@ -466,7 +476,8 @@ fn agent_cgroup(path: &std::path::Path, offsets: &Result<CgroupOffsets, String>)
         Err(e) => {
             tracing::warn!(
                 cgroup = %path.display(),
-                "the walk cannot tell this cgroup's sockets from another agent's ({e}): run one agent per host"
+                "the walk cannot tell this cgroup's sockets from another agent's ({e}): run one agent per host; \
+                 SYN-ACK retransmissions are matched to listeners by port"
             );
             None
         }
@@ -529,7 +540,8 @@ fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Resul
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
 /// of the SYN-ACK BTF program, neither of which starts without them; `synack`: the classic
 /// tracepoint's, which is not attached without them; `agent_cgroup`: see `agent_cgroup`, and
-/// where it is known the SYN-ACK programs count by the listener's cgroup, `synack.rs`).
+/// where it is known the SYN-ACK programs count by the listener's cgroup unless configured to go
+/// by port, `synack_by_cgroup`).
 fn load(
     cfg: &Config,
     synack: Option<&SynackOffsets>,
@@ -543,7 +555,7 @@ fn load(
     let (cgroup_id, cg) = agent_cgroup.unwrap_or_default();
     let t = tcp.copied().unwrap_or_default();
     let synack = synack.copied().unwrap_or_default();
-    let by_cgroup = agent_cgroup.is_some();
+    let by_cgroup = synack_by_cgroup(cfg, agent_cgroup.is_some());
     let synack_by_cgroup = by_cgroup as u32;
     let mut loader = EbpfLoader::new();
     loader
