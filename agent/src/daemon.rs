@@ -130,7 +130,9 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     // Half of WatchdogSec (systemd); without a watchdog the ticks send nothing.
     let mut watchdog = tokio::time::interval(notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
-    // Connection records are read in this task, between walks and readings, never beside them.
+    // Connection records are read in this task, between walks and readings, never beside them;
+    // without records the task does not wake for them (20 times a second for nothing).
+    let has_records = p.capture.has_records();
     let mut records = tokio::time::interval(capture::READ_RECORDS_EVERY);
     records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     health.set_ready();
@@ -160,7 +162,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 notifier.watchdog();
                 continue;
             }
-            _ = records.tick() => {
+            _ = records.tick(), if has_records => {
                 p.capture.read_records();
                 continue;
             }

@@ -355,6 +355,12 @@ impl Capture {
         Ok(())
     }
 
+    /// Whether the programs write connection records (`--record-slots`, walk mode), which
+    /// `read_records` must then read every `records::READ_EVERY`.
+    pub fn has_records(&self) -> bool {
+        self.records.is_some()
+    }
+
     /// Fold the connection records the programs wrote since the last reading (walk mode): often
     /// enough that the rings do not fill (`records::READ_EVERY`).
     pub fn read_records(&mut self) {
