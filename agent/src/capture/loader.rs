@@ -203,8 +203,9 @@ impl Capture {
 
         let sockets_mem = htab_bytes(cfg.max_sockets, 8, size_of::<SockState>());
         let flows_mem = htab_bytes(cfg.max_flows, size_of::<FlowKey>(), size_of::<FlowAgg>());
-        let listeners_mem =
-            listener_slots(synack_by_cgroup(cfg, agent_cgroup.is_some())) as u64 * size_of::<Listener>() as u64;
+        // As `load` derived it from the same settings.
+        let by_cgroup = synack_by_cgroup(cfg, agent_cgroup.is_some());
+        let listeners_mem = listener_slots(by_cgroup) as u64 * size_of::<Listener>() as u64;
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -269,7 +270,7 @@ impl Capture {
                     .map_err(CaptureError::DupProgram)?,
             );
         }
-        let listeners = if synack_by_cgroup(cfg, agent_cgroup.is_some()) { "cgroup" } else { "port" };
+        let listeners = if by_cgroup { "cgroup" } else { "port" };
         tracing::info!(
             cgroup = %cgroup.display(),
             walked_namespaces = if let Folding::Walk(w) = &folding { w.namespaces() } else { 0 },
