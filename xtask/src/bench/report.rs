@@ -76,6 +76,13 @@ impl TwinSummary {
         })
     }
 
+    /// How much a pair's ratio varies, percent (standard deviation; infinite for one pair): the
+    /// hour's noise, which moves from 0.8% on a calm day to 5-6% in the slowest hours seen
+    /// (docs/performance.md, "Results, 2026-12-06 (ninth)").
+    pub fn pair_sd_pct(&self) -> f64 {
+        100.0 * self.ratio.1 * ((self.runs / 2) as f64).sqrt()
+    }
+
     /// The agent's CPU as a percentage of what one copy has (half the CPUs).
     pub fn cpu_share_pct(&self) -> f64 {
         self.cpu_pct / (self.cpus as f64 / 2.0)
@@ -448,7 +455,8 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize, wrk_threads: usize) -> Stri
              standard errors. With both CPUs busy this is a cost in CPU time; a load bound by one thread (wrk with \
              --wrk-threads=1) can lose more alone when the agent's work lands on that thread's CPU, so the \
              alternating pairs stay the measure of the workload alone and the twins are judged on a row of their \
-             own.\n\n",
+             own. Pair sd: how much a pair's ratio varies (standard deviation), the hour's noise (0.8% on a calm \
+             day, 5-6% in the slowest hours seen).\n\n",
         );
         if std::env::var_os("FLOW_BENCH_BASELINE_BIN").is_some() {
             md.push_str(
@@ -456,17 +464,20 @@ fn tables(sums: &[Summary], secs: u64, pairs: usize, wrk_threads: usize) -> Stri
                  baseline's, and \"agent CPU\" the difference of the two agents' CPU.\n\n",
             );
         }
-        md.push_str("| workload | runs (pairs) | monitored / other | agent CPU | cost |\n|---|---|---|---|---|\n");
+        md.push_str(
+            "| workload | runs (pairs) | monitored / other | pair sd | agent CPU | cost |\n|---|---|---|---|---|---|\n",
+        );
         for s in sums {
             if let Some(t) = &s.twins {
                 let (c, n) = t.cost_pct();
                 md.push_str(&format!(
-                    "| {} | {} ({}) | {:.4} ± {:.4} | {:.2}% | {c:.2}% ± {n:.2} |\n",
+                    "| {} | {} ({}) | {:.4} ± {:.4} | {:.2}% | {:.2}% | {c:.2}% ± {n:.2} |\n",
                     s.kind.name(),
                     t.runs,
                     t.runs / 2,
                     t.ratio.0,
                     2.0 * t.ratio.1,
+                    t.pair_sd_pct(),
                     t.cpu_pct
                 ));
             }
@@ -543,6 +554,7 @@ pub fn json(results: &[(Kind, Vec<Run>, Vec<Twin>)], soak: Option<&Soak>, wrk_th
                     "runs": t.runs,
                     "ratio_mean": t.ratio.0,
                     "ratio_standard_error": t.ratio.1,
+                    "pair_sd_pct": t.pair_sd_pct(),
                     "agent_cpu_pct": t.cpu_pct,
                     "throughput_cost_pct": t.cost_pct().0,
                     "throughput_cost_two_se_pct": t.cost_pct().1,
@@ -653,6 +665,8 @@ mod tests {
         let (cost, noise) = t.cost_pct();
         assert!((cost - 2.5).abs() < 1e-9, "{cost}");
         assert!((noise - 2.0).abs() < 1e-9, "{noise}");
+        // The two pairs' ratios, 0.99 and 0.97, vary by 1.414% (standard deviation).
+        assert!((t.pair_sd_pct() - 2f64.sqrt()).abs() < 1e-9, "{}", t.pair_sd_pct());
         // On 8 CPUs one copy has 4: the same agent CPU is an eighth of a percent of it.
         let t8 = TwinSummary::of(&runs, 8).unwrap();
         assert!((t8.cost_pct().0 - 2.125).abs() < 1e-9);
