@@ -12,6 +12,8 @@
 # AGENT_ARGS="--record-slots 16384"  extra agent flags
 # AGENT_OUT=FILE  the agent's reports (stdout) there
 # AFTER=CMD  run `CMD AGENT_PID` after each copy (docs/tools/op_time.py)
+# STOP=1     stop the agent (SIGSTOP) once its programs are attached, so that nothing of the
+#            daemon runs while the copies do (no walk figures then)
 # RI=2s      the agent's report interval (the walk runs at each window end; default 2s, as in
 #            the bench's bpf_stats runs); COUNT=1 also prints the callbacks by op
 #            (sockops_ops.py) after each run.
@@ -26,7 +28,7 @@ dir=$(mktemp -d)
 stats_was=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
   [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null
-  [ -n "${pid:-}" ] && kill -INT "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }
+  [ -n "${pid:-}" ] && kill -CONT "$pid" 2>/dev/null; [ -n "${pid:-}" ] && kill -INT "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }
   [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null
   # iperf3 itself is a child of $srv: end every process of the cgroup.
   [ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill" 2>/dev/null || true
@@ -54,6 +56,7 @@ else
 fi
 pid=$!
 sleep 2
+if [ -n "${STOP:-}" ] && [ -x "$prog" ]; then kill -STOP "$pid"; fi
 if [ -n "${COUNT:-}" ]; then python3 "$here/sockops_ops.py" "$cg" > /dev/null & cpid=$!; sleep 0.5; fi
 . "$here/prog_stats.sh"
 sample() { prog_stats "$pid" "$1"; }
