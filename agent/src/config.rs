@@ -178,7 +178,8 @@ pub struct RunArgs {
     /// agent as a record in a ring of the CPU's own, which the agent reads every 50 ms and folds
     /// into the flow, rather than being folded in the kernel, where a flow lookup entered with
     /// cold caches (after bulk transfers) costs ~1 µs. The agent's CPU grows with the connection
-    /// rate then (~0.7% of a core at 50,000 connections/s). A record that finds its ring full is
+    /// rate then (~0.5% of a core at 80,000 records/s: 20,000 connections/s with both ends on
+    /// the host, two records each end). A record that finds its ring full is
     /// folded in the kernel instead (counted in agent_stats.ring_full). Linux 6.10 and later
     /// [default: 0, off].
     #[arg(long, value_name = "N")]
