@@ -28,7 +28,10 @@ dir=$(mktemp -d)
 stats_was=$(sysctl -n kernel.bpf_stats_enabled)
 cleanup() {
   [ -n "${cpid:-}" ] && kill "$cpid" 2>/dev/null
-  [ -n "${pid:-}" ] && kill -CONT "$pid" 2>/dev/null; [ -n "${pid:-}" ] && kill -INT "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }
+  if [ -n "${pid:-}" ]; then
+    kill -CONT "$pid" 2>/dev/null  # if STOP=1 stopped it
+    kill -INT "$pid" 2>/dev/null && { wait "$pid" 2>/dev/null || true; }
+  fi
   [ -n "${srv:-}" ] && kill "$srv" 2>/dev/null
   # iperf3 itself is a child of $srv: end every process of the cgroup.
   [ -e "$cg/cgroup.kill" ] && echo 1 > "$cg/cgroup.kill" 2>/dev/null || true

@@ -1,7 +1,8 @@
 # Sourced by the storm tools in this directory: a network namespace with loopback, a cgroup,
 # nginx (one worker, a tiny response) in both, and `storm SECS [client-cgroup]`: wrk -c64 with
 # "Connection: close" on loopback, as `cargo xtask bench storm` runs it, printing wrk's
-# Requests/sec line. With no client cgroup, wrk runs in the storm's cgroup (both ends monitored);
+# Requests/sec line; with KEEPALIVE=1, the same load on keep-alive connections (the bench's
+# keep-alive workload). With no client cgroup, wrk runs in the storm's cgroup (both ends monitored);
 # with "none", outside it (the server side only). wrk runs WRK_THREADS threads (default: one per
 # CPU, as the bench; 1 for the storm of the figures before 2026-12-05 afternoon). Cleans up at
 # exit. Needs root, nginx-light, wrk.
@@ -25,6 +26,8 @@ sleep 1
 storm() {
   local secs=$1 join="echo \$\$ > $cg/cgroup.procs;"
   [ "${2:-}" = none ] && join=""
-  bash -c "$join exec ip netns exec $ns wrk -t${WRK_THREADS:-$(nproc)} -c64 -d${secs}s -H 'Connection: close' http://127.0.0.1:8080/" |
+  local close=(-H 'Connection: close')
+  [ -n "${KEEPALIVE:-}" ] && close=()
+  bash -c "$join exec ip netns exec $ns wrk -t${WRK_THREADS:-$(nproc)} -c64 -d${secs}s ${close[*]@Q} http://127.0.0.1:8080/" |
     grep -E "Requests/sec"
 }

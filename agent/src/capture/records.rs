@@ -14,11 +14,11 @@ use agent_common::{
     record::{ConnRecord, REC_ENTRY, RingHead, apply, kind},
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
-/// Flows by key: a seeded hash, since peers choose addresses and ports. With the standard
-/// library's SipHash for both, a record's three hash operations took 67-80 ns, with these 15-20
-/// (`docs/tools/record_hash`).
+// Flows by key: a seeded hash, since peers choose addresses and ports. With the standard
+// library's SipHash for both, a record's three hash operations took 67-80 ns, with these 15-20
+// (`docs/tools/record_hash`).
 use foldhash::fast::RandomState as FlowHasher;
-/// Sockets by cookie, a number the kernel counts up: a plain multiplicative hash.
+// Sockets by cookie, a number the kernel counts up: a plain multiplicative hash.
 use rustc_hash::FxBuildHasher as CookieHasher;
 
 use crate::sys::SharedMapping;
