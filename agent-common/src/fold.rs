@@ -99,12 +99,14 @@ pub mod cb {
     pub const PARSE_UNKNOWN_HDR_OPT: u32 = 1 << 5;
     pub const WRITE_HDR_OPT: u32 = 1 << 6;
 
-    /// With connection records (`record`), the mark of a walked socket that got a SOCKETS entry
-    /// from one of its callbacks (its RTO gave up, its flow did not fit, an accept with SYN-ACK
-    /// retransmissions to keep): its records say so (`record::REC_ENTRY`), and the daemon looks
-    /// the entry up. (The entries the walk makes, the common case, the daemon learns from the
-    /// walk's output.) Walked sockets need no retransmission callback otherwise, and the one this
-    /// arms returns at once; these sockets are rare, so are their extra callbacks.
+    /// With connection records (`record`), the mark of a walked socket that has a SOCKETS entry
+    /// (its RTO gave up, its flow did not fit, an accept with SYN-ACK retransmissions to keep, or
+    /// the walk made one: a restart's baseline, a socket handed over from callbacks, a client
+    /// seen connecting): its records say so (`record::REC_ENTRY`), and the daemon looks the entry
+    /// up. The walk folds such a socket into its entry; one without the mark it hands to the
+    /// daemon (`record::item::SNAPSHOT`), with no map operation. Set before the entry is stored.
+    /// Walked sockets need no retransmission callback otherwise, and the one this arms returns
+    /// at once; these sockets are rare, so are their extra callbacks.
     pub const ENTRY: u32 = RETRANS;
 
     /// The role bit: set on the accepting side. The flags live in the socket, so they outlast

@@ -287,7 +287,11 @@ pub mod stat {
     /// Connection records that found their CPU's ring full (`record`): the program folded those
     /// events in the kernel instead, so nothing was lost, but the daemon is not keeping up.
     pub const RING_FULL: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// Records that found their ring full and then no room in `RECORD_SPILL` either, of walked
+    /// sockets whose baseline the daemon may hold (`record::item::SNAPSHOT`): folded in the
+    /// kernel instead, where bytes the daemon folded before may count twice.
+    pub const SPILL_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 #[cfg(feature = "user")]
@@ -301,6 +305,7 @@ mod pod {
     unsafe impl aya::Pod for super::WalkedNetns {}
     unsafe impl aya::Pod for crate::record::ConnRecord {}
     unsafe impl aya::Pod for crate::record::RingHead {}
+    unsafe impl aya::Pod for crate::record::SpillKey {}
 }
 
 #[cfg(all(test, feature = "user"))]

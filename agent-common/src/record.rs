@@ -19,6 +19,7 @@ use crate::{
 
 pub const RECORDS_MAP: &str = "RECORDS";
 pub const RECORD_HEADS_MAP: &str = "RECORD_HEADS";
+pub const RECORD_SPILL_MAP: &str = "RECORD_SPILL";
 
 /// Records per CPU by default (`--record-slots`; a power of two): none, records are off. In the
 /// connection storm they cost the daemon ~0.7% of a core and the kernel saves no more than
@@ -37,6 +38,9 @@ pub mod kind {
     pub const ESTABLISHED: u32 = 1;
     /// The socket left `old_state` for CLOSE with the payload counters in `counters`.
     pub const CLOSED: u32 = 2;
+    /// The retransmission timer gave up on a walked socket without a SOCKETS entry, whose
+    /// baseline the daemon may hold (`WalkItem`): its close is to count it timed out.
+    pub const RTO_EXPIRED: u32 = 3;
 }
 
 /// In a record's `flags`: the socket may have a SOCKETS entry (its callback flags carry
@@ -64,6 +68,41 @@ pub struct ConnRecord {
     pub _pad: [u64; 3],
 }
 
+/// What the walk writes to its output for one socket, with records on.
+pub mod item {
+    /// The walk gave the socket a SOCKETS entry: its records are to look it up.
+    pub const ENTRY: u32 = 1;
+    /// An established walked socket without a SOCKETS entry that moved: its payload counters
+    /// (`fold::payload`) as they are now. The daemon keeps what it folded of each (the walk keeps
+    /// nothing in the kernel for it) and folds the difference; its close's record is folded
+    /// against the same.
+    pub const SNAPSHOT: u32 = 2;
+}
+
+/// One socket of the walk's output (records on; `item`), 96 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct WalkItem {
+    pub cookie: u64,
+    pub key: FlowKey,
+    pub counters: SockCounters,
+    pub kind: u32,
+    /// Socket flags (`SOCK_*`).
+    pub flags: u32,
+    /// The smoothed RTT in µs (0 without a sample).
+    pub srtt_us: u32,
+    pub _pad: u32,
+}
+
+/// The key of a record spilled (`RECORD_SPILL`) when its ring was full: the socket's cookie and
+/// the record's kind (a socket may spill an RTO's record and its close's).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
+pub struct SpillKey {
+    pub cookie: u64,
+    pub kind: u64,
+}
+
 /// A ring's head (the next position a program takes, by an atomic add) and tail (the next one
 /// the daemon reads, which it writes back as it reads), on lines of their own.
 #[repr(C)]
@@ -88,6 +127,20 @@ pub fn hist_add(h: &mut Hist, v: u64) {
     *b = b.wrapping_add(1);
 }
 
+/// Add what a walked socket did since the daemon's last fold of it (`d`, from a `WalkItem`) to
+/// its flow, with an RTT sample if segments came in: what the walk's kernel fold adds.
+pub fn apply_moved(d: &SockCounters, srtt_us: u32, agg: &mut FlowAgg) {
+    let add = |f: &mut u64, v: u64| *f = f.wrapping_add(v);
+    add(&mut agg.bytes_sent, d.bytes_acked);
+    add(&mut agg.bytes_received, d.bytes_received);
+    add(&mut agg.segments_sent, d.segs_out as u64);
+    add(&mut agg.segments_received, d.segs_in as u64);
+    add(&mut agg.retransmissions, d.total_retrans as u64);
+    if d.segs_in != 0 && srtt_us != 0 {
+        hist_add(&mut agg.rtt_us, srtt_us as u64);
+    }
+}
+
 /// Fold a record into its flow: what the kernel's fold adds at the same event. `entry` is the
 /// socket's SOCKETS entry when the record says it may have one (`REC_ENTRY`) and it has: the walk
 /// folded the socket before (its `folded` counters are not added again), and its flags say what
@@ -110,14 +163,7 @@ pub fn apply(rec: &ConnRecord, entry: Option<&SockState>, agg: &mut FlowAgg) {
                 Some(e) => fold_step(&e.folded, &rec.counters).0,
                 None => rec.counters,
             };
-            add(&mut agg.bytes_sent, d.bytes_acked);
-            add(&mut agg.bytes_received, d.bytes_received);
-            add(&mut agg.segments_sent, d.segs_out as u64);
-            add(&mut agg.segments_received, d.segs_in as u64);
-            add(&mut agg.retransmissions, d.total_retrans as u64);
-            if d.segs_in != 0 && rec.rtt != 0 {
-                hist_add(&mut agg.rtt_us, rec.rtt as u64);
-            }
+            apply_moved(&d, rec.rtt, agg);
             add(&mut agg.attempted, attempt_due_at_close(flags, rec.old_state) as u64);
             let e = classify_end(rec.old_state, flags);
             add(&mut agg.closed, e.closed);

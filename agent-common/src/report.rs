@@ -239,6 +239,12 @@ pub struct AgentStats {
     /// reading the rings fast enough. Absent in reports of older agents.
     #[serde(default)]
     pub ring_full: u64,
+    /// Connection records of walked sockets that found their ring full and no room to spill
+    /// either (`--record-slots`): folded in the kernel, where bytes the walk handed the agent
+    /// before may count twice. 0 unless the agent stops reading the rings. Absent in reports of
+    /// older agents.
+    #[serde(default)]
+    pub records_spill_full: u64,
     /// Flow keys in the kernel map at window end.
     pub flows_tracked: u64,
     /// Open sockets in the kernel map at window end.

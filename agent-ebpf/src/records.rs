@@ -3,9 +3,13 @@
 
 use agent_common::{
     maps::{FlowKey, SockCounters, stat},
-    record::{ConnRecord, RingHead, has_room},
+    record::{ConnRecord, RingHead, SpillKey, has_room},
 };
-use aya_ebpf::{helpers::bpf_get_smp_processor_id, macros::map, maps::Array};
+use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use crate::maps::count;
@@ -20,6 +24,19 @@ pub static RECORDS: Array<ConnRecord> = Array::with_max_entries(1, BPF_F_MMAPABL
 /// Each CPU's ring positions.
 #[map(name = "RECORD_HEADS")]
 pub static RECORD_HEADS: Array<RingHead> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// `BPF_F_NO_PREALLOC`: the spill takes memory only while it holds records.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Records that found their ring full, of walked sockets whose baseline the daemon may hold
+/// (`record::item::SNAPSHOT`), which the kernel therefore cannot fold exactly; the daemon takes
+/// them out at each reading. Sized by the daemon (`--max-sockets`).
+#[map(name = "RECORD_SPILL")]
+pub static RECORD_SPILL: HashMap<SpillKey, ConnRecord> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Where a spilled record is made (a record does not fit on the handlers' stack).
+#[map(name = "RECORD_SCRATCH")]
+static RECORD_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records per CPU (a power of two), set by the daemon; 0: no records, the programs fold every
 /// event in the kernel.
@@ -75,18 +92,51 @@ pub fn push(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, when
     };
     // SAFETY: `slot` is a whole record of the array, which no other writer holds (its position
     // was taken above) and the daemon does not read before its commit word, written last;
-    // volatile keeps the stores in this order (and x86 keeps it for the other CPU). The field
-    // offsets are `ConnRecord`'s (checked below).
+    // volatile keeps the stores in this order (and x86 keeps it for the other CPU).
     unsafe {
-        let w = slot.cast::<u64>();
+        fill(slot, cookie, key, counters, what, when);
+        core::ptr::write_volatile(slot.cast::<u64>(), pos + 1);
+    }
+    true
+}
+
+/// A record that found its ring full, into `RECORD_SPILL` (`push`'s arguments; `kind` is the
+/// record's kind, also in `what`). False when the spill is full too (counted in
+/// `stat::SPILL_FULL`): the caller folds the event itself.
+#[inline(always)]
+pub fn spill(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, when: u64) -> bool {
+    let Some(rec) = RECORD_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's scratch record; the program is not interrupted by another run of
+    // itself on this CPU between the fill and the insert (the kernel does not nest a program
+    // in itself), and a nested other program does not use it.
+    let done = unsafe {
+        fill(rec, cookie, key, counters, what, when);
+        let k = SpillKey { cookie, kind: what & 0xffff_ffff };
+        RECORD_SPILL.insert(&k, &*rec, 0).is_ok()
+    };
+    if !done {
+        count(stat::SPILL_FULL);
+    }
+    done
+}
+
+/// Write a record's fields but its commit word (the offsets are `ConnRecord`'s, checked below).
+///
+/// # Safety
+/// `rec` valid for the writes of a whole record.
+#[inline(always)]
+unsafe fn fill(rec: *mut ConnRecord, cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, when: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        let w = rec.cast::<u64>();
         core::ptr::write_volatile(w.add(1), cookie);
         copy_words(w.add(2), (key as *const FlowKey).cast(), size_of::<FlowKey>() / 8);
         copy_words(w.add(7), (counters as *const SockCounters).cast(), size_of::<SockCounters>() / 8);
         core::ptr::write_volatile(w.add(11), what);
         core::ptr::write_volatile(w.add(12), when);
-        core::ptr::write_volatile(w, pos + 1);
     }
-    true
 }
 
 /// Two 32-bit fields of a record in the one word they share (the first at the lower address).

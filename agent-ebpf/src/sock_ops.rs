@@ -336,6 +336,15 @@ fn push_record(ctx: &SockOpsContext, key: &FlowKey, what: u64, when: u64, counte
     records::push(ctx::cookie(ctx), key, counters, what, when)
 }
 
+/// A record of a walked socket without a SOCKETS entry (no `cb::ENTRY`) that found its ring full:
+/// the daemon may hold its baseline (the walk hands it such sockets' counters, `walk::snapshot`),
+/// so the program cannot fold the event exactly; it goes to the spill (`records::spill`). False
+/// when the spill is full too, and the caller folds it.
+#[inline(never)]
+fn spill_record(ctx: &SockOpsContext, key: &FlowKey, what: u64, when: u64, counters: &SockCounters) -> bool {
+    records::spill(ctx::cookie(ctx), key, counters, what, when)
+}
+
 fn on_connect(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     if !ctx::is_inet(ctx) {
@@ -488,13 +497,16 @@ fn on_rto(ctx: &SockOpsContext) {
             let Some(key) = key_of(ctx, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
                 return;
             };
-            if expired {
-                // The close that follows must know: the socket gets its state entry now.
-                mark_entry(ctx);
-                let _ = sockets::insert_late(
-                    ctx::cookie(ctx),
-                    &new_state(key, 0, flags | SOCK_RTO_EXPIRED, folded_none(0)),
-                );
+            if expired && records::on() {
+                // The close that follows must know, and the daemon may hold what was folded of
+                // the socket (`walk::snapshot`): it is told, and keeps the mark.
+                let what = pair(kind::RTO_EXPIRED, flags | SOCK_RTO_EXPIRED);
+                let none = folded_none(0);
+                if !push_record(ctx, &key, what, 0, &none) && !spill_record(ctx, &key, what, 0, &none) {
+                    expired_entry(ctx, &key, flags);
+                }
+            } else if expired {
+                expired_entry(ctx, &key, flags);
             }
             untracked_flow(ctx, &key, flags)
         }
@@ -503,6 +515,14 @@ fn on_rto(ctx: &SockOpsContext) {
         // SAFETY: FLOWS value pointer.
         add(unsafe { &raw mut (*agg).timeouts }, 1);
     }
+}
+
+/// A walked socket without a state entry whose retransmission timer gave up gets one, marked
+/// `SOCK_RTO_EXPIRED`, for its close (`mark_entry`).
+#[inline(never)]
+fn expired_entry(ctx: &SockOpsContext, key: &FlowKey, flags: u32) {
+    mark_entry(ctx);
+    let _ = sockets::insert_late(ctx::cookie(ctx), &new_state(*key, 0, flags | SOCK_RTO_EXPIRED, folded_none(0)));
 }
 
 /// A tracked socket's change to FIN_WAIT1 or CLOSE, or a listener's close: the only state
@@ -625,7 +645,10 @@ fn close_record(ctx: &SockOpsContext, mut flags: u32, cbf: u32, old: u32) -> boo
     };
     let (una, nxt) = ctx::snd_una_nxt(ctx);
     let cur = payload(&ctx::raw_counters(ctx), flags | fin_flags(old), una, nxt);
-    if !push_record(ctx, &key, pair(kind::CLOSED, flags | entry_bit(cbf)), pair(old, ctx::srtt_us(ctx)), &cur) {
+    let (what, when) = (pair(kind::CLOSED, flags | entry_bit(cbf)), pair(old, ctx::srtt_us(ctx)));
+    // With a mark the socket's entry holds what was folded, and the program folds it exactly.
+    if !push_record(ctx, &key, what, when, &cur) && (cbf & cb::ENTRY != 0 || !spill_record(ctx, &key, what, when, &cur))
+    {
         return false;
     }
     count(stat::SOCKETS_REMOVED);

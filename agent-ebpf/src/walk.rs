@@ -19,10 +19,15 @@ use agent_common::{
         Addr, FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FIN_SENT,
         SOCK_WALKED, SockCounters, SockState, flow_key, stat, v4_mapped, walk_kind,
     },
+    record::{WalkItem, item},
 };
-use aya_ebpf::helpers::{
-    bpf_probe_read_kernel,
-    generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock},
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_seq_write, bpf_setsockopt, bpf_skc_to_tcp_sock},
+    },
+    macros::map,
+    maps::PerCpuArray,
 };
 use core::ffi::c_void;
 
@@ -144,26 +149,51 @@ pub fn flow_walk(ctx: *mut TcpIterCtx) -> i32 {
     // prototype (null at the end of the walk).
     let sk = unsafe { (*ctx).sk_common };
     if !sk.is_null()
-        && let Some(cookie) = visit(sk)
+        && let Some(cookie) = visit(sk, ctx)
         && records::on()
     {
         // With connection records the daemon keeps the cookies of the walked sockets that have
         // an entry, to look it up at their establishment or close (`record::REC_ENTRY`); the
         // walk's output is how it learns them, in the thread that reads the records.
-        // SAFETY: context fields at their fixed offsets, typed by the verifier from the
-        // iterator's BTF prototype; the helper writes the 8 bytes of `cookie` to the output.
-        unsafe {
-            let seq = (*(*ctx).meta).seq;
-            let _ = bpf_seq_write(seq, (&raw const cookie).cast(), size_of::<u64>() as u32);
+        if let Some(it) = item(cookie, item::ENTRY) {
+            output(ctx, it);
         }
     }
     0
 }
 
-/// Visit one socket: fold it, take it over, or pass it by. The socket's cookie when it got a
-/// SOCKETS entry as a walked socket now (see `flow_walk`).
+/// Where an item of the walk's output is made: a map value, not the stack, of which the verifier
+/// allows a call chain 512 bytes.
+#[map(name = "WALK_ITEM")]
+static WALK_ITEM: PerCpuArray<WalkItem> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's item, with its cookie and kind set (and what an earlier item left in the rest).
 #[inline(always)]
-fn visit(sk: *mut u8) -> Option<u64> {
+fn item(cookie: u64, kind: u32) -> Option<&'static mut WalkItem> {
+    let it = WALK_ITEM.get_ptr_mut(0)?;
+    // SAFETY: this CPU's value of an array map; the walk runs with preemption off, and nothing
+    // else uses it.
+    let it = unsafe { &mut *it };
+    it.cookie = cookie;
+    it.kind = kind;
+    Some(it)
+}
+
+/// Write an item to the walk's output, which the daemon reads.
+#[inline(always)]
+fn output(ctx: *mut TcpIterCtx, it: &WalkItem) {
+    // SAFETY: context fields at their fixed offsets, typed by the verifier from the iterator's
+    // BTF prototype; the helper copies the item's bytes to the output.
+    unsafe {
+        let seq = (*(*ctx).meta).seq;
+        let _ = bpf_seq_write(seq, (it as *const WalkItem).cast(), size_of::<WalkItem>() as u32);
+    }
+}
+
+/// Visit one socket: fold it, hand it to the daemon, take it over, or pass it by. The socket's
+/// cookie when it got a SOCKETS entry as a walked socket now (see `flow_walk`).
+#[inline(always)]
+fn visit(sk: *mut u8, ctx: *mut TcpIterCtx) -> Option<u64> {
     // SAFETY: the iterator's socket; the helper returns null unless it is a full TCP socket
     // (listening, time-wait and request sockets are skipped here, before any cookie is made).
     let tp = unsafe { bpf_skc_to_tcp_sock(sk.cast()) };
@@ -185,6 +215,9 @@ fn visit(sk: *mut u8) -> Option<u64> {
     }
     // SAFETY: a full socket, as the helper checked.
     let cookie = unsafe { bpf_get_socket_cookie(tp.cast()) };
+    if records::on() && kind() == walk_kind::REGULAR && snapshot(sk, ctx, cookie, segs_out, segs_in) {
+        return None;
+    }
     // SAFETY: a SOCKETS value pointer; the socket is locked while the program runs.
     match unsafe { SOCKETS.get_ptr_mut(cookie).and_then(|p| p.as_mut()) } {
         Some(st) => {
@@ -209,6 +242,83 @@ fn visit(sk: *mut u8) -> Option<u64> {
     }
 }
 
+/// With connection records, a walked socket without a SOCKETS entry (its callback flags have no
+/// `cb::ENTRY` mark) is the daemon's to fold: once established, its payload counters as they
+/// are now go to the walk's output (`item::SNAPSHOT`), and the daemon folds what moved since the
+/// last it had (`agent::capture::records`), and its close's record against the same. No map
+/// operation: keeping what was folded in the kernel (a SOCKETS entry, or socket-local storage)
+/// cost a visit of a busy socket ~400-500 ns more (docs/performance.md, "Results, 2026-12-07
+/// (tenth)"). Sockets of other cgroups are passed by.
+///
+/// True when the socket was taken here; false when the visit goes on (an entry may hold it, or
+/// it is not established: a client seen connecting gets one, `attempt_seen`).
+#[inline(never)]
+fn snapshot(sk: *const u8, ctx: *mut TcpIterCtx, cookie: u64, segs_out: u32, segs_in: u32) -> bool {
+    let Some(cbf) = field::<u8>(sk, off(&TCP_OFF_CB_FLAGS)) else { return false };
+    let Some(flags) = untracked_flags(cbf as u32) else { return false };
+    if cbf as u32 & cb::ENTRY != 0 {
+        return false;
+    }
+    let Some(state) = field::<u8>(sk, off(&TCP_OFF_STATE)) else { return false };
+    if !was_established(state as u32) {
+        return false;
+    }
+    if !ours(sk) {
+        return true;
+    }
+    let flags = flags | SOCK_ESTABLISHED;
+    let Some(key) = key_of(sk, if flags & SOCK_CLIENT != 0 { ROLE_CLIENT } else { ROLE_SERVER }) else {
+        return true;
+    };
+    let Some(counters) = counters(sk, flags, state, segs_out, segs_in) else { return true };
+    let Some(it) = item(cookie, item::SNAPSHOT) else { return true };
+    it.key = key;
+    it.counters = counters;
+    it.flags = flags;
+    it.srtt_us = field::<u32>(sk, off(&TCP_OFF_SRTT_US)).unwrap_or(0) >> 3;
+    output(ctx, it);
+    count(stat::EVENTS);
+    true
+}
+
+/// The kernfs id of the last cgroup `ours` found to be the agent's or below it, this CPU's.
+#[map(name = "WALK_CGROUP_SEEN")]
+static WALK_CGROUP_SEEN: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `in_agent_cgroup` for a visit of every moved socket: a socket of the cgroup the last check
+/// found, the usual case, is known by its cgroup's id (two reads of lines the walk keeps warm)
+/// without the chase up its ancestors.
+#[inline(always)]
+fn ours(sk: *const u8) -> bool {
+    // SAFETY: read of a load-time global; volatile so it is not constant-folded.
+    if unsafe { core::ptr::read_volatile(&AGENT_CGROUP_ID) } == 0 {
+        return true;
+    }
+    let Some(cgroup) = field::<u64>(sk, off(&CG_OFF_SK_CGROUP)) else { return false };
+    let kn: u64 = if cgroup == 0 { 0 } else { kernel(cgroup, off(&CG_OFF_KN)) };
+    let id: u64 = if kn == 0 { 0 } else { kernel(kn, off(&CG_OFF_KN_ID)) };
+    let seen = WALK_CGROUP_SEEN.get_ptr_mut(0);
+    // SAFETY: this CPU's value of an array map; the walk runs with preemption off.
+    if id != 0 && seen.is_some_and(|p| unsafe { *p } == id) {
+        return true;
+    }
+    if !in_agent_cgroup(sk) {
+        return false;
+    }
+    if let Some(p) = seen {
+        // SAFETY: as above.
+        unsafe { *p = id };
+    }
+    true
+}
+
+/// `cb::ENTRY` with connection records on: set on a walked socket before it gets a SOCKETS
+/// entry, so that the walk folds it there (not `snapshot`) and its records say so.
+#[inline(always)]
+fn entry_mark() -> u32 {
+    if records::on() { cb::ENTRY } else { 0 }
+}
+
 /// `setsockopt` level and option that set a socket's sock_ops callback flags (Linux 6.10).
 const SOL_TCP: i32 = 6;
 const TCP_BPF_SOCK_OPS_CB_FLAGS: i32 = 1008;
@@ -228,7 +338,7 @@ fn adopt(sk: *const u8, st: &mut SockState, segs_out: u32, segs_in: u32) -> bool
         // From FIN_WAIT1 on its close may read the parse callback's flag (`fold::fin_seen`).
         return false;
     }
-    if !set_callbacks(sk, cb::walked(st.flags & SOCK_CLIENT == 0)) {
+    if !set_callbacks(sk, cb::walked(st.flags & SOCK_CLIENT == 0) | entry_mark()) {
         return false;
     }
     st.flags |= SOCK_WALKED | SOCK_ESTABLISHED;
@@ -372,6 +482,8 @@ fn baseline(sk: *const u8, cookie: u64, flags: u32, segs_out: u32, segs_in: u32)
         count(stat::EVENTS);
         flags & !SOCK_WALKED
     } else {
+        // Marked (with records on): the walk folds it into its entry.
+        let _ = mark(sk);
         flags
     };
     store_as_folded(sk, cookie, flags, state, segs_out, segs_in) && flags & SOCK_WALKED != 0
@@ -396,7 +508,7 @@ fn hand_over(sk: *const u8, cookie: u64, role: u32, segs_out: u32, segs_in: u32)
     if !store_as_folded(sk, cookie, role | SOCK_ESTABLISHED, state, segs_out, segs_in) {
         return false;
     }
-    if !set_callbacks(sk, cb::walked(role & SOCK_CLIENT == 0)) {
+    if !set_callbacks(sk, cb::walked(role & SOCK_CLIENT == 0) | entry_mark()) {
         // Before 6.10: it stays folded by its callbacks, from the entry just stored.
         return false;
     }
@@ -423,6 +535,17 @@ fn store_as_folded(sk: *const u8, cookie: u64, flags: u32, state: u8, segs_out: 
     }
     count(stat::SOCKETS_INSERTED);
     true
+}
+
+/// Mark a walked socket that gets a SOCKETS entry now (`entry_mark`); false if the kernel
+/// refuses. True without records (no mark).
+#[inline(always)]
+fn mark(sk: *const u8) -> bool {
+    if !records::on() {
+        return true;
+    }
+    let Some(cbf) = field::<u8>(sk, off(&TCP_OFF_CB_FLAGS)) else { return false };
+    set_callbacks(sk, cbf as u32 | cb::ENTRY)
 }
 
 /// Set the socket's sock_ops callback flags; false if the kernel refuses (before 6.10).
@@ -480,14 +603,18 @@ fn first_fold_flow(
 
 /// A client still connecting at a window end, whose connect did not count its attempt
 /// (`fold::attempt_due_at_close`): it is counted in this window, and the state entry made for
-/// it (`SOCK_ATTEMPTED`) tells its establishment or close that it was. Without room in SOCKETS
-/// (counted) the establishment or close counts it instead.
+/// it (`SOCK_ATTEMPTED`; marked with records on, `mark`) tells its establishment or close that
+/// it was. Without room in SOCKETS (counted), or the mark, the establishment or close counts it
+/// instead.
 ///
 /// True when it got its entry.
 #[inline(never)]
 fn attempt_seen(sk: *const u8, cookie: u64, flags: u32) -> bool {
     let Some(key) = key_of(sk, ROLE_CLIENT) else { return false };
     let Some(agg) = flow(&key) else { return false };
+    if !mark(sk) {
+        return false;
+    }
     if !insert_late(cookie, &new_state(key, 0, flags | SOCK_ATTEMPTED, folded_none(0))) {
         return false;
     }

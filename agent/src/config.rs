@@ -179,9 +179,12 @@ pub struct RunArgs {
     /// into the flow, rather than being folded in the kernel, where a flow lookup entered with
     /// cold caches (after bulk transfers) costs ~1 µs. The agent's CPU grows with the connection
     /// rate then (~0.5% of a core at 80,000 records/s: 20,000 connections/s with both ends on
-    /// the host, two records each end). A record that finds its ring full is
-    /// folded in the kernel instead (counted in agent_stats.ring_full). Linux 6.10 and later
-    /// [default: 0, off].
+    /// the host, two records each end). The walk then hands the agent the counters of walked
+    /// sockets that moved, and the agent keeps what it folded of each (~60 bytes per open
+    /// socket), instead of a kernel map entry per socket. A record that finds its ring full is
+    /// folded in the kernel instead (counted in agent_stats.ring_full), or spilled to a map the
+    /// agent empties where the agent holds its socket (agent_stats.records_spill_full counts
+    /// those that find it full too). Linux 6.10 and later [default: 0, off].
     #[arg(long, value_name = "N")]
     pub record_slots: Option<u32>,
     /// Walk mode: how often a walk visits every open socket. The walks in between pass over

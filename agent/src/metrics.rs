@@ -36,6 +36,7 @@ pub struct Metrics {
     pub missed_runs: AtomicU64,
     pub walk_idle_sockets: AtomicU64,
     pub ring_full: AtomicU64,
+    pub records_spill_full: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
     /// Network namespaces the walk covers (the agent's own included; 0 without the walk).
@@ -67,6 +68,7 @@ impl Metrics {
         self.missed_runs.fetch_add(s.missed_runs, Relaxed);
         self.walk_idle_sockets.fetch_add(s.walk_idle_sockets, Relaxed);
         self.ring_full.fetch_add(s.ring_full, Relaxed);
+        self.records_spill_full.fetch_add(s.records_spill_full, Relaxed);
         self.flows_tracked.store(s.flows_tracked, Relaxed);
         self.sockets_tracked.store(s.sockets_tracked, Relaxed);
     }
@@ -123,6 +125,12 @@ impl Metrics {
             "counter",
             "Connection records that found their CPU's ring full (--record-slots) and were folded in the kernel instead.",
             &[("", g(&self.ring_full))],
+        );
+        metric(
+            "records_spill_full_total",
+            "counter",
+            "Connection records that found their ring full and no room to spill (--record-slots): folded in the kernel, where walked bytes may count twice.",
+            &[("", g(&self.records_spill_full))],
         );
         metric(
             "flows_tracked",

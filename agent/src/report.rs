@@ -80,6 +80,7 @@ pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_f
             missed_runs: s(stat::MISSED_RUNS),
             walk_idle_sockets: s(stat::WALK_IDLE),
             ring_full: s(stat::RING_FULL),
+            records_spill_full: s(stat::SPILL_FULL),
             flows_tracked: closed.flows_tracked,
             sockets_tracked: closed.sockets_tracked,
             cpu_seconds: usage.cpu_seconds,

@@ -192,6 +192,68 @@ fn connection_records_that_find_their_ring_full_are_folded_in_the_kernel_exactly
     assert_eq!(last.agent_stats.sockets_tracked, 0, "{:?}", last.agent_stats);
 }
 
+/// With records on the walk hands the daemon the counters of the walked sockets and keeps nothing
+/// of them in the kernel (`record::item::SNAPSHOT`), so the kernel cannot fold such a socket's
+/// close exactly when the close finds its ring full: it goes to the spill (`RECORD_SPILL`), which
+/// the daemon reads. Here the agent is stopped (SIGSTOP) once its walks have handed it four
+/// long-lived connections; a burst of short connections fills the rings of 16 records, then the
+/// long ones close. After the agent goes on, the totals are exact: the bytes the walks handed it
+/// are not counted again at the close.
+#[test]
+fn walked_closes_that_find_their_ring_full_are_spilled_and_exact_with_connection_records() {
+    let Some(_g) = privileged("walked_closes_that_find_their_ring_full_are_spilled_and_exact_with_connection_records")
+    else {
+        return;
+    };
+    let lab = Lab::new();
+    let agent = Agent::start(&lab, &["--record-slots", "16"]);
+    let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5043", "--conns", "4", "--echo"]);
+    let pingpong =
+        ["pingpong", "--addr", lab.b4, "--port", "5043", "--secs", "6", "--size", "20000", "--interval-ms", "5"];
+    let clients: Vec<_> = (0..4).map(|_| lab.traffic(&lab.a, &pingpong)).collect();
+    // The walks at the window ends (every second) hand the daemon the moving connections.
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: a signal to the agent's process, which the test started and still holds.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) }, 0);
+    let burst_server =
+        lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5044", "--conns", "100", "--reply", "10"]);
+    let burst = lab
+        .traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", "5044", "--conns", "100", "--send", "10"])
+        .result();
+    burst_server.result();
+    let clients: Vec<_> = clients.into_iter().map(|c| c.result()).collect();
+    let server = server.result();
+    lab.wait_sockets_closed(Duration::from_secs(30));
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) }, 0);
+    let reports = agent.stop();
+
+    let sum = |k: &str| clients.iter().map(|c| c[k].as_u64().unwrap()).sum::<u64>();
+    let c = totals(&reports, flow(lab.a4, lab.b4, 5043, Role::Client));
+    let s = totals(&reports, flow(lab.b4, lab.a4, 5043, Role::Server));
+    let ring_full: u64 = reports.iter().map(|r| r.agent_stats.ring_full).sum();
+    let spill_full: u64 = reports.iter().map(|r| r.agent_stats.records_spill_full).sum();
+    let long = flow(lab.a4, lab.b4, 5043, Role::Client);
+    let moving = |r: &Report| r.flows.iter().any(|f| long(f) && f.metrics.bytes_sent > 0);
+    eprintln!("ring_full {ring_full} spill_full {spill_full}\nclient {c:?}\nserver {s:?}\nburst {burst}");
+    assert!(
+        reports.iter().filter(|r| moving(r)).count() >= 2,
+        "the walks did not fold the open connections before the stop"
+    );
+    assert!(ring_full > 0, "no record found its ring full: the test did not test the spill");
+    assert_eq!(spill_full, 0, "no spilled record may find the spill full");
+    assert_eq!((c.bytes_sent, c.bytes_received), (sum("sent"), sum("received")));
+    assert_eq!(
+        (s.bytes_received, s.bytes_sent),
+        (server["received"].as_u64().unwrap(), server["sent"].as_u64().unwrap())
+    );
+    assert_eq!((c.attempted, c.established, c.closed), (4, 4, 4));
+    assert_eq!((s.established, s.closed), (4, 4));
+    assert_eq!(burst["ok"], 100, "burst: {burst}");
+    let b = totals(&reports, flow(lab.a4, lab.b4, 5044, Role::Client));
+    assert_eq!((b.attempted, b.established, b.closed, b.bytes_sent, b.bytes_received), (100, 100, 100, 1000, 1000));
+}
+
 #[test]
 fn bytes_and_opens_match_the_traffic_in_callback_mode() {
     let Some(_g) = privileged("bytes_and_opens_match_the_traffic_in_callback_mode") else { return };

@@ -13,7 +13,8 @@
 # KEEPALIVE=1 runs the load on keep-alive connections (storm_env.sh), RI=2s gives the agent 2-s
 # windows (default 10s) so that its walks visit the busy sockets while the load runs; the walk's
 # ns per visit is printed whenever it ran (docs/tools/walk_floor*.patch, "Results, 2026-12-07
-# (tenth)": `KEEPALIVE=1 RI=2s docs/tools/sockops_ns.sh BIN`).
+# (tenth)": `KEEPALIVE=1 RI=2s docs/tools/sockops_ns.sh BIN`). AGENT_ARGS="--record-slots 16384"
+# gives the agent extra flags.
 # See docs/performance.md, "Where the storm's cost goes now" and "A walk mode without sock_ops".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -21,7 +22,8 @@ prog=${1:?usage: sockops_ns.sh PROGRAM [both|server] [perf]}
 side=${2:-both}
 . "$here/storm_env.sh"
 if [ -x "$prog" ]; then
-  "$prog" --dry-run --report-interval "${RI:-10s}" --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
+  # shellcheck disable=SC2086 # AGENT_ARGS: extra agent flags, split on spaces
+  "$prog" --dry-run --report-interval "${RI:-10s}" ${AGENT_ARGS:-} --metrics-address 127.0.0.1:0 --control-socket "$dir/c.sock" \
     --cgroup "$cg" --walk-netns "/run/netns/$ns" > /dev/null 2> "$dir/agent.log" &
 else
   python3 "$here/sockops_floor.py" "$cg" "$prog" ${STEPS:+"$STEPS"} > /dev/null &

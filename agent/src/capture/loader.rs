@@ -13,7 +13,7 @@ use agent_common::{
         FLOWS_MAP, FlowAgg, FlowKey, LISTENER_PORTS, LISTENERS_MAP, Listener, SOCKETS_MAP, STATS_MAP, SockState,
         WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
     },
-    record::{ConnRecord, RECORD_HEADS_MAP, RECORDS_MAP, RingHead},
+    record::{ConnRecord, RECORD_HEADS_MAP, RECORD_SPILL_MAP, RECORDS_MAP, RingHead, SpillKey},
 };
 use aya::{
     Ebpf, EbpfLoader,
@@ -217,6 +217,12 @@ impl Capture {
             record_rings = rings.map_or(0, |(cpus, _)| cpus),
             record_slots = rings.map_or(0, |(_, slots)| slots),
             records_mib = format_args!("{:.1}", records_mem as f64 / 1048576.0),
+            // Not preallocated: memory only for records spilled while a ring is full.
+            records_spill_at_most_mib = format_args!(
+                "{:.1}",
+                rings.map_or(0, |_| htab_bytes(cfg.max_sockets, size_of::<SpillKey>(), size_of::<ConnRecord>())) as f64
+                    / 1048576.0
+            ),
             total_mib =
                 format_args!("{:.1}", (sockets_mem + flows_mem + listeners_mem + records_mem) as f64 / 1048576.0),
             "kernel maps sized"
@@ -288,9 +294,9 @@ impl Capture {
         };
         // The entries of the walk at start.
         if let Folding::Walk(w) = &mut folding {
-            let entries = w.take_entries();
+            let items = w.take_items();
             if let Some(r) = &mut records {
-                r.note_entries(entries);
+                r.note_walk(items, false);
             }
         }
         Ok(Capture {
@@ -346,10 +352,10 @@ impl Capture {
         let Folding::Walk(walk) = &mut self.folding else { return Ok(()) };
         let started = Instant::now();
         let walked = walk.run();
-        // The entries the walk made, whatever its end: records of their sockets refer to them.
-        let entries = walk.take_entries();
+        // What the walk made, whatever its end: records of its sockets refer to it.
+        let items = walk.take_items();
         if let Some(r) = &mut self.records {
-            r.note_entries(entries);
+            r.note_walk(items, walk.last_was_full());
         }
         walked.map_err(CaptureError::Walk)?;
         tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");
@@ -540,8 +546,10 @@ fn open_records(ebpf: &mut Ebpf, cfg: &Config, cpus: usize, slots: u64) -> Resul
     let rings = Rings::new(heads, records, cpus, slots).map_err(CaptureError::Records)?;
     let sockets = HashMap::try_from(ebpf.take_map(SOCKETS_MAP).ok_or(CaptureError::MissingMap(SOCKETS_MAP))?)
         .map_err(|source| CaptureError::Map { name: SOCKETS_MAP, source })?;
+    let spill = HashMap::try_from(ebpf.take_map(RECORD_SPILL_MAP).ok_or(CaptureError::MissingMap(RECORD_SPILL_MAP))?)
+        .map_err(|source| CaptureError::Map { name: RECORD_SPILL_MAP, source })?;
     let flows = RecordFlows::new(cfg.max_flows as usize, cfg.max_sockets as usize);
-    Ok(Records::new(rings, flows, sockets, cfg.max_sockets as usize))
+    Ok(Records::new(rings, flows, sockets, spill, cfg.max_sockets as usize))
 }
 
 /// Load the eBPF object: map sizes, settings and offsets as globals (`tcp`: those of the walk and
@@ -572,6 +580,7 @@ fn load(
         .map_max_entries(WALKED_NETNS_MAP, cfg.max_walked_netns)
         .map_max_entries(RECORDS_MAP, (cpus as u64 * slots.max(1)) as u32)
         .map_max_entries(RECORD_HEADS_MAP, cpus as u32)
+        .map_max_entries(RECORD_SPILL_MAP, if slots == 0 { 1 } else { cfg.max_sockets })
         .override_global("RECORD_SLOTS", &slots, true)
         .override_global("FOLD_INTERVAL_NS", &fold_ns, true)
         .override_global("TCP_OFF_BYTES_ACKED", &t.bytes_acked, true)

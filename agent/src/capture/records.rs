@@ -5,13 +5,18 @@
 //! walked namespace rather than folding it into FLOWS itself: a hash operation entered with cold
 //! caches costs it ~1 µs. The daemon reads the rings every `READ_EVERY` and at each window end,
 //! in the thread that runs the walk, so a record is read after the walk that made the socket's
-//! entry (its first fold, the attempt it saw) and before the window's counters are read.
+//! entry (the attempt it saw, a restart's baseline) and before the window's counters are read.
+//!
+//! With records on, the walk keeps nothing in the kernel for the walked sockets without an entry:
+//! it hands their counters to the daemon (`record::item::SNAPSHOT`), which keeps what it folded
+//! of each (`Held`), folds what moved, and folds the socket's close against the same.
 
 use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use agent_common::{
-    maps::{FlowAgg, FlowKey, SOCK_FLOW_LOST, SockState},
-    record::{ConnRecord, REC_ENTRY, RingHead, apply, kind},
+    fold::fold_step,
+    maps::{FlowAgg, FlowKey, SOCK_FLOW_LOST, SOCK_RTO_EXPIRED, SockCounters, SockState},
+    record::{ConnRecord, REC_ENTRY, RingHead, SpillKey, WalkItem, apply, apply_moved, item, kind},
 };
 use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
 // Flows by key: a seeded hash, since peers choose addresses and ports. With the standard
@@ -127,6 +132,24 @@ impl RecordFlows {
         }
     }
 
+    /// Fold what a walked socket moved (`d`, with its smoothed RTT) into its flow; a socket whose
+    /// key finds no room is counted once in `flows_full`, as a record's.
+    pub fn fold_moved(&mut self, cookie: u64, key: &FlowKey, d: &SockCounters, srtt_us: u32) {
+        let room = self.flows.len() < self.max_flows;
+        match self.flows.entry(*key) {
+            Entry::Occupied(mut e) => apply_moved(d, srtt_us, e.get_mut()),
+            Entry::Vacant(e) if room => apply_moved(d, srtt_us, e.insert(FlowAgg::default())),
+            Entry::Vacant(_) => {
+                if !self.lost.contains(&cookie) {
+                    self.flows_full += 1;
+                    if self.lost.len() < self.max_lost {
+                        self.lost.insert(cookie);
+                    }
+                }
+            }
+        }
+    }
+
     /// Fold a record, with its socket's entry if it had one.
     pub fn fold(&mut self, rec: &ConnRecord, entry: Option<&SockState>) {
         let was_lost = rec.kind == kind::CLOSED && self.lost.remove(&rec.cookie);
@@ -171,6 +194,22 @@ impl RecordFlows {
     }
 }
 
+/// What a close is folded against: the socket's SOCKETS entry, the daemon's `Held`, or both. A
+/// held snapshot is what the daemon folded, so it is the baseline; the flags of both count.
+fn with_held(entry: Option<SockState>, held: Option<Held>, key: &FlowKey) -> Option<SockState> {
+    match (entry, held) {
+        (e, None) => e,
+        (Some(mut e), Some(h)) => {
+            e.flags |= h.flags;
+            if h.shipped {
+                e.folded = h.folded;
+            }
+            Some(e)
+        }
+        (None, Some(h)) => Some(SockState { key: *key, folded: h.folded, flags: h.flags, ..SockState::default() }),
+    }
+}
+
 /// Two cumulative readings of one flow added up (the counters wrap as the kernel's do).
 pub fn sum(a: &FlowAgg, b: &FlowAgg) -> FlowAgg {
     let mut s = *a;
@@ -197,11 +236,77 @@ pub fn sum(a: &FlowAgg, b: &FlowAgg) -> FlowAgg {
     s
 }
 
+/// What the daemon keeps of a walked socket without a SOCKETS entry: what it folded of it (from
+/// the walk's snapshots), and its flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Held {
+    folded: SockCounters,
+    flags: u32,
+    /// Whether `folded` is from a snapshot (not only a flag from a record).
+    shipped: bool,
+    /// The full walk that last saw it (`HeldSockets::full_walks`).
+    seen: u32,
+}
+
+/// The walked sockets the walk hands the daemon (`record::item::SNAPSHOT`), by cookie, until
+/// their close's record.
+#[derive(Default)]
+struct HeldSockets {
+    held: HashMap<u64, Held, CookieHasher>,
+    /// Full walks noted so far: a held socket no full walk saw for two of them has gone without
+    /// a record (its close found the ring and the spill full, `stat::SPILL_FULL`).
+    full_walks: u32,
+}
+
+impl HeldSockets {
+    /// A walk begins to be noted (`full`: it visited every socket).
+    fn walk(&mut self, full: bool) {
+        if full {
+            self.full_walks = self.full_walks.wrapping_add(1);
+        }
+    }
+
+    /// A snapshot of a walked socket from the walk being noted: what moved since the last.
+    fn snapshot(&mut self, it: &WalkItem, full: bool) -> SockCounters {
+        let seen = self.full_walks;
+        let h = self.held.entry(it.cookie).or_insert(Held { seen, ..Held::default() });
+        let (d, folded) = fold_step(&h.folded, &it.counters);
+        h.folded = folded;
+        h.flags |= it.flags;
+        h.shipped = true;
+        if full {
+            h.seen = seen;
+        }
+        d
+    }
+
+    /// The walk being noted was full: drop the sockets neither it nor the full walk before saw.
+    fn prune(&mut self) {
+        let now = self.full_walks;
+        self.held.retain(|_, h| now.wrapping_sub(h.seen) < 2);
+    }
+
+    /// The socket's retransmission timer gave up (a record said so): its close is to know.
+    fn rto_expired(&mut self, cookie: u64) {
+        let seen = self.full_walks;
+        self.held.entry(cookie).or_insert(Held { seen, ..Held::default() }).flags |= SOCK_RTO_EXPIRED;
+    }
+
+    /// The socket closed: what was kept of it.
+    fn close(&mut self, cookie: u64) -> Option<Held> {
+        self.held.remove(&cookie)
+    }
+}
+
 /// The rings, the flows they make, and the SOCKETS map, whose entries records may refer to.
 pub struct Records {
     rings: Rings,
     flows: RecordFlows,
     sockets: BpfHashMap<MapData, u64, SockState>,
+    /// Records that found their ring full (`record::SpillKey`), taken out at each reading.
+    spill: BpfHashMap<MapData, SpillKey, ConnRecord>,
+    /// Walked sockets the walk hands the daemon.
+    held: HeldSockets,
     /// Cookies of walked sockets the walk gave a SOCKETS entry (its output, `note_entries`),
     /// until their close's record. The program cannot tell those from the others without a
     /// lookup; sockets that got theirs from a callback say so themselves (`REC_ENTRY`).
@@ -221,6 +326,7 @@ impl Records {
         rings: Rings,
         flows: RecordFlows,
         sockets: BpfHashMap<MapData, u64, SockState>,
+        spill: BpfHashMap<MapData, SpillKey, ConnRecord>,
         max_sockets: usize,
     ) -> Records {
         let max_entries = max_sockets.max(1024);
@@ -228,6 +334,8 @@ impl Records {
             rings,
             flows,
             sockets,
+            spill,
+            held: HeldSockets::default(),
             entries: HashSet::default(),
             max_entries,
             buf: Vec::new(),
@@ -236,9 +344,26 @@ impl Records {
         }
     }
 
-    /// The walk gave these walked sockets a SOCKETS entry: their records are to look it up.
-    pub fn note_entries(&mut self, cookies: Vec<u64>) {
-        self.entries.extend(cookies);
+    /// What a walk wrote (`full`: it visited every socket): the walked sockets it gave a SOCKETS
+    /// entry, whose records are to look it up, and those it handed over with their counters,
+    /// whose moves are folded now.
+    pub fn note_walk(&mut self, items: Vec<WalkItem>, full: bool) {
+        self.held.walk(full);
+        for it in items {
+            match it.kind {
+                item::ENTRY => {
+                    self.entries.insert(it.cookie);
+                }
+                item::SNAPSHOT => {
+                    let d = self.held.snapshot(&it, full);
+                    self.flows.fold_moved(it.cookie, &it.key, &d, it.srtt_us);
+                }
+                _ => {}
+            }
+        }
+        if full {
+            self.held.prune();
+        }
         if self.entries.len() > self.max_entries {
             let sockets = &self.sockets;
             self.entries.retain(|c| !matches!(sockets.get(c, 0), Err(MapError::KeyNotFound)));
@@ -267,6 +392,8 @@ impl Records {
         self.rings.take(&mut buf);
         let first = buf.len();
         self.rings.take(&mut buf);
+        // Spilled after their rings filled, so after every record of theirs in the first pass.
+        self.take_spilled(&mut buf);
         let (mut closes, mut later) = (Vec::new(), Vec::new());
         for (i, rec) in buf.drain(..).enumerate() {
             match rec.kind {
@@ -289,12 +416,19 @@ impl Records {
     }
 
     fn fold(&mut self, rec: &ConnRecord) {
+        if rec.kind == kind::RTO_EXPIRED {
+            // The close is to know; the timeout itself the kernel counted.
+            self.held.rto_expired(rec.cookie);
+            return;
+        }
         let walk_entry = if rec.kind == kind::CLOSED {
             self.entries.remove(&rec.cookie)
         } else {
             self.entries.contains(&rec.cookie)
         };
         let entry = if walk_entry || rec.flags & REC_ENTRY != 0 { self.entry(rec) } else { None };
+        let held = if rec.kind == kind::CLOSED { self.held.close(rec.cookie) } else { None };
+        let entry = with_held(entry, held, &rec.key);
         self.flows.fold(rec, entry.as_ref());
     }
 
@@ -313,6 +447,23 @@ impl Records {
             Err(e) => {
                 self.log_failure(&e);
                 None
+            }
+        }
+    }
+
+    /// Take the records the programs spilled (their rings were full) into `buf`.
+    fn take_spilled(&mut self, buf: &mut Vec<ConnRecord>) {
+        let keys: Vec<SpillKey> = self.spill.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            match self.spill.get(&k, 0) {
+                Ok(rec) => {
+                    buf.push(rec);
+                    if let Err(e) = self.spill.remove(&k) {
+                        tracing::warn!("taking a spilled connection record out (eBPF map RECORD_SPILL): {e}");
+                    }
+                }
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => tracing::warn!("reading a spilled connection record (eBPF map RECORD_SPILL): {e}"),
             }
         }
     }
@@ -340,7 +491,7 @@ mod tests {
     use super::*;
     use agent_common::{
         fold::tcp_state,
-        maps::{SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_WALKED, SockCounters},
+        maps::{SOCK_ATTEMPTED, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_WALKED, SockCounters},
     };
 
     /// A ring in ordinary memory, written as the kernel writes it.
@@ -457,5 +608,79 @@ mod tests {
         assert_eq!((flows[1].1.bytes_sent, flows[1].1.closed), (5, 1));
         assert_eq!(f.remove(&key(81)).map(|a| a.bytes_sent), Some(5));
         assert!(f.remove(&key(81)).is_none());
+    }
+
+    fn snap(cookie: u64, port: u16, acked: u64, segs_in: u32) -> WalkItem {
+        WalkItem {
+            cookie,
+            key: key(port),
+            counters: SockCounters { bytes_acked: acked, segs_in, ..Default::default() },
+            kind: item::SNAPSHOT,
+            flags: SOCK_CLIENT | SOCK_WALKED | SOCK_ESTABLISHED,
+            srtt_us: 100,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn a_held_socket_is_folded_by_what_moved_and_closed_against_its_last_snapshot() {
+        let mut held = HeldSockets::default();
+        let mut f = RecordFlows::new(10, 10);
+        for (acked, segs_in) in [(100, 2), (100, 2), (250, 5)] {
+            held.walk(false);
+            let it = snap(1, 80, acked, segs_in);
+            let d = held.snapshot(&it, false);
+            f.fold_moved(1, &it.key, &d, it.srtt_us);
+        }
+        let mut close = rec(kind::CLOSED, 1, 80);
+        close.counters = SockCounters { bytes_acked: 300, segs_in: 6, ..Default::default() };
+        close.rtt = 90;
+        let entry = with_held(None, held.close(1), &close.key);
+        f.fold(&close, entry.as_ref());
+        assert!(held.close(1).is_none(), "a close ends what is held");
+        let mut flows = Vec::new();
+        f.add_to(&mut flows);
+        let a = &flows[0].1;
+        assert_eq!((a.bytes_sent, a.segments_received, a.closed), (300, 6, 1));
+        assert_eq!(a.rtt_us.sum, 100 + 100 + 90, "a sample per fold that saw segments come in");
+    }
+
+    #[test]
+    fn a_close_keeps_an_entrys_baseline_unless_a_snapshot_came_and_the_flags_of_both() {
+        let mut held = HeldSockets::default();
+        held.rto_expired(7);
+        let h = held.close(7).expect("an expired RTO is kept for the close");
+        assert!(!h.shipped && h.flags & SOCK_RTO_EXPIRED != 0, "{h:?}");
+        let kernel = SockState {
+            folded: SockCounters { bytes_acked: 500, ..Default::default() },
+            flags: SOCK_WALKED | SOCK_ATTEMPTED,
+            ..Default::default()
+        };
+        let e = with_held(Some(kernel), Some(h), &key(1)).unwrap();
+        assert_eq!(e.folded.bytes_acked, 500);
+        assert_eq!(e.flags, SOCK_WALKED | SOCK_ATTEMPTED | SOCK_RTO_EXPIRED);
+        let shipped = Held { folded: SockCounters { bytes_acked: 900, ..Default::default() }, shipped: true, ..h };
+        assert_eq!(with_held(Some(kernel), Some(shipped), &key(1)).unwrap().folded.bytes_acked, 900);
+        let alone = with_held(None, Some(shipped), &key(3)).unwrap();
+        assert_eq!((alone.key, alone.folded.bytes_acked, alone.flags), (key(3), 900, SOCK_RTO_EXPIRED));
+        assert!(with_held(None, None, &key(1)).is_none());
+    }
+
+    #[test]
+    fn held_sockets_that_two_full_walks_did_not_see_are_dropped() {
+        let mut held = HeldSockets::default();
+        let mut full_walk = |cookies: &[u64]| {
+            held.walk(true);
+            for &c in cookies {
+                held.snapshot(&snap(c, 80, 10, 1), true);
+            }
+            held.prune();
+            let mut kept: Vec<u64> = held.held.keys().copied().collect();
+            kept.sort();
+            kept
+        };
+        assert_eq!(full_walk(&[1, 2]), [1, 2]);
+        assert_eq!(full_walk(&[1]), [1, 2], "one full walk without it: its close's record may still come");
+        assert_eq!(full_walk(&[1]), [1]);
     }
 }

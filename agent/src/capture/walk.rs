@@ -34,7 +34,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::maps::{WalkedNetns, walk_kind};
+use agent_common::{
+    maps::{WalkedNetns, walk_kind},
+    record::WalkItem,
+};
 use aya::maps::{Array, HashMap, MapData, MapError};
 
 use super::{
@@ -94,20 +97,22 @@ impl Floor {
     }
 }
 
-/// What one pass made: the cookies of the walked sockets that got a SOCKETS entry in it (with
-/// connection records on, the program writes each as 8 bytes of its output), and how it ended.
-/// The cookies read before an error are kept: the entries exist either way.
-type PassResult = (Vec<u64>, io::Result<()>);
+/// What one pass made, with connection records on (the program writes each as a `WalkItem` of
+/// its output): the walked sockets that got a SOCKETS entry in it, and those it handed to the
+/// daemon with their counters; and how it ended. The items read before an error are kept: the
+/// entries exist either way, and the counters were read.
+type PassResult = (Vec<WalkItem>, io::Result<()>);
 
 /// One pass over the calling thread's namespace: reading the iterator runs the program on every
 /// TCP socket, and the read ends at end of file.
 fn pass(link: BorrowedFd<'_>) -> PassResult {
-    let mut cookies = Vec::new();
-    let end = pass_into(link, &mut cookies);
-    (cookies, end)
+    let mut items = Vec::new();
+    let end = pass_into(link, &mut items);
+    (items, end)
 }
 
-fn pass_into(link: BorrowedFd<'_>, cookies: &mut Vec<u64>) -> io::Result<()> {
+fn pass_into(link: BorrowedFd<'_>, items: &mut Vec<WalkItem>) -> io::Result<()> {
+    const ITEM: usize = size_of::<WalkItem>();
     let mut f = File::from(sys::bpf_iter_create(link)?);
     let mut buf = [0u8; 4096];
     let mut have = 0;
@@ -117,9 +122,14 @@ fn pass_into(link: BorrowedFd<'_>, cookies: &mut Vec<u64>) -> io::Result<()> {
             Ok(0) => return Ok(()),
             Ok(n) => {
                 have += n;
-                let whole = have - have % 8;
-                cookies
-                    .extend(buf[..whole].chunks_exact(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap_or_default())));
+                let whole = have - have % ITEM;
+                // SAFETY: `WalkItem` is plain integers (every bit pattern valid), read unaligned
+                // from whole items of the buffer.
+                items.extend(
+                    buf[..whole]
+                        .chunks_exact(ITEM)
+                        .map(|c| unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<WalkItem>()) }),
+                );
                 buf.copy_within(whole..have, 0);
                 have -= whole;
             }
@@ -273,11 +283,11 @@ impl NetnsWalker {
         self.worker.ask(())
     }
 
-    /// The pass's end, its entries added to `cookies`.
-    fn wait(&self, cookies: &mut Vec<u64>) -> Result<(), String> {
+    /// The pass's end, its items added to `items`.
+    fn wait(&self, items: &mut Vec<WalkItem>) -> Result<(), String> {
         match self.worker.answer(PASS_TIMEOUT) {
             Some((made, r)) => {
-                cookies.extend(made);
+                items.extend(made);
                 r.map_err(|e| format!("walking {}: {e}", self.path.display()))
             }
             None => Err(format!("walking {}: no answer within {PASS_TIMEOUT:?}", self.path.display())),
@@ -476,8 +486,10 @@ pub struct Walk {
     floor_map: Array<MapData, u64>,
     floor: Floor,
     full_every: Duration,
-    /// What the walks made since `take_entries` (see there).
-    entries: Vec<u64>,
+    /// What the walks made since `take_items` (see there).
+    items: Vec<WalkItem>,
+    /// Whether the last walk visited every socket (`Floor`).
+    last_full: bool,
 }
 
 impl Walk {
@@ -512,7 +524,8 @@ impl Walk {
             floor_map,
             floor: Floor::default(),
             full_every,
-            entries: Vec::new(),
+            items: Vec::new(),
+            last_full: false,
         };
         walk.registry.add(own).map_err(|e| e.to_string())?;
         for path in others {
@@ -795,7 +808,7 @@ impl Walk {
                 })
                 .collect();
             for w in ask_all(&walkers, &mut errors) {
-                match w.wait(&mut self.entries) {
+                match w.wait(&mut self.items) {
                     Ok(()) => visited += 1,
                     Err(e) => errors.push(e),
                 }
@@ -829,14 +842,15 @@ impl Walk {
         };
         let mut errors = Vec::new();
         let asked = ask_all(self.others.iter().chain(self.found.values()), &mut errors);
-        if let Err(e) = pass_into(self.link.as_fd(), &mut self.entries) {
+        if let Err(e) = pass_into(self.link.as_fd(), &mut self.items) {
             errors.push(format!("walking this process's namespace: {e}"));
         }
         for w in asked {
-            if let Err(e) = w.wait(&mut self.entries) {
+            if let Err(e) = w.wait(&mut self.items) {
                 errors.push(e);
             }
         }
+        self.last_full = errors.is_empty() && full;
         if !errors.is_empty() {
             return Err(errors.join("; "));
         }
@@ -844,10 +858,14 @@ impl Walk {
         Ok(())
     }
 
-    /// The cookies of the walked sockets the walks since the last call gave a SOCKETS entry
-    /// (with connection records on; see `records`).
-    pub fn take_entries(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.entries)
+    /// What the walks since the last call wrote (with connection records on; see `records`).
+    pub fn take_items(&mut self) -> Vec<WalkItem> {
+        std::mem::take(&mut self.items)
+    }
+
+    /// Whether the last walk visited every socket of every walked namespace.
+    pub fn last_was_full(&self) -> bool {
+        self.last_full
     }
 
     pub fn namespaces(&self) -> usize {
@@ -914,7 +932,7 @@ mod tests {
     fn walker(path: &str, panics: bool) -> NetnsWalker {
         let serve = move |_: &mut (), ()| -> PassResult {
             assert!(!panics, "a pass that panics (a test's)");
-            (vec![7], Ok(()))
+            (vec![WalkItem { cookie: 7, ..Default::default() }], Ok(()))
         };
         let Ok((worker, ())) = Worker::spawn("test-walker", || Ok::<_, ()>(((), ())), serve) else {
             panic!("a test thread did not start");
@@ -934,7 +952,8 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let mut made = Vec::new();
         let failed: Vec<String> = asked.iter().filter_map(|w| w.wait(&mut made).err()).collect();
-        assert_eq!(made, [7, 7], "the passes that answered give their entries");
+        let cookies: Vec<u64> = made.iter().map(|i| i.cookie).collect();
+        assert_eq!(cookies, [7, 7], "the passes that answered give their items");
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(failed[0].starts_with("walking /run/netns/b: no answer"), "{failed:?}");
         let b = walkers[1].worker.thread.as_ref().unwrap();
