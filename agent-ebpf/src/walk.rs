@@ -248,7 +248,9 @@ fn visit(sk: *mut u8, ctx: *mut TcpIterCtx) -> Option<u64> {
 /// last it had (`agent::capture::records`), and its close's record against the same. No map
 /// operation: keeping what was folded in the kernel (a SOCKETS entry, or socket-local storage)
 /// cost a visit of a busy socket ~400-500 ns more (docs/performance.md, "Results, 2026-12-07
-/// (tenth)"). Sockets of other cgroups are passed by.
+/// (tenth)"). Sockets of other cgroups are passed by, and so are sockets that have moved no
+/// payload yet (no byte acked or received, no retransmission): their close, or the first visit
+/// after they move some, folds their segments too, and nothing of them is kept until then.
 ///
 /// True when the socket was taken here; false when the visit goes on (an entry may hold it, or
 /// it is not established: a client seen connecting gets one, `attempt_seen`).
@@ -271,6 +273,11 @@ fn snapshot(sk: *const u8, ctx: *mut TcpIterCtx, cookie: u64, segs_out: u32, seg
         return true;
     };
     let Some(counters) = counters(sk, flags, state, segs_out, segs_in) else { return true };
+    if counters.bytes_acked == 0 && counters.bytes_received == 0 && counters.total_retrans == 0 {
+        // No payload moved yet: left to its close (or a later visit), which folds it whole, so
+        // that idle connections cost the daemon no memory.
+        return true;
+    }
     let Some(it) = item(cookie, item::SNAPSHOT) else { return true };
     it.key = key;
     it.counters = counters;
