@@ -771,6 +771,11 @@ fn refused_and_syn_timeouts_are_failed_connections_with(extra: &[&str]) {
     assert_eq!((t.attempted, t.established, t.failed, t.refused, t.timed_out), (1, 0, 1, 0, 1), "{t:?}");
     // The attempt is in the window of its connect, seconds before its failure: the walk found
     // the socket connecting at that window's end (its connect made no flow update).
+    // Each window's view of the flow, for a failure to show when each count came.
+    for r in &reports {
+        let f = r.flows.iter().find(|f| flow(lab.a4, lab.b4, 5003, Role::Client)(f));
+        eprintln!("window {:?}-{:?}: {:?}", r.window.start, r.window.end, f.map(|f| &f.metrics.connections));
+    }
     let first = reports.iter().flat_map(|r| &r.flows).find(|f| flow(lab.a4, lab.b4, 5003, Role::Client)(f));
     let c = &first.expect("the 5003 flow").metrics.connections;
     assert_eq!((c.attempted, c.failed), (1, 0), "the first window of the SYN-timed-out connection: {c:?}");
