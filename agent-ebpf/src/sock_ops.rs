@@ -499,7 +499,8 @@ fn on_rto(ctx: &SockOpsContext) {
             };
             if expired && records::on() {
                 // The close that follows must know, and the daemon may hold what was folded of
-                // the socket (`walk::snapshot`): it is told, and keeps the mark.
+                // the socket (`walk::snapshot`): a record tells it, and it keeps the flag for the
+                // close.
                 let what = pair(kind::RTO_EXPIRED, flags | SOCK_RTO_EXPIRED);
                 let none = folded_none(0);
                 if !push_record(ctx, &key, what, 0, &none) && !spill_record(ctx, &key, what, 0, &none) {

@@ -135,11 +135,9 @@ impl RecordFlows {
     /// Fold what a walked socket moved (`d`, with its smoothed RTT) into its flow; a socket whose
     /// key finds no room is counted once in `flows_full`, as a record's.
     pub fn fold_moved(&mut self, cookie: u64, key: &FlowKey, d: &SockCounters, srtt_us: u32) {
-        let room = self.flows.len() < self.max_flows;
-        match self.flows.entry(*key) {
-            Entry::Occupied(mut e) => apply_moved(d, srtt_us, e.get_mut()),
-            Entry::Vacant(e) if room => apply_moved(d, srtt_us, e.insert(FlowAgg::default())),
-            Entry::Vacant(_) => {
+        match self.flow_for(key) {
+            Some(f) => apply_moved(d, srtt_us, f),
+            None => {
                 if !self.lost.contains(&cookie) {
                     self.flows_full += 1;
                     if self.lost.len() < self.max_lost {
@@ -153,11 +151,9 @@ impl RecordFlows {
     /// Fold a record, with its socket's entry if it had one.
     pub fn fold(&mut self, rec: &ConnRecord, entry: Option<&SockState>) {
         let was_lost = rec.kind == kind::CLOSED && self.lost.remove(&rec.cookie);
-        let room = self.flows.len() < self.max_flows;
-        match self.flows.entry(rec.key) {
-            Entry::Occupied(mut e) => apply(rec, entry, e.get_mut()),
-            Entry::Vacant(e) if room => apply(rec, entry, e.insert(FlowAgg::default())),
-            Entry::Vacant(_) => {
+        match self.flow_for(&rec.key) {
+            Some(f) => apply(rec, entry, f),
+            None => {
                 if !was_lost && entry.is_none_or(|e| e.flags & SOCK_FLOW_LOST == 0) {
                     self.flows_full += 1;
                 }
@@ -166,6 +162,16 @@ impl RecordFlows {
                     self.lost.insert(rec.cookie);
                 }
             }
+        }
+    }
+
+    /// The flow of `key`, made if there is room for it; `None` if there is not.
+    fn flow_for(&mut self, key: &FlowKey) -> Option<&mut FlowAgg> {
+        let room = self.flows.len() < self.max_flows;
+        match self.flows.entry(*key) {
+            Entry::Occupied(e) => Some(e.into_mut()),
+            Entry::Vacant(e) if room => Some(e.insert(FlowAgg::default())),
+            Entry::Vacant(_) => None,
         }
     }
 
@@ -307,7 +313,7 @@ pub struct Records {
     spill: BpfHashMap<MapData, SpillKey, ConnRecord>,
     /// Walked sockets the walk hands the daemon.
     held: HeldSockets,
-    /// Cookies of walked sockets the walk gave a SOCKETS entry (its output, `note_entries`),
+    /// Cookies of walked sockets the walk gave a SOCKETS entry (its output, `note_walk`),
     /// until their close's record. The program cannot tell those from the others without a
     /// lookup; sockets that got theirs from a callback say so themselves (`REC_ENTRY`).
     entries: HashSet<u64, CookieHasher>,
