@@ -262,7 +262,9 @@ pub mod stat {
     /// Program invocations that did work.
     pub const EVENTS: u32 = 0;
     /// Failed inserts into SOCKETS (map full). A socket folded by callbacks is then not tracked;
-    /// one of a walked namespace is folded whole at its close instead of at each walk.
+    /// one of a walked namespace is folded whole at its close instead of at each walk. With
+    /// connection records, the daemon adds the walk's snapshots it had no room to hold (at most
+    /// `--max-sockets` sockets, as SOCKETS): those sockets too are folded whole at their close.
     pub const SOCKETS_FULL: u32 = 1;
     /// Sockets whose flow could not be inserted (FLOWS full): counted once per socket.
     pub const FLOWS_FULL: u32 = 2;

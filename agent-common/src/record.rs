@@ -21,11 +21,14 @@ pub const RECORDS_MAP: &str = "RECORDS";
 pub const RECORD_HEADS_MAP: &str = "RECORD_HEADS";
 pub const RECORD_SPILL_MAP: &str = "RECORD_SPILL";
 
-/// Records per CPU by default (`--record-slots`; a power of two): none, records are off. In the
-/// connection storm they cost the daemon ~0.7% of a core and the kernel saves no more than
-/// that; they pay where connection events are entered with cold caches (docs/performance.md,
-/// "Results, 2026-12-06 (sixth)").
-pub const DEFAULT_RECORD_SLOTS: u32 = 0;
+/// Records per CPU by default (`--record-slots`; a power of two; 0 turns records off): 512 KiB
+/// of ring per CPU, ~1.5x what a CPU of this 2-CPU machine writes between two of the daemon's
+/// 50-ms readings in the connection storm of a calm hour (~108,000 records/s); a record that
+/// finds its ring full is spilled or folded in the kernel, never lost. On by default since
+/// they halve the walk's cost on busy sockets and keep nothing in the kernel per walked socket,
+/// for ~0.5% of a core of the daemon's in the storm with no cost to its throughput
+/// (docs/performance.md, "Results, 2026-12-07 (twelfth)").
+pub const DEFAULT_RECORD_SLOTS: u32 = 4096;
 
 /// Slots a ring keeps free for programs that interrupt one another on its CPU (a segment's
 /// callback in softirq over a connect in process context): the check for room and the taking of

@@ -173,7 +173,7 @@ pub struct RunArgs {
     /// a thread of the agent in it [default: 256].
     #[arg(long, value_name = "N")]
     pub max_walked_netns: Option<u32>,
-    /// Walk mode: connection records per CPU (0, or a power of two up to 1048576, e.g. 16384;
+    /// Walk mode: connection records per CPU (0 turns them off, or a power of two up to 1048576;
     /// 128 bytes each). The establishment and close of a socket of a walked namespace go to the
     /// agent as a record in a ring of the CPU's own, which the agent reads every 50 ms and folds
     /// into the flow, rather than being folded in the kernel, where a flow lookup entered with
@@ -181,10 +181,13 @@ pub struct RunArgs {
     /// rate then (~0.5% of a core at 80,000 records/s: 20,000 connections/s with both ends on
     /// the host, two records each end). The walk then hands the agent the counters of walked
     /// sockets that moved, and the agent keeps what it folded of each (~60 bytes per open
-    /// socket), instead of a kernel map entry per socket. A record that finds its ring full is
-    /// folded in the kernel instead (counted in agent_stats.ring_full), or spilled to a map the
-    /// agent empties where the agent holds its socket (agent_stats.records_spill_full counts
-    /// those that find it full too). Linux 6.10 and later [default: 0, off].
+    /// socket, at most --max-sockets sockets: beyond, a socket is folded whole at its close,
+    /// counted in agent_stats.map_full.sockets), instead of a kernel map entry per socket. A
+    /// record that finds its ring full is folded in the kernel instead (counted in
+    /// agent_stats.ring_full), or spilled to a map the agent empties where the agent holds its
+    /// socket (agent_stats.records_spill_full counts those that find it full too). Linux 6.10
+    /// and later; on older kernels the programs fold every event themselves [default: 4096,
+    /// 512 KiB per CPU].
     #[arg(long, value_name = "N")]
     pub record_slots: Option<u32>,
     /// Walk mode: how often a walk visits every open socket. The walks in between pass over

@@ -131,10 +131,12 @@ pub async fn run(cfg: Config) -> Result<()> {
     // Half of WatchdogSec (systemd); without a watchdog the ticks send nothing.
     let mut watchdog = tokio::time::interval(notifier.watchdog_period().unwrap_or(Duration::from_secs(3600)));
     // Connection records are read in this task, between walks and readings, never beside them;
-    // without records the task does not wake for them (20 times a second for nothing).
+    // without records the task does not wake for them, and with records it wakes less often
+    // while they find none (`capture::next_records_read_wait`).
     let has_records = p.capture.has_records();
-    let mut records = tokio::time::interval(capture::READ_RECORDS_EVERY);
-    records.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut records_wait = capture::READ_RECORDS_EVERY;
+    let records = tokio::time::sleep(records_wait);
+    tokio::pin!(records);
     health.set_ready();
     notifier.ready();
 
@@ -162,8 +164,9 @@ pub async fn run(cfg: Config) -> Result<()> {
                 notifier.watchdog();
                 continue;
             }
-            _ = records.tick(), if has_records => {
-                p.capture.read_records();
+            _ = &mut records, if has_records => {
+                records_wait = capture::next_records_read_wait(records_wait, p.capture.read_records());
+                records.as_mut().reset(tokio::time::Instant::now() + records_wait);
                 continue;
             }
         }

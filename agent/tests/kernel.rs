@@ -133,20 +133,21 @@ fn bytes_and_opens_match_the_traffic_ipv6() {
     bytes_and_opens(true, &[]);
 }
 
-/// Connection records on (`--record-slots`): the establishments and closes of the walked
-/// sockets go to the daemon as records, which it folds.
-const RECORDS: &[&str] = &["--record-slots", "16384"];
+/// Connection records off (`--record-slots 0`; they are on by default): the programs fold the
+/// establishments and closes of the walked sockets themselves, and the walk keeps a SOCKETS entry
+/// for each socket it folds.
+const NO_RECORDS: &[&str] = &["--record-slots", "0"];
 
 #[test]
-fn bytes_and_opens_match_the_traffic_with_connection_records() {
-    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_with_connection_records") else { return };
-    bytes_and_opens(false, RECORDS);
+fn bytes_and_opens_match_the_traffic_without_connection_records() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_without_connection_records") else { return };
+    bytes_and_opens(false, NO_RECORDS);
 }
 
 #[test]
-fn bytes_and_opens_match_the_traffic_ipv6_with_connection_records() {
-    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv6_with_connection_records") else { return };
-    bytes_and_opens(true, RECORDS);
+fn bytes_and_opens_match_the_traffic_ipv6_without_connection_records() {
+    let Some(_g) = privileged("bytes_and_opens_match_the_traffic_ipv6_without_connection_records") else { return };
+    bytes_and_opens(true, NO_RECORDS);
 }
 
 /// Rings of 16 records per CPU (8 usable) against 300 connections made as fast as they go: most
@@ -272,11 +273,11 @@ fn open_connections_are_folded_every_window_and_exactly() {
 }
 
 #[test]
-fn open_connections_are_folded_every_window_and_exactly_with_connection_records() {
-    let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly_with_connection_records") else {
+fn open_connections_are_folded_every_window_and_exactly_without_connection_records() {
+    let Some(_g) = privileged("open_connections_are_folded_every_window_and_exactly_without_connection_records") else {
         return;
     };
-    open_connections_folded(false, RECORDS);
+    open_connections_folded(false, NO_RECORDS);
 }
 
 /// The same over IPv6: the walk's first fold of a socket builds its flow key from the socket
@@ -440,11 +441,11 @@ fn retransmissions_and_timeouts_equal_kernel_counters() {
 }
 
 #[test]
-fn retransmissions_and_timeouts_equal_kernel_counters_with_connection_records() {
-    let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters_with_connection_records") else {
+fn retransmissions_and_timeouts_equal_kernel_counters_without_connection_records() {
+    let Some(_g) = privileged("retransmissions_and_timeouts_equal_kernel_counters_without_connection_records") else {
         return;
     };
-    retransmissions_and_timeouts_equal_kernel_counters_with(RECORDS);
+    retransmissions_and_timeouts_equal_kernel_counters_with(NO_RECORDS);
 }
 
 fn retransmissions_and_timeouts_equal_kernel_counters_with(extra: &[&str]) {
@@ -702,16 +703,17 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus() {
     assert_exact(&lost_synacks(false, &[], true, Listen::Once));
 }
 
-/// The same with connection records: a client the walk found connecting (its attempt counted)
-/// has its establishment and close in the rings of two CPUs, read in whatever order.
+/// The same without connection records. (With them, the default, a client the walk found
+/// connecting, its attempt counted, has its establishment and close in the rings of two CPUs,
+/// read in whatever order.)
 #[test]
-fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with_connection_records() {
-    let Some(_g) =
-        privileged("handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with_connection_records")
-    else {
+fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_without_connection_records() {
+    let Some(_g) = privileged(
+        "handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_without_connection_records",
+    ) else {
         return;
     };
-    assert_exact(&lost_synacks(false, RECORDS, true, Listen::Once));
+    assert_exact(&lost_synacks(false, NO_RECORDS, true, Listen::Once));
 }
 
 /// With the classic tracepoint (`--synack-hook tracepoint`, the fallback), the same load makes
@@ -745,11 +747,11 @@ fn refused_and_syn_timeouts_are_failed_connections() {
 }
 
 #[test]
-fn refused_and_syn_timeouts_are_failed_connections_with_connection_records() {
-    let Some(_g) = privileged("refused_and_syn_timeouts_are_failed_connections_with_connection_records") else {
+fn refused_and_syn_timeouts_are_failed_connections_without_connection_records() {
+    let Some(_g) = privileged("refused_and_syn_timeouts_are_failed_connections_without_connection_records") else {
         return;
     };
-    refused_and_syn_timeouts_are_failed_connections_with(RECORDS);
+    refused_and_syn_timeouts_are_failed_connections_with(NO_RECORDS);
 }
 
 fn refused_and_syn_timeouts_are_failed_connections_with(extra: &[&str]) {
@@ -1234,15 +1236,16 @@ fn walked_connections_open_across_a_restart_are_not_counted_twice() {
     open_across_a_restart(&[], &[], 5015);
 }
 
-/// The same with connection records, in both runs: the entries the walk at start stores reach
-/// the daemon through the walk's output.
+/// The same without connection records, in both runs. (With them, the default, the entries the
+/// walk at start stores reach the daemon through the walk's output.)
 #[test]
-fn walked_connections_open_across_a_restart_are_not_counted_twice_with_connection_records() {
-    let Some(_g) = privileged("walked_connections_open_across_a_restart_are_not_counted_twice_with_connection_records")
+fn walked_connections_open_across_a_restart_are_not_counted_twice_without_connection_records() {
+    let Some(_g) =
+        privileged("walked_connections_open_across_a_restart_are_not_counted_twice_without_connection_records")
     else {
         return;
     };
-    open_across_a_restart(RECORDS, RECORDS, 5025);
+    open_across_a_restart(NO_RECORDS, NO_RECORDS, 5025);
 }
 
 /// The earlier run walked the connection, the next one folds by callbacks and makes no walk but
@@ -1396,13 +1399,26 @@ fn rtt_agrees_with_ss_in_callback_mode() {
     rtt_agrees_with_ss(CALLBACKS);
 }
 
-/// Ten concurrent connections (20 sockets) held open for `hold_s`, with a socket map of 4
-/// entries; then two more connections. Returns the reports, what the ten moved (client side) and
-/// what the two did.
+/// Ten concurrent connections (20 sockets) held open for `hold_s` once each client has sent its
+/// 10 bytes (so that both ends have moved payload while held), with a socket map of 4 entries;
+/// then two more connections. Returns the reports, what the ten moved (client side) and what
+/// the two did.
 fn ten_held_connections_four_slots(lab: &Lab, mode: &[&str], hold_s: &str) -> (Vec<Report>, Value, Value) {
     let agent = Agent::start(lab, &[mode, &["--max-sockets", "4"]].concat());
     let server = lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", "5005", "--conns", "10", "--reply", "10"]);
-    let args = ["connect", "--addr", lab.b4, "--port", "5005", "--conns", "10", "--parallel", "--hold", hold_s];
+    let args = [
+        "connect",
+        "--addr",
+        lab.b4,
+        "--port",
+        "5005",
+        "--conns",
+        "10",
+        "--parallel",
+        "--send-first",
+        "--hold",
+        hold_s,
+    ];
     let client = lab.traffic(&lab.a, &[&args[..], &["--send", "10"]].concat()).result();
     server.result();
     lab.wait_sockets_closed(Duration::from_secs(10));
@@ -1438,14 +1454,28 @@ fn full_socket_map_is_counted_exactly_and_capture_goes_on() {
     assert!(reports.len() >= 3, "reports kept coming: {}", reports.len());
 }
 
-/// In a walked namespace a socket needs an entry only once the walk folds it: with 4 entries for
-/// 20 sockets held open across walks, the walk counts every socket it could not store (16 per
-/// walk), and those are folded whole at their close: nothing is lost, on either side.
+/// In a walked namespace a socket needs room only once the walk folds it: with 4 sockets' room
+/// (`--max-sockets 4`) for 20 sockets held open across walks, the walk counts every socket it
+/// could not keep (16 per walk that saw them move), and those are folded whole at their close:
+/// nothing is lost, on either side. With connection records (the default) the room is the
+/// daemon's (the sockets it holds), without it is SOCKETS.
 #[test]
 fn full_socket_map_loses_nothing_in_a_walked_namespace() {
     let Some(_g) = privileged("full_socket_map_loses_nothing_in_a_walked_namespace") else { return };
+    full_socket_map_loses_nothing_in_a_walked_namespace_with(&[]);
+}
+
+#[test]
+fn full_socket_map_loses_nothing_in_a_walked_namespace_without_connection_records() {
+    let Some(_g) = privileged("full_socket_map_loses_nothing_in_a_walked_namespace_without_connection_records") else {
+        return;
+    };
+    full_socket_map_loses_nothing_in_a_walked_namespace_with(NO_RECORDS);
+}
+
+fn full_socket_map_loses_nothing_in_a_walked_namespace_with(mode: &[&str]) {
     let lab = Lab::new();
-    let (reports, client, after) = ten_held_connections_four_slots(&lab, &[], "2");
+    let (reports, client, after) = ten_held_connections_four_slots(&lab, mode, "2");
     let full: u64 = reports.iter().map(|r| r.agent_stats.map_full.sockets).sum();
     let untracked: u64 = reports.iter().map(|r| r.agent_stats.untracked_events).sum();
     assert!(full >= 16, "at least one walk while the 20 sockets were open: {full}");
@@ -1476,11 +1506,11 @@ fn full_flow_map_is_counted_exactly() {
 }
 
 #[test]
-fn full_flow_map_is_counted_exactly_with_connection_records() {
-    let Some(_g) = privileged("full_flow_map_is_counted_exactly_with_connection_records") else {
+fn full_flow_map_is_counted_exactly_without_connection_records() {
+    let Some(_g) = privileged("full_flow_map_is_counted_exactly_without_connection_records") else {
         return;
     };
-    full_flow_map_is_counted_exactly_with(RECORDS);
+    full_flow_map_is_counted_exactly_with(NO_RECORDS);
 }
 
 fn full_flow_map_is_counted_exactly_with(extra: &[&str]) {

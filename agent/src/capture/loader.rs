@@ -363,17 +363,15 @@ impl Capture {
     }
 
     /// Whether the programs write connection records (`--record-slots`, walk mode), which
-    /// `read_records` must then read every `records::READ_EVERY`.
+    /// `read_records` must then read (`records::next_read_wait`).
     pub fn has_records(&self) -> bool {
         self.records.is_some()
     }
 
     /// Fold the connection records the programs wrote since the last reading (walk mode): often
-    /// enough that the rings do not fill (`records::READ_EVERY`).
-    pub fn read_records(&mut self) {
-        if let Some(r) = &mut self.records {
-            r.read();
-        }
+    /// enough that the rings do not fill (`records::next_read_wait`). Returns how many it read.
+    pub fn read_records(&mut self) -> usize {
+        self.records.as_mut().map_or(0, |r| r.read())
     }
 
     /// The agent is stopping: the readings from now on fold every connection record they read
@@ -408,6 +406,8 @@ impl Capture {
             r.flows().add_to(&mut flows);
             let full = &mut stats[stat::FLOWS_FULL as usize];
             *full = full.wrapping_add(r.flows().flows_full());
+            let full = &mut stats[stat::SOCKETS_FULL as usize];
+            *full = full.wrapping_add(r.sockets_full());
         }
         Ok(Snapshot { flows, stats })
     }

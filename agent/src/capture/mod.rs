@@ -16,4 +16,4 @@ mod walk;
 pub use error::CaptureError;
 pub use loader::{Attached, Capture, Snapshot};
 pub use privileges::drop_all as drop_privileges;
-pub use records::READ_EVERY as READ_RECORDS_EVERY;
+pub use records::{READ_EVERY as READ_RECORDS_EVERY, next_read_wait as next_records_read_wait};

@@ -11,7 +11,10 @@
 //! it hands their counters to the daemon (`record::item::SNAPSHOT`), which keeps what it folded
 //! of each (`Held`), folds what moved, and folds the socket's close against the same.
 
-use std::collections::{HashMap, HashSet, hash_map::Entry};
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    time::Duration,
+};
 
 use agent_common::{
     fold::fold_step,
@@ -28,9 +31,24 @@ use rustc_hash::FxBuildHasher as CookieHasher;
 
 use crate::sys::SharedMapping;
 
-/// How often the daemon reads the rings between window ends. At the storm's rate (~55,000
-/// records per second per CPU) a ring of the default 16,384 slots holds ~0.3 s.
-pub const READ_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often the daemon reads the rings between window ends while they hold records. At the
+/// storm's rate (~55,000 records per second per CPU) a ring of the default 4,096 slots holds
+/// ~75 ms.
+pub const READ_EVERY: Duration = Duration::from_millis(50);
+
+/// The longest wait between two readings of the rings: reached after readings that found none,
+/// so that an agent with nothing to capture wakes ~3 times a second for them, not 20 (~0.4% of a
+/// core on this machine: docs/performance.md, "Results, 2026-12-07 (twelfth)"). A burst that
+/// comes during the wait may fill a ring: its records are then folded in the kernel or
+/// spilled, exact, and counted in `agent_stats.ring_full`.
+pub const READ_IDLE_MAX: Duration = Duration::from_millis(400);
+
+/// The wait before the next reading of the rings, after one that waited `last` and took `read`
+/// records: `READ_EVERY` while there are records, twice as long after each reading without,
+/// up to `READ_IDLE_MAX`.
+pub fn next_read_wait(last: Duration, read: usize) -> Duration {
+    if read > 0 { READ_EVERY } else { (last * 2).clamp(READ_EVERY, READ_IDLE_MAX) }
+}
 
 /// The rings as mapped into the daemon: `cpus` rings of `slots` records, their heads, and the
 /// position up to which each was read (written back as its tail, which is how the programs know
@@ -255,16 +273,25 @@ struct Held {
 }
 
 /// The walked sockets the walk hands the daemon (`record::item::SNAPSHOT`), by cookie, until
-/// their close's record.
-#[derive(Default)]
+/// their close's record; at most `max` (`--max-sockets`, as SOCKETS), so the daemon's memory is
+/// bounded whatever the number of open sockets. A socket that finds no room is not folded: its
+/// close folds it whole (nothing was folded of it), as a walked socket that found SOCKETS full
+/// is, and each snapshot so refused is counted in `full` (`stat::SOCKETS_FULL`).
 struct HeldSockets {
     held: HashMap<u64, Held, CookieHasher>,
+    max: usize,
+    /// Snapshots that found no room, in all.
+    full: u64,
     /// Full walks noted so far: a held socket no full walk saw for two of them has gone without
     /// a record (its close found the ring and the spill full, `stat::SPILL_FULL`).
     full_walks: u32,
 }
 
 impl HeldSockets {
+    fn new(max: usize) -> HeldSockets {
+        HeldSockets { held: HashMap::default(), max, full: 0, full_walks: 0 }
+    }
+
     /// A walk begins to be noted (`full`: it visited every socket).
     fn walk(&mut self, full: bool) {
         if full {
@@ -272,10 +299,19 @@ impl HeldSockets {
         }
     }
 
-    /// A snapshot of a walked socket from the walk being noted: what moved since the last.
-    fn snapshot(&mut self, it: &WalkItem, full: bool) -> SockCounters {
+    /// A snapshot of a walked socket from the walk being noted: what moved since the last, or
+    /// `None` when the socket is not held and there is no room to (counted).
+    fn snapshot(&mut self, it: &WalkItem, full: bool) -> Option<SockCounters> {
         let seen = self.full_walks;
-        let h = self.held.entry(it.cookie).or_insert(Held { seen, ..Held::default() });
+        let room = self.held.len() < self.max;
+        let h = match self.held.entry(it.cookie) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) if room => e.insert(Held { seen, ..Held::default() }),
+            Entry::Vacant(_) => {
+                self.full = self.full.wrapping_add(1);
+                return None;
+            }
+        };
         let (d, folded) = fold_step(&h.folded, &it.counters);
         h.folded = folded;
         h.flags |= it.flags;
@@ -283,7 +319,7 @@ impl HeldSockets {
         if full {
             h.seen = seen;
         }
-        d
+        Some(d)
     }
 
     /// The walk being noted was full: drop the sockets neither it nor the full walk before saw.
@@ -292,7 +328,8 @@ impl HeldSockets {
         self.held.retain(|_, h| now.wrapping_sub(h.seen) < 2);
     }
 
-    /// The socket's retransmission timer gave up (a record said so): its close is to know.
+    /// The socket's retransmission timer gave up (a record said so): its close is to know. Kept
+    /// even beyond `max`: such a socket is about to close (or is dropped by `prune`).
     fn rto_expired(&mut self, cookie: u64) {
         let seen = self.full_walks;
         self.held.entry(cookie).or_insert(Held { seen, ..Held::default() }).flags |= SOCK_RTO_EXPIRED;
@@ -341,7 +378,7 @@ impl Records {
             flows,
             sockets,
             spill,
-            held: HeldSockets::default(),
+            held: HeldSockets::new(max_sockets),
             entries: HashSet::default(),
             max_entries,
             buf: Vec::new(),
@@ -361,8 +398,9 @@ impl Records {
                     self.entries.insert(it.cookie);
                 }
                 item::SNAPSHOT => {
-                    let d = self.held.snapshot(&it, full);
-                    self.flows.fold_moved(it.cookie, &it.key, &d, it.srtt_us);
+                    if let Some(d) = self.held.snapshot(&it, full) {
+                        self.flows.fold_moved(it.cookie, &it.key, &d, it.srtt_us);
+                    }
                 }
                 _ => {}
             }
@@ -391,15 +429,17 @@ impl Records {
     /// was written after every record written before it was committed, and those are all read
     /// by the end of the second. Establishments of both passes are folded, then closes of the
     /// first (and those held from the last reading); the second's closes wait for the next
-    /// reading, unless this is the last (`finish`).
-    pub fn read(&mut self) {
+    /// reading, unless this is the last (`finish`). Returns how many records it took.
+    pub fn read(&mut self) -> usize {
         // `buf` starts with the closes held from the last reading.
         let mut buf = std::mem::take(&mut self.buf);
+        let held = buf.len();
         self.rings.take(&mut buf);
         let first = buf.len();
         self.rings.take(&mut buf);
         // Spilled after their rings filled, so after every record of theirs in the first pass.
         self.take_spilled(&mut buf);
+        let taken = buf.len() - held;
         let (mut closes, mut later) = (Vec::new(), Vec::new());
         for (i, rec) in buf.drain(..).enumerate() {
             match rec.kind {
@@ -413,6 +453,7 @@ impl Records {
         }
         buf.extend(later);
         self.buf = buf;
+        taken
     }
 
     /// From now on every record read is folded at once (the agent is stopping: no later reading
@@ -481,6 +522,11 @@ impl Records {
                  had none (bytes the walk folded before may count twice)"
             );
         }
+    }
+
+    /// Snapshots of walked sockets the daemon had no room to hold (`stat::SOCKETS_FULL`).
+    pub fn sockets_full(&self) -> u64 {
+        self.held.full
     }
 
     pub fn flows(&self) -> &RecordFlows {
@@ -630,12 +676,12 @@ mod tests {
 
     #[test]
     fn a_held_socket_is_folded_by_what_moved_and_closed_against_its_last_snapshot() {
-        let mut held = HeldSockets::default();
+        let mut held = HeldSockets::new(10);
         let mut f = RecordFlows::new(10, 10);
         for (acked, segs_in) in [(100, 2), (100, 2), (250, 5)] {
             held.walk(false);
             let it = snap(1, 80, acked, segs_in);
-            let d = held.snapshot(&it, false);
+            let d = held.snapshot(&it, false).unwrap();
             f.fold_moved(1, &it.key, &d, it.srtt_us);
         }
         let mut close = rec(kind::CLOSED, 1, 80);
@@ -653,7 +699,7 @@ mod tests {
 
     #[test]
     fn a_close_keeps_an_entrys_baseline_unless_a_snapshot_came_and_the_flags_of_both() {
-        let mut held = HeldSockets::default();
+        let mut held = HeldSockets::new(10);
         held.rto_expired(7);
         let h = held.close(7).expect("an expired RTO is kept for the close");
         assert!(!h.shipped && h.flags & SOCK_RTO_EXPIRED != 0, "{h:?}");
@@ -674,7 +720,7 @@ mod tests {
 
     #[test]
     fn held_sockets_that_two_full_walks_did_not_see_are_dropped() {
-        let mut held = HeldSockets::default();
+        let mut held = HeldSockets::new(10);
         let mut full_walk = |cookies: &[u64]| {
             held.walk(true);
             for &c in cookies {
@@ -688,5 +734,38 @@ mod tests {
         assert_eq!(full_walk(&[1, 2]), [1, 2]);
         assert_eq!(full_walk(&[1]), [1, 2], "one full walk without it: its close's record may still come");
         assert_eq!(full_walk(&[1]), [1]);
+    }
+
+    #[test]
+    fn sockets_beyond_the_bound_are_not_held_and_are_counted_at_each_refused_snapshot() {
+        let mut held = HeldSockets::new(2);
+        held.walk(false);
+        assert!(held.snapshot(&snap(1, 80, 10, 1), false).is_some());
+        assert!(held.snapshot(&snap(2, 80, 10, 1), false).is_some());
+        assert!(held.snapshot(&snap(3, 80, 10, 1), false).is_none(), "no room");
+        held.walk(false);
+        let d = held.snapshot(&snap(1, 80, 30, 2), false).expect("a held socket is always folded");
+        assert_eq!((d.bytes_acked, d.segs_in), (20, 1));
+        assert!(held.snapshot(&snap(3, 80, 30, 2), false).is_none());
+        assert_eq!(held.full, 2, "each refused snapshot");
+        // Room again: the socket is held from zero, as nothing was folded of it.
+        assert!(held.close(2).is_some());
+        let d = held.snapshot(&snap(3, 80, 40, 3), false).unwrap();
+        assert_eq!((d.bytes_acked, d.segs_in), (40, 3));
+        held.rto_expired(4);
+        assert_eq!(held.held.len(), 3, "an expired RTO is kept beyond the bound, for the close");
+    }
+
+    #[test]
+    fn readings_without_records_wait_twice_as_long_up_to_the_idle_bound() {
+        let mut w = READ_EVERY;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            w = next_read_wait(w, 0);
+            waits.push(w.as_millis());
+        }
+        assert_eq!(waits, [100, 200, 400, 400, 400]);
+        assert_eq!(next_read_wait(READ_IDLE_MAX, 1), READ_EVERY, "records: back to the short wait");
+        assert_eq!(next_read_wait(READ_EVERY, 3), READ_EVERY);
     }
 }

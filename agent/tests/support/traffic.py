@@ -3,7 +3,7 @@
 test compares the agent's report against the bytes this program itself wrote and read.
 
   serve   --addr A --port P --conns N [--reply BYTES] [--echo] [--expect BYTES]
-  connect --addr A --port P --conns N --send BYTES [--parallel] [--hold SECS] [--timeout SECS]
+  connect --addr A --port P --conns N --send BYTES [--parallel] [--hold SECS] [--send-first] [--timeout SECS]
           [--server-closes SECS]
 
 With `serve --expect N` the server reads N bytes (not to the end), replies and closes first, as
@@ -100,9 +100,12 @@ def connect(a):
             c.close()
             return
         c.settimeout(None)
+        if a.send_first:
+            c.sendall(b"s" * a.send)
         if a.hold:
             time.sleep(a.hold)
-        c.sendall(b"s" * a.send)
+        if not a.send_first:
+            c.sendall(b"s" * a.send)
         if a.server_closes:
             got = read_all(c)
             time.sleep(a.server_closes)
@@ -214,6 +217,7 @@ def main():
     p.add_argument("--send", type=int, default=0)
     p.add_argument("--parallel", action="store_true")
     p.add_argument("--hold", type=float, default=0)
+    p.add_argument("--send-first", action="store_true", help="send before the hold, not after")
     p.add_argument("--expect", type=int, default=0)
     p.add_argument("--server-closes", type=float, default=0)
     p.add_argument("--timeout", type=float, default=30)
