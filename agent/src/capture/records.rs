@@ -218,6 +218,17 @@ impl RecordFlows {
     }
 }
 
+/// The fewest cookies in `Records::entries` at which those whose entry has gone are looked for.
+const ENTRIES_CHECK_MIN: usize = 1024;
+
+/// Where the next look for gone entries comes, after one that left `live` cookies: at twice as
+/// many, so that the cookies left by closes folded in the kernel (a full ring) take at most
+/// about as much memory as the live ones, and the lookups (one system call per cookie) cost
+/// O(1) per cookie added; at least `ENTRIES_CHECK_MIN`, at most `max` (SOCKETS' size).
+fn next_entries_check(live: usize, max: usize) -> usize {
+    live.saturating_mul(2).clamp(ENTRIES_CHECK_MIN, max.max(ENTRIES_CHECK_MIN))
+}
+
 /// What a close is folded against: the socket's SOCKETS entry, the daemon's `Held`, or both. A
 /// held snapshot is what the daemon folded, so it is the baseline; the flags of both count.
 fn with_held(entry: Option<SockState>, held: Option<Held>, key: &FlowKey) -> Option<SockState> {
@@ -355,7 +366,9 @@ pub struct Records {
     /// lookup; sockets that got theirs from a callback say so themselves (`REC_ENTRY`).
     entries: HashSet<u64, CookieHasher>,
     /// `entries` beyond which the cookies whose entry has gone (their close folded in the
-    /// kernel, when the ring was full) are looked for and dropped.
+    /// kernel, when the ring was full) are looked for and dropped (`next_entries_check`).
+    entries_check_at: usize,
+    /// The most `entries_check_at` can be: SOCKETS' size.
     max_entries: usize,
     buf: Vec<ConnRecord>,
     /// Whether a failed lookup of an entry was logged (once is enough).
@@ -372,7 +385,7 @@ impl Records {
         spill: BpfHashMap<MapData, SpillKey, ConnRecord>,
         max_sockets: usize,
     ) -> Records {
-        let max_entries = max_sockets.max(1024);
+        let max_entries = max_sockets.max(ENTRIES_CHECK_MIN);
         Records {
             rings,
             flows,
@@ -380,6 +393,7 @@ impl Records {
             spill,
             held: HeldSockets::new(max_sockets),
             entries: HashSet::default(),
+            entries_check_at: ENTRIES_CHECK_MIN,
             max_entries,
             buf: Vec::new(),
             lookup_failed: false,
@@ -408,9 +422,10 @@ impl Records {
         if full {
             self.held.prune();
         }
-        if self.entries.len() > self.max_entries {
+        if self.entries.len() > self.entries_check_at {
             let sockets = &self.sockets;
             self.entries.retain(|c| !matches!(sockets.get(c, 0), Err(MapError::KeyNotFound)));
+            self.entries_check_at = next_entries_check(self.entries.len(), self.max_entries);
             tracing::debug!(
                 entries = self.entries.len(),
                 "dropped the cookies of sockets folded in the kernel at their close"
@@ -767,5 +782,13 @@ mod tests {
         assert_eq!(waits, [100, 200, 400, 400, 400]);
         assert_eq!(next_read_wait(READ_IDLE_MAX, 1), READ_EVERY, "records: back to the short wait");
         assert_eq!(next_read_wait(READ_EVERY, 3), READ_EVERY);
+    }
+
+    #[test]
+    fn gone_entries_are_looked_for_at_twice_the_live_ones_within_bounds() {
+        assert_eq!(next_entries_check(0, 65_536), 1024);
+        assert_eq!(next_entries_check(3_000, 65_536), 6_000);
+        assert_eq!(next_entries_check(40_000, 65_536), 65_536, "at most SOCKETS' size");
+        assert_eq!(next_entries_check(10, 16), 1024, "at least the minimum, whatever SOCKETS' size");
     }
 }
