@@ -97,8 +97,9 @@ pub struct WalkItem {
     pub _pad: u32,
 }
 
-/// The key of a record spilled (`RECORD_SPILL`) when its ring was full: the socket's cookie and
-/// the record's kind (a socket may spill an RTO's record and its close's).
+/// The key of a record spilled (`RECORD_SPILL`) when its ring was full: the socket's cookie, and
+/// the record's kind (a socket may spill an RTO's record and its close's) with the daemon's
+/// reading it was spilled during (`spill_kind`).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Hash)]
 pub struct SpillKey {
@@ -106,15 +107,38 @@ pub struct SpillKey {
     pub kind: u64,
 }
 
+/// `SpillKey::kind`: the record's kind in the low half, the low half of the reading the daemon
+/// had begun (`RingHead::reading`) in the high half.
+#[inline(always)]
+pub fn spill_kind(kind: u64, reading: u64) -> u64 {
+    (kind & 0xffff_ffff) | (reading << 32)
+}
+
+impl SpillKey {
+    /// The record's kind (`kind`).
+    pub fn record_kind(&self) -> u32 {
+        self.kind as u32
+    }
+
+    /// Whether the record was spilled during reading `reading` (`RingHead::reading`).
+    pub fn spilled_during(&self, reading: u64) -> bool {
+        self.kind >> 32 == reading & 0xffff_ffff
+    }
+}
+
 /// A ring's head (the next position a program takes, by an atomic add) and tail (the next one
-/// the daemon reads, which it writes back as it reads), on lines of their own.
+/// the daemon reads, which it writes back as it reads), on lines of their own. With the tail,
+/// the number of the daemon's reading under way, which a spilled record's key carries
+/// (`spill_kind`): the daemon folds a spilled close at the reading after the one it was spilled
+/// during, when its establishment is sure to be folded, and leaves it in the spill till then.
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct RingHead {
     pub head: u64,
     pub _pad: [u64; 7],
     pub tail: u64,
-    pub _pad2: [u64; 7],
+    pub reading: u64,
+    pub _pad2: [u64; 6],
 }
 
 /// Whether a ring of `slots` with positions `head` and `tail` has room for one more record.

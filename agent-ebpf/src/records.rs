@@ -3,7 +3,7 @@
 
 use agent_common::{
     maps::{FlowKey, SockCounters, stat},
-    record::{ConnRecord, RingHead, SpillKey, has_room},
+    record::{ConnRecord, RingHead, SpillKey, has_room, spill_kind},
 };
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
@@ -108,12 +108,17 @@ pub fn spill(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, whe
     let Some(rec) = RECORD_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: this CPU's value of an array map; the reading number is the daemon's (a plain
+    // load). Without it (not with the sizes the daemon sets), 0: folded at the next reading.
+    let reading = RECORD_HEADS.get_ptr(cpu).map_or(0, |h| unsafe { core::ptr::read_volatile(&raw const (*h).reading) });
     // SAFETY: this CPU's scratch record; the program is not interrupted by another run of
     // itself on this CPU between the fill and the insert (the kernel does not nest a program
     // in itself), and a nested other program does not use it.
     let done = unsafe {
         fill(rec, cookie, key, counters, what, when);
-        let k = SpillKey { cookie, kind: what & 0xffff_ffff };
+        let k = SpillKey { cookie, kind: spill_kind(what, reading) };
         RECORD_SPILL.insert(&k, &*rec, 0).is_ok()
     };
     if !done {

@@ -135,6 +135,82 @@ struct LinkCreateIter {
     _pad: u32,
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// `union bpf_attr` as the map batch commands read it.
+#[repr(C)]
+struct MapBatch {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Where a batch lookup of a hash map goes on from (the kernel's bucket index; `Default`: the
+/// first).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCursor {
+    started: bool,
+    at: u64,
+}
+
+/// BPF_MAP_LOOKUP_BATCH on a map with keys `K` and values `V`: up to `keys.len()` (and
+/// `values.len()`) entries from `cursor` on, which is moved past them. Returns how many were
+/// written and whether the map has more. A bucket with more entries than `keys` holds is an
+/// error (ENOSPC).
+pub fn map_lookup_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    cursor: &mut BatchCursor,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<(usize, bool)> {
+    let mut next = 0u64;
+    let mut attr = MapBatch {
+        in_batch: if cursor.started { (&raw const cursor.at) as u64 } else { 0 },
+        out_batch: (&raw mut next) as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // The kernel writes `count` entries of the map's key and value sizes, which the caller's
+    // `K` and `V` are, into buffers of at least that many, and the cursor into `next`.
+    match bpf_call_mut(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(_) => {
+            *cursor = BatchCursor { started: true, at: next };
+            Ok((attr.count as usize, true))
+        }
+        // The end: the entries of the last buckets are written all the same.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok((attr.count as usize, false)),
+        Err(e) => Err(e),
+    }
+}
+
+/// BPF_MAP_DELETE_BATCH: delete `keys` (of the map's key size) from `map`.
+pub fn map_delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let attr = MapBatch {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: 0,
+        count: keys.len() as u32,
+        map_fd: map.as_raw_fd() as u32,
+        elem_flags: 0,
+        flags: 0,
+    };
+    bpf_call(BPF_MAP_DELETE_BATCH, &attr).map(|_| ())
+}
+
 /// `union bpf_attr` as BPF_ITER_CREATE reads it.
 #[repr(C)]
 struct IterCreate {

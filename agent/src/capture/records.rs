@@ -13,6 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
+    os::fd::AsFd,
     time::Duration,
 };
 
@@ -21,7 +22,7 @@ use agent_common::{
     maps::{FlowAgg, FlowKey, SOCK_FLOW_LOST, SOCK_RTO_EXPIRED, SockCounters, SockState},
     record::{ConnRecord, REC_ENTRY, RingHead, SpillKey, WalkItem, apply, apply_moved, item, kind},
 };
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
 // Flows by key: a seeded hash, since peers choose addresses and ports. With the standard
 // library's SipHash for both, a record's three hash operations took 67-80 ns, with these 15-20
 // (`docs/tools/record_hash`).
@@ -29,7 +30,7 @@ use foldhash::fast::RandomState as FlowHasher;
 // Sockets by cookie, a number the kernel counts up: a plain multiplicative hash.
 use rustc_hash::FxBuildHasher as CookieHasher;
 
-use crate::sys::SharedMapping;
+use crate::sys::{self, SharedMapping};
 
 /// How often the daemon reads the rings between window ends while they hold records. At the
 /// storm's rate (~55,000 records per second per CPU) a ring of the default 4,096 slots holds
@@ -50,15 +51,23 @@ pub fn next_read_wait(last: Duration, read: usize) -> Duration {
     if read > 0 { READ_EVERY } else { (last * 2).clamp(READ_EVERY, READ_IDLE_MAX) }
 }
 
-/// The rings as mapped into the daemon: `cpus` rings of `slots` records, their heads, and the
-/// position up to which each was read (written back as its tail, which is how the programs know
-/// there is room).
+/// The rings as mapped into the daemon: `cpus` rings of `slots` records and their heads. The
+/// daemon folds each record where it lies, copying none (so its memory does not follow the size
+/// of a burst), and gives a slot back (the ring's tail, which is how the programs know there is
+/// room) once the record in it is folded.
+///
+/// Each ring's records are read up to two ends: `first`, where a first pass over all rings
+/// stopped, and `end`, where a second one did (`scan`). Its records up to `folded` were folded
+/// but for closes; those up to its tail are done.
 pub struct Rings {
     heads: SharedMapping,
     records: SharedMapping,
     cpus: usize,
     slots: u64,
     tails: Vec<u64>,
+    folded: Vec<u64>,
+    first: Vec<u64>,
+    end: Vec<u64>,
 }
 
 impl Rings {
@@ -74,57 +83,137 @@ impl Rings {
             ));
         }
         // The maps were made for this run: every ring starts at position 0.
-        Ok(Rings { heads, records, cpus, slots, tails: vec![0; cpus] })
+        let at_zero = vec![0; cpus];
+        Ok(Rings {
+            heads,
+            records,
+            cpus,
+            slots,
+            tails: at_zero.clone(),
+            folded: at_zero.clone(),
+            first: at_zero.clone(),
+            end: at_zero,
+        })
     }
 
     fn head(&self, cpu: usize) -> *mut RingHead {
         self.heads.as_ptr().cast::<RingHead>().wrapping_add(cpu)
     }
 
-    /// Append every record committed since the last call to `out`, ring by ring, in order.
-    pub fn take(&mut self, out: &mut Vec<ConnRecord>) {
+    fn ring(&self, cpu: usize) -> *const ConnRecord {
+        self.records.as_ptr().cast::<ConnRecord>().wrapping_add(cpu * self.slots as usize)
+    }
+
+    /// Reading `reading` begins: the programs put its number in the keys of the records they
+    /// spill from now on (`RingHead::reading`).
+    fn begin_reading(&mut self, reading: u64) {
         for cpu in 0..self.cpus {
-            let ring = self.records.as_ptr().cast::<ConnRecord>().wrapping_add(cpu * self.slots as usize);
-            // SAFETY: `head(cpu)` and the ring's `slots` records are inside the mappings
-            // (checked in `new`), which live as long as `self`.
-            self.tails[cpu] = unsafe { take_ring(self.head(cpu), ring, self.slots, self.tails[cpu], out) };
+            // SAFETY: as in `scan`.
+            unsafe { std::ptr::write_volatile(&raw mut (*self.head(cpu)).reading, reading) };
+        }
+        // Before any record is read: a close spilled with an earlier number was written before
+        // this, so its establishment was committed before the rings are read.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Find where each ring's committed records end, twice over all rings (`first`, then
+    /// `end`). Returns how many records the rings hold that were not folded yet.
+    fn scan(&mut self) -> usize {
+        let mut new = 0;
+        for pass in [0, 1] {
+            for cpu in 0..self.cpus {
+                let from = if pass == 0 { self.folded[cpu] } else { self.first[cpu] };
+                // SAFETY: `head(cpu)` and the ring's `slots` records are inside the mappings
+                // (checked in `new`), which live as long as `self`.
+                let to = unsafe { committed_end(self.head(cpu), self.ring(cpu), self.slots, from) };
+                if pass == 0 {
+                    self.first[cpu] = to;
+                } else {
+                    self.end[cpu] = to;
+                    new += to.wrapping_sub(self.folded[cpu]) as usize;
+                }
+            }
+        }
+        new
+    }
+
+    /// The positions of ring `cpu`'s records not folded yet, up to `end`.
+    fn unfolded(&self, cpu: usize) -> std::ops::Range<u64> {
+        self.folded[cpu]..self.end[cpu]
+    }
+
+    /// Every record up to `end` is folded, but for closes.
+    fn all_folded(&mut self) {
+        self.folded.copy_from_slice(&self.end);
+    }
+
+    /// The positions of ring `cpu`'s records to be done now: up to `first`, or `end` (`all`).
+    fn to_finish(&self, cpu: usize, all: bool) -> std::ops::Range<u64> {
+        self.tails[cpu]..if all { self.end[cpu] } else { self.first[cpu] }
+    }
+
+    /// The record at `pos` of ring `cpu`, a position `scan` found committed and not given back.
+    fn record(&self, cpu: usize, pos: u64) -> ConnRecord {
+        // SAFETY: as in `scan`; the slot's record was committed and stays until its tail passes.
+        unsafe { record_at(self.ring(cpu), self.slots, pos) }
+    }
+
+    /// Give back every slot up to `first`, or `end` (`all`): their records are done.
+    fn give_back(&mut self, all: bool) {
+        for cpu in 0..self.cpus {
+            let tail = if all { self.end[cpu] } else { self.first[cpu] };
+            self.tails[cpu] = tail;
+            // SAFETY: as in `scan`.
+            unsafe { publish_tail(self.head(cpu), tail) };
         }
     }
 }
 
-/// Read one ring from position `tail` up to its head, stopping at a record not committed yet
-/// (a program is writing it); publish and return the new tail.
+/// Where ring `ring`'s committed records end, from position `from` (committed, or the tail): at
+/// its head, or at the first record not committed yet (a program is writing it).
 ///
 /// # Safety
 /// `head` must point to the ring's `RingHead` and `ring` to its `slots` records, both valid for
-/// reads and writes and shared only with the kernel's writers of this protocol.
-unsafe fn take_ring(
-    head: *mut RingHead,
-    ring: *const ConnRecord,
-    slots: u64,
-    mut tail: u64,
-    out: &mut Vec<ConnRecord>,
-) -> u64 {
+/// reads and shared only with the kernel's writers of this protocol.
+unsafe fn committed_end(head: *const RingHead, ring: *const ConnRecord, slots: u64, mut from: u64) -> u64 {
     use std::sync::atomic::{Ordering, fence};
     // SAFETY: as the caller promises.
     unsafe {
         let end = std::ptr::read_volatile(&raw const (*head).head);
         fence(Ordering::Acquire);
-        while tail != end {
-            let slot = ring.add((tail & (slots - 1)) as usize);
+        while from != end {
+            let slot = ring.add((from & (slots - 1)) as usize);
             let commit = std::ptr::read_volatile(&raw const (*slot).commit);
+            // The record's other fields are read after its commit (`record_at`).
             fence(Ordering::Acquire);
-            if commit != tail.wrapping_add(1) {
+            if commit != from.wrapping_add(1) {
                 break;
             }
-            out.push(std::ptr::read_volatile(slot));
-            tail = tail.wrapping_add(1);
+            from = from.wrapping_add(1);
         }
-        // The slots read may be written again from now on.
-        fence(Ordering::Release);
-        std::ptr::write_volatile(&raw mut (*head).tail, tail);
     }
-    tail
+    from
+}
+
+/// The record at position `pos` of a ring of `slots` records.
+///
+/// # Safety
+/// As `committed_end`'s; `pos` must be a committed position not given back yet.
+unsafe fn record_at(ring: *const ConnRecord, slots: u64, pos: u64) -> ConnRecord {
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::read_volatile(ring.add((pos & (slots - 1)) as usize)) }
+}
+
+/// Give the slots before `tail` back to the ring's writers.
+///
+/// # Safety
+/// `head` must point to the ring's `RingHead`, valid for writes.
+unsafe fn publish_tail(head: *mut RingHead, tail: u64) {
+    use std::sync::atomic::{Ordering, fence};
+    // The slots' records were read before: only then may they be written again.
+    fence(Ordering::Release);
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::write_volatile(&raw mut (*head).tail, tail) };
 }
 
 /// Flows as records make them, cumulative like the kernel's FLOWS (the reading adds the two), at
@@ -185,12 +274,7 @@ impl RecordFlows {
 
     /// The flow of `key`, made if there is room for it; `None` if there is not.
     fn flow_for(&mut self, key: &FlowKey) -> Option<&mut FlowAgg> {
-        let room = self.flows.len() < self.max_flows;
-        match self.flows.entry(*key) {
-            Entry::Occupied(e) => Some(e.into_mut()),
-            Entry::Vacant(e) if room => Some(e.insert(FlowAgg::default())),
-            Entry::Vacant(_) => None,
-        }
+        entry_within(&mut self.flows, *key, self.max_flows, FlowAgg::default)
     }
 
     /// Records that found no room, in all (`stat::FLOWS_FULL`).
@@ -218,13 +302,41 @@ impl RecordFlows {
     }
 }
 
+/// The value of `key` in `map`, made with `make` if the map holds fewer than `max` keys; `None`
+/// if it does not hold `key` and has no room for it (the caller counts the refusal).
+fn entry_within<K, V, S>(map: &mut HashMap<K, V, S>, key: K, max: usize, make: impl FnOnce() -> V) -> Option<&mut V>
+where
+    K: Eq + std::hash::Hash,
+    S: std::hash::BuildHasher,
+{
+    let room = map.len() < max;
+    match map.entry(key) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(e) if room => Some(e.insert(make())),
+        Entry::Vacant(_) => None,
+    }
+}
+
+/// Spilled records taken at a time (`Records::take_spilled`): 36 KiB of buffers.
+const SPILL_BATCH: usize = 256;
+
+/// Whether a spilled record is to be folded now, at reading `reading`, by the sweep of closes
+/// (`closes`) or the one of the rest, which comes first. A close spilled during this reading
+/// waits for the next (unless it is the last, `all`): its establishment may have been written
+/// after the rings were read, as a second pass's close's may.
+fn spill_due(k: &SpillKey, closes: bool, all: bool, reading: u64) -> bool {
+    let close = k.record_kind() == kind::CLOSED;
+    close == closes && (!close || all || !k.spilled_during(reading))
+}
+
 /// The fewest cookies in `Records::entries` at which those whose entry has gone are looked for.
 const ENTRIES_CHECK_MIN: usize = 1024;
 
 /// Where the next look for gone entries comes, after one that left `live` cookies: at twice as
 /// many, so that the cookies left by closes folded in the kernel (a full ring) take at most
 /// about as much memory as the live ones, and the lookups (one system call per cookie) cost
-/// O(1) per cookie added; at least `ENTRIES_CHECK_MIN`, at most `max` (SOCKETS' size).
+/// O(1) per cookie added; at least `ENTRIES_CHECK_MIN`, at most `max` (SOCKETS' size) if that
+/// is more.
 fn next_entries_check(live: usize, max: usize) -> usize {
     live.saturating_mul(2).clamp(ENTRIES_CHECK_MIN, max.max(ENTRIES_CHECK_MIN))
 }
@@ -314,14 +426,9 @@ impl HeldSockets {
     /// `None` when the socket is not held and there is no room to (counted).
     fn snapshot(&mut self, it: &WalkItem, full: bool) -> Option<SockCounters> {
         let seen = self.full_walks;
-        let room = self.held.len() < self.max;
-        let h = match self.held.entry(it.cookie) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) if room => e.insert(Held { seen, ..Held::default() }),
-            Entry::Vacant(_) => {
-                self.full = self.full.wrapping_add(1);
-                return None;
-            }
+        let Some(h) = entry_within(&mut self.held, it.cookie, self.max, || Held { seen, ..Held::default() }) else {
+            self.full = self.full.wrapping_add(1);
+            return None;
         };
         let (d, folded) = fold_step(&h.folded, &it.counters);
         h.folded = folded;
@@ -370,11 +477,20 @@ pub struct Records {
     entries_check_at: usize,
     /// The most `entries_check_at` can be: SOCKETS' size.
     max_entries: usize,
-    buf: Vec<ConnRecord>,
+    /// The readings so far (`RingHead::reading`).
+    reading: u64,
+    /// Buffers of `take_spilled`, `SPILL_BATCH` long.
+    spill_keys: Vec<SpillKey>,
+    spill_values: Vec<ConnRecord>,
+    spill_done: Vec<SpillKey>,
+    /// Whether a failed batch reading of the spill was logged (once is enough).
+    batch_failed: bool,
     /// Whether a failed lookup of an entry was logged (once is enough).
     lookup_failed: bool,
     /// Set by `finish`.
     finishing: bool,
+    /// What `log_growth` logged last.
+    room: [usize; 4],
 }
 
 impl Records {
@@ -385,7 +501,6 @@ impl Records {
         spill: BpfHashMap<MapData, SpillKey, ConnRecord>,
         max_sockets: usize,
     ) -> Records {
-        let max_entries = max_sockets.max(ENTRIES_CHECK_MIN);
         Records {
             rings,
             flows,
@@ -394,10 +509,15 @@ impl Records {
             held: HeldSockets::new(max_sockets),
             entries: HashSet::default(),
             entries_check_at: ENTRIES_CHECK_MIN,
-            max_entries,
-            buf: Vec::new(),
+            max_entries: max_sockets,
+            reading: 0,
+            spill_keys: vec![SpillKey::default(); SPILL_BATCH],
+            spill_values: vec![ConnRecord::default(); SPILL_BATCH],
+            spill_done: Vec::with_capacity(SPILL_BATCH),
+            batch_failed: false,
             lookup_failed: false,
             finishing: false,
+            room: [0; 4],
         }
     }
 
@@ -421,6 +541,7 @@ impl Records {
         }
         if full {
             self.held.prune();
+            self.log_growth();
         }
         if self.entries.len() > self.entries_check_at {
             let sockets = &self.sockets;
@@ -440,34 +561,38 @@ impl Records {
     ///
     /// A socket's establishment and close may be in the rings of two CPUs, and a close must be
     /// folded after its establishment (which may need the entry the close deletes, and says
-    /// whether its flow was lost). So the rings are read twice: a record read in the first pass
-    /// was written after every record written before it was committed, and those are all read
-    /// by the end of the second. Establishments of both passes are folded, then closes of the
-    /// first (and those held from the last reading); the second's closes wait for the next
-    /// reading, unless this is the last (`finish`). Returns how many records it took.
+    /// whether its flow was lost). So the rings are read twice (`Rings::scan`): a record read in
+    /// the first pass was written after every record written before it was committed, and
+    /// those are all read by the end of the second. Establishments of both passes are folded,
+    /// then the spill's, then closes of the first pass (and those left from the last reading)
+    /// and the spill's closes of earlier readings. The second's closes stay in the rings, and
+    /// the spill's of this reading in the spill, for the next reading, unless this is the last
+    /// (`finish`). Returns how many records it took.
     pub fn read(&mut self) -> usize {
-        // `buf` starts with the closes held from the last reading.
-        let mut buf = std::mem::take(&mut self.buf);
-        let held = buf.len();
-        self.rings.take(&mut buf);
-        let first = buf.len();
-        self.rings.take(&mut buf);
-        // Spilled after their rings filled, so after every record of theirs in the first pass.
-        self.take_spilled(&mut buf);
-        let taken = buf.len() - held;
-        let (mut closes, mut later) = (Vec::new(), Vec::new());
-        for (i, rec) in buf.drain(..).enumerate() {
-            match rec.kind {
-                kind::CLOSED if i >= first && !self.finishing => later.push(rec),
-                kind::CLOSED => closes.push(rec),
-                _ => self.fold(&rec),
+        let all = self.finishing;
+        self.reading = self.reading.wrapping_add(1);
+        self.rings.begin_reading(self.reading);
+        let mut taken = self.rings.scan();
+        for cpu in 0..self.rings.cpus {
+            for pos in self.rings.unfolded(cpu) {
+                let rec = self.rings.record(cpu, pos);
+                if rec.kind != kind::CLOSED {
+                    self.fold(&rec);
+                }
             }
         }
-        for rec in &closes {
-            self.fold(rec);
+        self.rings.all_folded();
+        taken += self.take_spilled(false, all);
+        taken += self.take_spilled(true, all);
+        for cpu in 0..self.rings.cpus {
+            for pos in self.rings.to_finish(cpu, all) {
+                let rec = self.rings.record(cpu, pos);
+                if rec.kind == kind::CLOSED {
+                    self.fold(&rec);
+                }
+            }
         }
-        buf.extend(later);
-        self.buf = buf;
+        self.rings.give_back(all);
         taken
     }
 
@@ -513,13 +638,56 @@ impl Records {
         }
     }
 
-    /// Take the records the programs spilled (their rings were full) into `buf`.
-    fn take_spilled(&mut self, buf: &mut Vec<ConnRecord>) {
-        let keys: Vec<SpillKey> = self.spill.keys().filter_map(Result::ok).collect();
+    /// Fold and take out of RECORD_SPILL the records the programs spilled (their rings were
+    /// full) that are due (`spill_due`): its establishments and expired RTOs (`closes` false), or
+    /// its closes. A batch of `SPILL_BATCH` at a time, in buffers made once. Returns how many.
+    fn take_spilled(&mut self, closes: bool, all: bool) -> usize {
+        let reading = self.reading;
+        let mut cursor = sys::BatchCursor::default();
+        let mut taken = 0;
+        loop {
+            let fd = self.spill.map().fd().as_fd();
+            let (n, more) = match sys::map_lookup_batch(fd, &mut cursor, &mut self.spill_keys, &mut self.spill_values) {
+                Ok(r) => r,
+                Err(e) => {
+                    if !std::mem::replace(&mut self.batch_failed, true) {
+                        tracing::warn!(
+                            "reading spilled connection records by batch (eBPF map RECORD_SPILL): {e}; read one by one \
+                             (logged once)"
+                        );
+                    }
+                    return taken + self.take_spilled_one_by_one(closes, all);
+                }
+            };
+            self.spill_done.clear();
+            for i in 0..n {
+                let (k, rec) = (self.spill_keys[i], self.spill_values[i]);
+                if spill_due(&k, closes, all, reading) {
+                    self.fold(&rec);
+                    self.spill_done.push(k);
+                }
+            }
+            taken += self.spill_done.len();
+            if let Err(e) = sys::map_delete_batch(self.spill.map().fd().as_fd(), &self.spill_done) {
+                tracing::warn!("taking spilled connection records out (eBPF map RECORD_SPILL): {e}");
+            }
+            if !more {
+                return taken;
+            }
+        }
+    }
+
+    /// `take_spilled` a record at a time (a batch could not be read).
+    fn take_spilled_one_by_one(&mut self, closes: bool, all: bool) -> usize {
+        let reading = self.reading;
+        let keys: Vec<SpillKey> =
+            self.spill.keys().filter_map(Result::ok).filter(|k| spill_due(k, closes, all, reading)).collect();
+        let mut taken = 0;
         for k in keys {
             match self.spill.get(&k, 0) {
                 Ok(rec) => {
-                    buf.push(rec);
+                    self.fold(&rec);
+                    taken += 1;
                     if let Err(e) = self.spill.remove(&k) {
                         tracing::warn!("taking a spilled connection record out (eBPF map RECORD_SPILL): {e}");
                     }
@@ -528,6 +696,7 @@ impl Records {
                 Err(e) => tracing::warn!("reading a spilled connection record (eBPF map RECORD_SPILL): {e}"),
             }
         }
+        taken
     }
 
     fn log_failure(&mut self, e: &MapError) {
@@ -536,6 +705,29 @@ impl Records {
                 "the SOCKETS entry of a closed walked socket (eBPF map SOCKETS): {e}; its close is counted as if it \
                  had none (bytes the walk folded before may count twice)"
             );
+        }
+    }
+
+    /// Log (debug) the room the daemon's tables and buffers take when it is more than at the
+    /// last call: a table keeps the room of its largest size.
+    fn log_growth(&mut self) {
+        let room = [
+            self.held.held.capacity() * size_of::<(u64, Held)>(),
+            self.entries.capacity() * size_of::<u64>(),
+            self.flows.flows.capacity() * size_of::<(FlowKey, FlowAgg)>(),
+            self.flows.lost.capacity() * size_of::<u64>(),
+        ];
+        if room != self.room {
+            tracing::debug!(
+                held = room[0],
+                entries = room[1],
+                flows = room[2],
+                lost = room[3],
+                held_now = self.held.held.len(),
+                entries_now = self.entries.len(),
+                "connection records: bytes of room in the daemon's tables"
+            );
+            self.room = room;
         }
     }
 
@@ -587,43 +779,48 @@ mod tests {
             self.slots[(pos & (n - 1)) as usize].commit = pos + 1;
         }
 
-        fn take(&mut self, tail: u64, out: &mut Vec<ConnRecord>) -> u64 {
+        /// Where its committed records end from `from`, and their cookies.
+        fn read(&mut self, from: u64) -> (u64, Vec<u64>) {
             let n = self.slots.len() as u64;
-            // SAFETY: the head and the slots are owned by this test value.
-            unsafe { take_ring(&mut *self.head, self.slots.as_ptr(), n, tail, out) }
+            let ring = self.slots.as_ptr();
+            // SAFETY: the head and the slots are owned by this test value; the positions read
+            // are committed.
+            unsafe {
+                let end = committed_end(&*self.head, ring, n, from);
+                (end, (from..end).map(|p| record_at(ring, n, p).cookie).collect())
+            }
         }
-    }
 
-    fn cookies(v: &[ConnRecord]) -> Vec<u64> {
-        v.iter().map(|r| r.cookie).collect()
+        fn give_back(&mut self, tail: u64) {
+            // SAFETY: the head is owned by this test value.
+            unsafe { publish_tail(&mut *self.head, tail) }
+        }
     }
 
     #[test]
     fn a_ring_is_read_in_order_up_to_a_record_not_committed_yet() {
         let mut r = FakeRing::new(4);
-        let mut out = Vec::new();
         r.write(10, true);
         r.write(11, false);
         r.write(12, true);
-        let tail = r.take(0, &mut out);
-        assert_eq!((tail, cookies(&out)), (1, vec![10]), "stops at the record being written");
-        assert_eq!(r.head.tail, 1, "the tail is published");
+        assert_eq!(r.read(0), (1, vec![10]), "stops at the record being written");
         r.commit(1);
-        let tail = r.take(tail, &mut out);
-        assert_eq!((tail, cookies(&out)), (3, vec![10, 11, 12]));
+        assert_eq!(r.read(1), (3, vec![11, 12]));
+        assert_eq!(r.read(0), (3, vec![10, 11, 12]), "a record stays until its slot is given back");
+        r.give_back(3);
+        assert_eq!(r.head.tail, 3, "the tail is published");
     }
 
     #[test]
     fn a_slot_of_an_earlier_lap_is_not_read_as_new() {
         let mut r = FakeRing::new(2);
-        let mut out = Vec::new();
         r.write(1, true);
         r.write(2, true);
-        let tail = r.take(0, &mut out);
+        assert_eq!(r.read(0), (2, vec![1, 2]));
+        r.give_back(2);
         r.write(3, true);
         r.write(4, false);
-        let tail = r.take(tail, &mut out);
-        assert_eq!((tail, cookies(&out)), (3, vec![1, 2, 3]), "slot 1 still holds lap 0's commit");
+        assert_eq!(r.read(2), (3, vec![3]), "slot 1 still holds lap 0's commit");
     }
 
     fn key(port: u16) -> FlowKey {
