@@ -231,6 +231,21 @@ mod tests {
         assert_eq!(core::mem::size_of::<ConnRecord>(), 128);
         assert_eq!(core::mem::size_of::<RingHead>(), 128);
         assert_eq!(core::mem::offset_of!(RingHead, tail), 64);
+        assert_eq!(core::mem::offset_of!(RingHead, reading), 72, "on the tail's line");
+    }
+
+    #[test]
+    fn a_spilled_records_key_says_its_kind_and_the_reading_it_was_spilled_during() {
+        // `what` as the programs make it: the kind, and the flags in the high half.
+        let what = kind::CLOSED as u64 | (0xdead_u64 << 32);
+        let k = SpillKey { cookie: 9, kind: spill_kind(what, 7) };
+        assert_eq!(k.record_kind(), kind::CLOSED, "the flags are not part of the key");
+        assert!(k.spilled_during(7));
+        assert!(!k.spilled_during(6) && !k.spilled_during(8));
+        assert!(k.spilled_during(7 + (1 << 32)), "the low half of the reading's number");
+        let wrapped = SpillKey { cookie: 9, kind: spill_kind(kind::ESTABLISHED as u64, u64::MAX) };
+        assert_eq!(wrapped.record_kind(), kind::ESTABLISHED);
+        assert!(wrapped.spilled_during(u64::MAX));
     }
 
     #[test]

@@ -982,6 +982,23 @@ mod tests {
     }
 
     #[test]
+    fn a_spilled_close_waits_for_the_reading_after_the_one_it_was_spilled_during() {
+        let key = |kind: u32, reading: u64| SpillKey {
+            cookie: 1,
+            kind: agent_common::record::spill_kind(kind as u64, reading),
+        };
+        let (now, before) = (5, 4);
+        for k in [key(kind::ESTABLISHED, now), key(kind::RTO_EXPIRED, now), key(kind::ESTABLISHED, before)] {
+            assert!(spill_due(&k, false, false, now), "the rest first, whenever spilled: {k:?}");
+            assert!(!spill_due(&k, true, false, now), "not by the sweep of closes: {k:?}");
+        }
+        assert!(!spill_due(&key(kind::CLOSED, now), false, false, now), "a close, not with the rest");
+        assert!(!spill_due(&key(kind::CLOSED, now), true, false, now), "spilled during this reading: waits");
+        assert!(spill_due(&key(kind::CLOSED, before), true, false, now), "spilled during an earlier one");
+        assert!(spill_due(&key(kind::CLOSED, now), true, true, now), "the last reading takes every close");
+    }
+
+    #[test]
     fn gone_entries_are_looked_for_at_twice_the_live_ones_within_bounds() {
         assert_eq!(next_entries_check(0, 65_536), 1024);
         assert_eq!(next_entries_check(3_000, 65_536), 6_000);
