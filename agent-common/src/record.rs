@@ -135,7 +135,12 @@ impl SpillKey {
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct RingHead {
     pub head: u64,
-    pub _pad: [u64; 7],
+    /// Records this CPU's programs put into `RECORD_SPILL`, counted after each insert (on the
+    /// head's line, which they write anyway). The daemon sweeps the spill only while the sum over
+    /// the CPUs is more than it took out: a sweep of the hash map visits every bucket, full or
+    /// empty (`spill_pending`).
+    pub spilled: u64,
+    pub _pad: [u64; 6],
     pub tail: u64,
     pub reading: u64,
     pub _pad2: [u64; 6],
@@ -230,6 +235,7 @@ mod tests {
     fn records_are_two_cache_lines_and_heads_keep_head_and_tail_apart() {
         assert_eq!(core::mem::size_of::<ConnRecord>(), 128);
         assert_eq!(core::mem::size_of::<RingHead>(), 128);
+        assert_eq!(core::mem::offset_of!(RingHead, spilled), 8, "on the head's line");
         assert_eq!(core::mem::offset_of!(RingHead, tail), 64);
         assert_eq!(core::mem::offset_of!(RingHead, reading), 72, "on the tail's line");
     }

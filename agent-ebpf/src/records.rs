@@ -108,11 +108,14 @@ pub fn spill(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, whe
     let Some(rec) = RECORD_SCRATCH.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: helper without arguments.
+    // SAFETY: helper without arguments. Called again rather than passed from `push` (a BPF
+    // function takes five arguments at most): the verifier inlines it on x86-64 (Linux 6.10 on)
+    // as one per-CPU load, and this is the rare path.
     let cpu = unsafe { bpf_get_smp_processor_id() };
+    let h = RECORD_HEADS.get_ptr_mut(cpu);
     // SAFETY: this CPU's value of an array map; the reading number is the daemon's (a plain
     // load). Without it (not with the sizes the daemon sets), 0: folded at the next reading.
-    let reading = RECORD_HEADS.get_ptr(cpu).map_or(0, |h| unsafe { core::ptr::read_volatile(&raw const (*h).reading) });
+    let reading = h.map_or(0, |h| unsafe { core::ptr::read_volatile(&raw const (*h).reading) });
     // SAFETY: this CPU's scratch record; the program is not interrupted by another run of
     // itself on this CPU between the fill and the insert (the kernel does not nest a program
     // in itself), and a nested other program does not use it.
@@ -121,6 +124,15 @@ pub fn spill(cookie: u64, key: &FlowKey, counters: &SockCounters, what: u64, whe
         let k = SpillKey { cookie, kind: spill_kind(what, reading) };
         RECORD_SPILL.insert(&k, &*rec, 0).is_ok()
     };
+    match h {
+        // SAFETY: as above; an atomic add, since a program in softirq can interrupt one in
+        // process context on this CPU (as `push` takes the head). After the insert: a daemon
+        // that sees the count sees the record (`RingHead::spilled`).
+        Some(h) if done => unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(&raw mut (*h).spilled, 1);
+        },
+        _ => {}
+    }
     if !done {
         count(stat::SPILL_FULL);
     }

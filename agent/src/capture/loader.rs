@@ -294,7 +294,7 @@ impl Capture {
         };
         // The entries of the walk at start.
         if let Folding::Walk(w) = &mut folding {
-            let items = w.take_items();
+            let items = w.drain_items();
             if let Some(r) = &mut records {
                 r.note_walk(items, false);
             }
@@ -353,9 +353,10 @@ impl Capture {
         let started = Instant::now();
         let walked = walk.run();
         // What the walk made, whatever its end: records of its sockets refer to it.
-        let items = walk.take_items();
+        let full = walk.last_was_full();
+        let items = walk.drain_items();
         if let Some(r) = &mut self.records {
-            r.note_walk(items, walk.last_was_full());
+            r.note_walk(items, full);
         }
         walked.map_err(CaptureError::Walk)?;
         tracing::trace!(elapsed = ?started.elapsed(), "walked the open sockets");

@@ -3,8 +3,9 @@
 //!
 //! The sock_ops program writes a record at the establishment and the close of a socket of a
 //! walked namespace rather than folding it into FLOWS itself: a hash operation entered with cold
-//! caches costs it ~1 µs. The daemon reads the rings every `READ_EVERY` and at each window end,
-//! in the thread that runs the walk, so a record is read after the walk that made the socket's
+//! caches costs it ~1 µs. The daemon reads the rings every `READ_EVERY` while they hold records
+//! (the wait doubles after each reading that finds none, up to `READ_IDLE_MAX`: `next_read_wait`)
+//! and at each window end, in the thread that runs the walk, so a record is read after the walk that made the socket's
 //! entry (the attempt it saw, a restart's baseline) and before the window's counters are read.
 //!
 //! With records on, the walk keeps nothing in the kernel for the walked sockets without an entry:
@@ -140,6 +141,17 @@ impl Rings {
     /// The positions of ring `cpu`'s records not folded yet, up to `end`.
     fn unfolded(&self, cpu: usize) -> std::ops::Range<u64> {
         self.folded[cpu]..self.end[cpu]
+    }
+
+    /// The records the programs put into the spill so far, all CPUs (`RingHead::spilled`).
+    fn spilled(&self) -> u64 {
+        let n = (0..self.cpus).fold(0u64, |n, cpu| {
+            // SAFETY: as in `scan`; the count is the programs' (a plain load of an aligned word).
+            n.wrapping_add(unsafe { std::ptr::read_volatile(&raw const (*self.head(cpu)).spilled) })
+        });
+        // The spill is swept after: every record counted here is in it by then.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        n
     }
 
     /// Every record up to `end` is folded, but for closes.
@@ -320,6 +332,22 @@ where
 /// Spilled records taken at a time (`Records::take_spilled`): 36 KiB of buffers.
 const SPILL_BATCH: usize = 256;
 
+/// What a sweep of the spill did: the records it folded and took out, and those it left there
+/// (not due yet, or that it could not take out).
+#[derive(Debug, Default, Clone, Copy)]
+struct Swept {
+    taken: usize,
+    left: usize,
+}
+
+/// Whether a reading must sweep the spill: the programs spilled records since the last sweep
+/// (`spilled`, the rings' `RingHead::spilled` summed now, against `seen` then), or that sweep
+/// left some. A sweep visits every bucket of the hash map, empty or not (65,536 at the default
+/// `--max-sockets`); sweeping at every reading took a fifth of the daemon's CPU in the storm.
+fn spill_pending(spilled: u64, seen: u64, left: usize) -> bool {
+    spilled != seen || left != 0
+}
+
 /// Whether a spilled record is to be folded now, at reading `reading`, by the sweep of closes
 /// (`closes`) or the one of the rest, which comes first. A close spilled during this reading
 /// waits for the next (unless it is the last, `all`): its establishment may have been written
@@ -483,6 +511,10 @@ pub struct Records {
     spill_keys: Vec<SpillKey>,
     spill_values: Vec<ConnRecord>,
     spill_done: Vec<SpillKey>,
+    /// The rings' `RingHead::spilled` summed when the spill was last swept, and how many records
+    /// that sweep left in it (`spill_pending`).
+    spill_seen: u64,
+    spill_left: usize,
     /// Whether a failed batch reading of the spill was logged (once is enough).
     batch_failed: bool,
     /// Whether a failed lookup of an entry was logged (once is enough).
@@ -514,6 +546,8 @@ impl Records {
             spill_keys: vec![SpillKey::default(); SPILL_BATCH],
             spill_values: vec![ConnRecord::default(); SPILL_BATCH],
             spill_done: Vec::with_capacity(SPILL_BATCH),
+            spill_seen: 0,
+            spill_left: 0,
             batch_failed: false,
             lookup_failed: false,
             finishing: false,
@@ -524,7 +558,7 @@ impl Records {
     /// What a walk wrote (`full`: it visited every socket): the walked sockets it gave a SOCKETS
     /// entry, whose records are to look it up, and those it handed over with their counters,
     /// whose moves are folded now.
-    pub fn note_walk(&mut self, items: Vec<WalkItem>, full: bool) {
+    pub fn note_walk(&mut self, items: impl IntoIterator<Item = WalkItem>, full: bool) {
         self.held.walk(full);
         for it in items {
             match it.kind {
@@ -582,8 +616,15 @@ impl Records {
             }
         }
         self.rings.all_folded();
-        taken += self.take_spilled(false, all);
-        taken += self.take_spilled(true, all);
+        // Read after the rings: a record spilled before any record folded here is counted by now.
+        let spilled = self.rings.spilled();
+        if spill_pending(spilled, self.spill_seen, self.spill_left) {
+            self.spill_seen = spilled;
+            taken += self.take_spilled(false, all).taken;
+            let closes = self.take_spilled(true, all);
+            taken += closes.taken;
+            self.spill_left = closes.left;
+        }
         for cpu in 0..self.rings.cpus {
             for pos in self.rings.to_finish(cpu, all) {
                 let rec = self.rings.record(cpu, pos);
@@ -641,10 +682,17 @@ impl Records {
     /// Fold and take out of RECORD_SPILL the records the programs spilled (their rings were
     /// full) that are due (`spill_due`): its establishments and expired RTOs (`closes` false), or
     /// its closes. A batch of `SPILL_BATCH` at a time, in buffers made once. Returns how many.
-    fn take_spilled(&mut self, closes: bool, all: bool) -> usize {
+    ///
+    /// A reading sweeps the spill twice (establishments, then closes), and a close spilled
+    /// during it is left there until the next reading's second sweep: the kernel copies such a
+    /// close out three times before it is folded. Kept so: holding the due closes of the first
+    /// sweep in the daemon instead is the memory that followed the size of a burst (the
+    /// thirteenth's soak, docs/performance.md), and spills come only from full rings (~9,500
+    /// records at a window end of the storm at most seen: ~1.3 MB per copy).
+    fn take_spilled(&mut self, closes: bool, all: bool) -> Swept {
         let reading = self.reading;
         let mut cursor = sys::BatchCursor::default();
-        let mut taken = 0;
+        let mut swept = Swept::default();
         loop {
             let fd = self.spill.map().fd().as_fd();
             let (n, more) = match sys::map_lookup_batch(fd, &mut cursor, &mut self.spill_keys, &mut self.spill_values) {
@@ -656,7 +704,8 @@ impl Records {
                              (logged once)"
                         );
                     }
-                    return taken + self.take_spilled_one_by_one(closes, all);
+                    let rest = self.take_spilled_one_by_one(closes, all);
+                    return Swept { taken: swept.taken + rest.taken, left: swept.left + rest.left };
                 }
             };
             self.spill_done.clear();
@@ -667,36 +716,51 @@ impl Records {
                     self.spill_done.push(k);
                 }
             }
-            taken += self.spill_done.len();
+            swept.taken += self.spill_done.len();
+            swept.left += n - self.spill_done.len();
             if let Err(e) = sys::map_delete_batch(self.spill.map().fd().as_fd(), &self.spill_done) {
                 tracing::warn!("taking spilled connection records out (eBPF map RECORD_SPILL): {e}");
+                // They may still be there: the next reading sweeps again.
+                swept.left += self.spill_done.len();
             }
             if !more {
-                return taken;
+                return swept;
             }
         }
     }
 
     /// `take_spilled` a record at a time (a batch could not be read).
-    fn take_spilled_one_by_one(&mut self, closes: bool, all: bool) -> usize {
+    fn take_spilled_one_by_one(&mut self, closes: bool, all: bool) -> Swept {
         let reading = self.reading;
-        let keys: Vec<SpillKey> =
-            self.spill.keys().filter_map(Result::ok).filter(|k| spill_due(k, closes, all, reading)).collect();
-        let mut taken = 0;
+        let mut swept = Swept::default();
+        let keys: Vec<SpillKey> = self
+            .spill
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                let due = spill_due(k, closes, all, reading);
+                swept.left += usize::from(!due);
+                due
+            })
+            .collect();
         for k in keys {
             match self.spill.get(&k, 0) {
                 Ok(rec) => {
                     self.fold(&rec);
-                    taken += 1;
+                    swept.taken += 1;
                     if let Err(e) = self.spill.remove(&k) {
                         tracing::warn!("taking a spilled connection record out (eBPF map RECORD_SPILL): {e}");
+                        swept.left += 1;
                     }
                 }
                 Err(MapError::KeyNotFound) => {}
-                Err(e) => tracing::warn!("reading a spilled connection record (eBPF map RECORD_SPILL): {e}"),
+                Err(e) => {
+                    tracing::warn!("reading a spilled connection record (eBPF map RECORD_SPILL): {e}");
+                    swept.left += 1;
+                }
             }
         }
-        taken
+        swept
     }
 
     fn log_failure(&mut self, e: &MapError) {
@@ -708,8 +772,8 @@ impl Records {
         }
     }
 
-    /// Log (debug) the room the daemon's tables and buffers take when it is more than at the
-    /// last call: a table keeps the room of its largest size.
+    /// Log (debug) the room the daemon's tables take when it changed since the last call (a
+    /// table keeps the room of its largest size until it is shrunk).
     fn log_growth(&mut self) {
         let room = [
             self.held.held.capacity() * size_of::<(u64, Held)>(),
@@ -979,6 +1043,15 @@ mod tests {
         assert_eq!(waits, [100, 200, 400, 400, 400]);
         assert_eq!(next_read_wait(READ_IDLE_MAX, 1), READ_EVERY, "records: back to the short wait");
         assert_eq!(next_read_wait(READ_EVERY, 3), READ_EVERY);
+    }
+
+    #[test]
+    fn the_spill_is_swept_only_when_records_were_spilled_since_the_last_sweep_or_it_left_some() {
+        assert!(!spill_pending(0, 0, 0), "nothing ever spilled: no sweep");
+        assert!(spill_pending(3, 0, 0), "three spilled since");
+        assert!(spill_pending(3, 3, 2), "closes the last sweep left for this reading");
+        assert!(!spill_pending(3, 3, 0), "all taken, none spilled since");
+        assert!(spill_pending(1, u64::MAX, 0), "the count wrapped");
     }
 
     #[test]

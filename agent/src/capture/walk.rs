@@ -24,6 +24,7 @@
 //! segments the kernel counts without stamping the socket.
 
 use std::{
+    cell::Cell,
     collections::{BTreeMap, HashSet},
     fs::File,
     io::{self, Read},
@@ -103,14 +104,16 @@ impl Floor {
 /// entries exist either way, and the counters were read.
 type PassResult = (Vec<WalkItem>, io::Result<()>);
 
-/// One pass over the calling thread's namespace: reading the iterator runs the program on every
-/// TCP socket, and the read ends at end of file.
-fn pass(link: BorrowedFd<'_>) -> PassResult {
-    let mut items = Vec::new();
+/// One pass over the calling thread's namespace, its items in `items` (emptied first: a `Vec`
+/// the walker got back from the last pass, so that its room is made once, not at every pass).
+fn pass(link: BorrowedFd<'_>, mut items: Vec<WalkItem>) -> PassResult {
+    items.clear();
     let end = pass_into(link, &mut items);
     (items, end)
 }
 
+/// One pass over the calling thread's namespace: reading the iterator runs the program on every
+/// TCP socket, and the read ends at end of file. Its items are added to `items`.
 fn pass_into(link: BorrowedFd<'_>, items: &mut Vec<WalkItem>) -> io::Result<()> {
     const ITEM: usize = size_of::<WalkItem>();
     let mut f = File::from(sys::bpf_iter_create(link)?);
@@ -226,7 +229,9 @@ struct NetnsWalker {
     tid: i32,
     /// The namespace's TCP table, which each pass scans whole (`netns::tcp_table`).
     table: Option<TcpTable>,
-    worker: Worker<(), PassResult>,
+    /// The `Vec` the last pass's items came in, emptied: the next request takes it back.
+    spare: Cell<Vec<WalkItem>>,
+    worker: Worker<Vec<WalkItem>, PassResult>,
 }
 
 /// What a walker's thread learns once it has entered its namespace.
@@ -258,10 +263,10 @@ impl NetnsWalker {
             privileges::keep_only(0).map_err(io::Error::other)?;
             Ok((Entered { cookie, tid: sys::gettid(), table: netns::tcp_table() }, link))
         };
-        let serve = |link: &mut Arc<OwnedFd>, ()| pass(link.as_fd());
+        let serve = |link: &mut Arc<OwnedFd>, items| pass(link.as_fd(), items);
         match Worker::spawn("walk-netns", setup, serve) {
             Ok((worker, Entered { cookie, tid, table })) => {
-                Ok(NetnsWalker { path: path.to_path_buf(), cookie, tid, table, worker })
+                Ok(NetnsWalker { path: path.to_path_buf(), cookie, tid, table, spare: Cell::default(), worker })
             }
             Err(WorkerError::Start(e)) => Err(format!("starting a thread for {}: {e}", path.display())),
             Err(WorkerError::Ended) => Err(format!("the thread for {} ended before entering it", path.display())),
@@ -280,14 +285,15 @@ impl NetnsWalker {
     }
 
     fn ask(&self) -> bool {
-        self.worker.ask(())
+        self.worker.ask(self.spare.take())
     }
 
     /// The pass's end, its items added to `items`.
     fn wait(&self, items: &mut Vec<WalkItem>) -> Result<(), String> {
         match self.worker.answer(PASS_TIMEOUT) {
-            Some((made, r)) => {
-                items.extend(made);
+            Some((mut made, r)) => {
+                items.append(&mut made);
+                self.spare.set(made);
                 r.map_err(|e| format!("walking {}: {e}", self.path.display()))
             }
             None => Err(format!("walking {}: no answer within {PASS_TIMEOUT:?}", self.path.display())),
@@ -486,7 +492,7 @@ pub struct Walk {
     floor_map: Array<MapData, u64>,
     floor: Floor,
     full_every: Duration,
-    /// What the walks made since `take_items` (see there).
+    /// What the walks made since `drain_items` (see there).
     items: Vec<WalkItem>,
     /// Whether the last walk visited every socket (`Floor`).
     last_full: bool,
@@ -858,9 +864,10 @@ impl Walk {
         Ok(())
     }
 
-    /// What the walks since the last call wrote (with connection records on; see `records`).
-    pub fn take_items(&mut self) -> Vec<WalkItem> {
-        std::mem::take(&mut self.items)
+    /// What the walks since the last call wrote (with connection records on; see `records`),
+    /// taken out of the walk's `Vec`, which keeps its room for the next walk.
+    pub fn drain_items(&mut self) -> std::vec::Drain<'_, WalkItem> {
+        self.items.drain(..)
     }
 
     /// Whether the last walk visited every socket of every walked namespace.
@@ -930,14 +937,16 @@ mod tests {
 
     /// A walker of namespace `path` whose passes succeed, or whose thread panics in its first.
     fn walker(path: &str, panics: bool) -> NetnsWalker {
-        let serve = move |_: &mut (), ()| -> PassResult {
+        let serve = move |_: &mut (), mut items: Vec<WalkItem>| -> PassResult {
             assert!(!panics, "a pass that panics (a test's)");
-            (vec![WalkItem { cookie: 7, ..Default::default() }], Ok(()))
+            items.clear();
+            items.push(WalkItem { cookie: 7, ..Default::default() });
+            (items, Ok(()))
         };
         let Ok((worker, ())) = Worker::spawn("test-walker", || Ok::<_, ()>(((), ())), serve) else {
             panic!("a test thread did not start");
         };
-        NetnsWalker { path: path.into(), cookie: 1, tid: 0, table: None, worker }
+        NetnsWalker { path: path.into(), cookie: 1, tid: 0, table: None, spare: Cell::default(), worker }
     }
 
     #[test]
@@ -954,6 +963,9 @@ mod tests {
         let failed: Vec<String> = asked.iter().filter_map(|w| w.wait(&mut made).err()).collect();
         let cookies: Vec<u64> = made.iter().map(|i| i.cookie).collect();
         assert_eq!(cookies, [7, 7], "the passes that answered give their items");
+        let spare = walkers[0].spare.take();
+        assert!(spare.is_empty() && spare.capacity() > 0, "a pass's Vec comes back, emptied, for the next");
+        walkers[0].spare.set(spare);
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(failed[0].starts_with("walking /run/netns/b: no answer"), "{failed:?}");
         let b = walkers[1].worker.thread.as_ref().unwrap();
