@@ -268,8 +268,13 @@ fn prometheus_remote_write_counters_match_the_generator() {
     let conn = prom.value(&sel("flow_agent_connections_attempted_total", "10.77.0.1", "10.77.0.2", "client"));
     assert_eq!(conn, Some(4.0));
     let rtt_count = prom.value(&sel("flow_agent_rtt_seconds_count", "10.77.0.1", "10.77.0.2", "client")).unwrap();
-    let inf = prom.query(&format!("flow_agent_rtt_seconds_bucket{{test_run=\"{run}\",role=\"client\",le=\"+Inf\"}}"));
-    assert_eq!(inf.len(), 1);
+    // The same flow's +Inf bucket (its labels and `le`; selecting by role alone took in another
+    // client series of the run once in CI, whose labels that check did not print).
+    let inf = prom.query(&format!(
+        "flow_agent_rtt_seconds_bucket{{test_run=\"{run}\",local_ip=\"10.77.0.1\",remote_ip=\"10.77.0.2\",\
+         target_port=\"5302\",role=\"client\",le=\"+Inf\"}}"
+    ));
+    assert_eq!(inf.len(), 1, "{inf:?}");
     assert_eq!(inf[0]["value"][1].as_str().unwrap().parse::<f64>().unwrap(), rtt_count);
     assert!(rtt_count > 0.0);
     let p50 = prom.value(&format!(
