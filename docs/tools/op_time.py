@@ -5,6 +5,10 @@ those that returned in the entry. Build: `git apply docs/tools/op_time.patch`, t
 `cargo build --release -p flow-agent` (and `git apply -R` after). Run:
 `AFTER="python3 docs/tools/op_time.py" docs/tools/bulk_ns.sh target/release/flow-agent 3`
 (bulk_ns.sh passes the agent's pid after each copy).
+With docs/tools/op_steps.patch (instead of op_time.patch) it also prints, for the close of a walked
+socket with records on and for the connect of a walked socket, the ns from one step of the
+handler to the next (`STEPS` below; each includes ~50 ns of the marks' own clock reads; `push`
+and `cookie` also count the establishments' records).
 usage (root): op_time.py AGENT_PID"""
 import ctypes, os, re, struct, sys
 from bpf_raw import _libc, NR_BPF
@@ -35,6 +39,12 @@ STATES = {1: "EST", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2"
           8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 OPS = {1: "TIMEOUT_INIT", 2: "RWND_INIT", 3: "CONNECT", 4: "ACTIVE_EST", 5: "PASSIVE_EST", 6: "NEEDS_ECN",
        7: "BASE_RTT", 8: "RTO", 9: "RETRANS", 11: "LISTEN", 12: "RTT", 13: "PARSE_HDR", 14: "HDR_OPT_LEN"}
+# op_steps.patch's marks: the step that ends at each (slot groups no op or state uses).
+STEPS = {16: "close:entry-to-branch", 17: "close:count+cb_flags", 18: "close:records_on", 19: "close:fin_arrived",
+         20: "close:key", 23: "close:counters", 21: "record:call+cookie", 22: "record:push",
+         24: "close:return", 25: "close:count_removed",
+         48: "connect:entry-to-handler", 49: "connect:count", 50: "connect:is_inet", 51: "connect:netns_cookie",
+         52: "connect:walked_list", 53: "connect:cb_flags", 54: "connect:count_inserted"}
 for i in ids:
     fd = bpf(14, ctypes.create_string_buffer(struct.pack("<I", i), 128))  # BPF_MAP_GET_FD_BY_ID
     info = ctypes.create_string_buffer(128)
@@ -52,7 +62,13 @@ for i in ids:
         for h, tag in ((0, "h"), (2, "e")):
             ns, n = vals[g * 4 + h], vals[g * 4 + h + 1]
             if n:
-                name = "S->" + STATES.get(g - 32, str(g - 32)) if g >= 32 else OPS.get(g, str(g))
+                if g in STEPS:
+                    name = STEPS[g]
+                elif g >= 32:
+                    name = "S->" + STATES.get(g - 32, str(g - 32))
+                else:
+                    name = OPS.get(g, str(g))
                 out.append(f"{name}/{tag} {ns // n}x{n}")
-                t, c = t + ns, c + n
+                if g not in STEPS:  # the steps are parts of the calls counted by op
+                    t, c = t + ns, c + n
     print("  in the program:", ", ".join(out), f"| mean {t // max(c, 1)} x {c}", flush=True)
