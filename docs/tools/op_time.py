@@ -5,7 +5,8 @@ those that returned in the entry. Build: `git apply docs/tools/op_time.patch`, t
 `cargo build --release -p flow-agent` (and `git apply -R` after). Run:
 `AFTER="python3 docs/tools/op_time.py" docs/tools/bulk_ns.sh target/release/flow-agent 3`
 (bulk_ns.sh passes the agent's pid after each copy).
-With docs/tools/op_steps.patch (instead of op_time.patch) it also prints, for the close of a walked
+With docs/tools/op_steps.patch applied on top (`git apply docs/tools/op_time.patch
+docs/tools/op_steps.patch`) it also prints, for the close of a walked
 socket with records on and for the connect of a walked socket, the ns from one step of the
 handler to the next (`STEPS` below; each includes ~50 ns of the marks' own clock reads; `push`
 and `cookie` also count the establishments' records).
