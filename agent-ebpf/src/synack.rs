@@ -151,7 +151,11 @@ fn retransmitted(sport: u16, bound: Addr, rest: impl FnOnce() -> Option<(u16, Ad
     if bound != [0; 4] && bound != local {
         return None;
     }
-    let agg = flow(&flow_key(local, remote, sport, dport, ROLE_SERVER))?;
+    let Some(agg) = flow(&flow_key(local, remote, sport, dport, ROLE_SERVER)) else {
+        // FLOWS is full: the retransmission is lost, and counted as such.
+        count(stat::FLOWS_FULL);
+        return None;
+    };
     // SAFETY: FLOWS value pointer.
     add(unsafe { &raw mut (*agg).retransmissions }, 1);
     Some(())

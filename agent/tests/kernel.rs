@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agent_common::report::{Report, Role};
 use serde_json::Value;
-use support::{Agent, Lab, delta, flow, local, privileged, totals};
+use support::{Agent, Lab, clock, delta, flow, local, privileged, totals};
 
 /// The agent's flags for callback mode (per-segment callbacks instead of the walk).
 const CALLBACKS: &[&str] = &["--fold-mode", "callbacks"];
@@ -538,10 +538,12 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     let server = early.unwrap_or_else(serve);
     let load = load.then(support::BpfSyscallLoad::start);
     lab.nft_input_rule(&lab.a, "synack", "tcp flags & (syn|ack) == syn|ack drop");
+    let started = clock();
     let client =
         lab.traffic(&lab.a, &["connect", "--addr", sb, "--port", "5021", "--conns", "3", "--send", "10", "--parallel"]);
     std::thread::sleep(Duration::from_millis(1500));
     support::sh(&format!("ip netns exec {} nft delete table inet synack", lab.a));
+    let let_through = clock();
     let client = client.result();
     server.result();
     if let Some(load) = load {
@@ -568,6 +570,8 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
         "client retrans {} (kernel {}), server retrans {} (kernel {}), missed runs {}",
         h.a.retransmissions, h.kernel_a.0, h.b.retransmissions, h.kernel_b, h.missed_runs
     );
+    eprintln!("client started {started}, SYN-ACKs let through from {let_through}");
+    eprint!("server side, each window:\n{}", support::window_view(&reports, local(sb)));
     assert!(h.kernel_b > 0, "the server must have retransmitted SYN-ACKs");
     let n = 3 + relisten as u64;
     assert_eq!((h.a.attempted, h.a.established, h.b.established), (n, n, n));
@@ -672,6 +676,7 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     });
     let nb0 = lab.nstat(&lab.b);
     lab.nft_input_rule(&lab.a, "synack", "tcp flags & (syn|ack) == syn|ack drop");
+    let started = clock();
     let client =
         lab.traffic(&lab.a, &["connect", "--addr", lab.b4, "--port", &port, "--conns", "2", "--parallel"]).result();
     let requests_gone = || support::sh(&format!("ip netns exec {} ss -Htn state syn-recv", lab.b)).trim().is_empty();
@@ -683,7 +688,11 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     assert_eq!(client["errors"]["ETIMEDOUT"], 2, "{client}");
     let s = totals(&reports, flow(lab.b4, lab.a4, port_n, Role::Server));
     let kernel = delta(&nb0, &nb1, "TcpRetransSegs");
-    eprintln!("{tag}: SYN-ACK retransmissions {} (kernel {kernel})", s.retransmissions);
+    eprintln!("{tag}: SYN-ACK retransmissions {} (kernel {kernel}), client started {started}", s.retransmissions);
+    eprint!("{}", support::window_view(&reports, flow(lab.b4, lab.a4, port_n, Role::Server)));
+    if s.retransmissions != kernel {
+        eprintln!("the agent's log:\n{log}");
+    }
     assert!(kernel >= 2, "the server must have retransmitted SYN-ACKs ({tag})");
     // The first listener's one connection, when there was one.
     let first = if older { 0 } else { 1 };

@@ -480,6 +480,42 @@ pub fn totals(reports: &[Report], pred: impl Fn(&FlowRecord) -> bool) -> Totals 
     t
 }
 
+/// The wall-clock time, to the millisecond: to place a test's steps among its windows.
+pub fn clock() -> String {
+    chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
+}
+
+/// Each window's view of the flows `pred` selects (their retransmissions and connections, the
+/// window's program counters), one line per window: for a failed count to show when each part
+/// came.
+pub fn window_view(reports: &[Report], pred: impl Fn(&FlowRecord) -> bool) -> String {
+    let mut out = String::new();
+    let mut last_end = None;
+    for r in reports {
+        if last_end.is_some_and(|end| end != r.window.start) {
+            out.push_str("(no report for the time between)\n");
+        }
+        last_end = Some(r.window.end);
+        let t = totals(std::slice::from_ref(r), &pred);
+        let s = &r.agent_stats;
+        out.push_str(&format!(
+            "window {}-{}: retransmissions {} attempted {} established {} failed {} | events {} missed_runs {} \
+             map_full {:?} flows_tracked {}\n",
+            r.window.start.format("%H:%M:%S%.3f"),
+            r.window.end.format("%H:%M:%S%.3f"),
+            t.retransmissions,
+            t.attempted,
+            t.established,
+            t.failed,
+            s.events,
+            s.missed_runs,
+            s.map_full,
+            s.flows_tracked,
+        ));
+    }
+    out
+}
+
 /// Matches one flow key.
 pub fn flow(local: &str, remote: &str, port: u16, role: Role) -> impl Fn(&FlowRecord) -> bool {
     let (local, remote) = (local.parse::<std::net::IpAddr>().unwrap(), remote.parse::<std::net::IpAddr>().unwrap());
