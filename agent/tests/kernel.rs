@@ -553,7 +553,11 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     }
     lab.wait_sockets_closed(Duration::from_secs(20));
     let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
-    let reports = agent.stop();
+    // Let a tick drain what the kernel folded at the very end (as `Agent::stop`).
+    std::thread::sleep(Duration::from_millis(700));
+    let (lines, log) = agent.stop_with_log();
+    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_synack_hook(&log, extra);
     assert_eq!(client["ok"], 3, "client: {client}");
     // Everything on the one flow key of each side: the SYN-ACK program read the addresses and
     // ports of the request right.
@@ -572,10 +576,20 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     );
     eprintln!("client started {started}, SYN-ACKs let through from {let_through}");
     eprint!("server side, each window:\n{}", support::window_view(&reports, local(sb)));
+    if h.b.retransmissions != h.kernel_b {
+        eprintln!("the agent's log:\n{log}");
+    }
     assert!(h.kernel_b > 0, "the server must have retransmitted SYN-ACKs");
     let n = 3 + relisten as u64;
     assert_eq!((h.a.attempted, h.a.established, h.b.established), (n, n, n));
     h
+}
+
+/// The agent attached the SYN-ACK program `extra` asks for (the BTF one unless it says
+/// `--synack-hook tracepoint`), not the other as a fallback.
+fn assert_synack_hook(log: &str, extra: &[&str]) {
+    let want = if extra.contains(&"tracepoint") { "tcp:tcp_retransmit_synack" } else { "tp_btf/tcp_retransmit_synack" };
+    assert!(log.contains(&format!("sock_ops and {want} attached")), "{want} must be attached:\n{log}");
 }
 
 fn assert_exact(h: &Handshake) {
@@ -685,6 +699,7 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     let (lines, log) = agent.stop_with_log();
     let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     drop(server);
+    assert_synack_hook(&log, extra);
     assert_eq!(client["errors"]["ETIMEDOUT"], 2, "{client}");
     let s = totals(&reports, flow(lab.b4, lab.a4, port_n, Role::Server));
     let kernel = delta(&nb0, &nb1, "TcpRetransSegs");
@@ -731,8 +746,13 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with
 #[test]
 fn skipped_synack_runs_are_reported_as_missed_runs() {
     let Some(_g) = privileged("skipped_synack_runs_are_reported_as_missed_runs") else { return };
-    let h = lost_synacks(false, &["--synack-hook", "tracepoint"], true, Listen::Once);
-    assert!(h.b.retransmissions < h.kernel_b, "the load must make the classic tracepoint skip runs");
+    // The load makes a skip likely, not certain: a SYN-ACK timer may fire between two of its
+    // system calls (seen once in CI: 6 of 6 counted). Up to three tries for one that skipped.
+    let tries = 3;
+    let h = (0..tries)
+        .map(|_| lost_synacks(false, &["--synack-hook", "tracepoint"], true, Listen::Once))
+        .find(|h| h.b.retransmissions < h.kernel_b)
+        .unwrap_or_else(|| panic!("the load must make the classic tracepoint skip runs (in {tries} tries)"));
     // Runs skipped for SYN-ACKs of other namespaces (the tracepoint is host-wide) count too.
     // Every missing SYN-ACK is a missed run, but for one: in about one run of this test in 30
     // one more SYN-ACK was missing than the kernel counted as skipped (CI on 2026-12-05: 6
