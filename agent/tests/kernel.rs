@@ -508,13 +508,60 @@ enum Listen {
 }
 
 /// What `lost_synacks` counted: the agent's totals of each side's flow, the kernel's counters
-/// per side (ns a connects, ns b accepts), and the agent's skipped program runs.
+/// per side (ns a connects, ns b accepts), the agent's skipped program runs, and how often the
+/// kernel ran the SYN-ACK program.
 struct Handshake {
     a: support::Totals,
     b: support::Totals,
     kernel_a: (u64, u64),
     kernel_b: u64,
     missed_runs: u64,
+    synack: SynackRuns,
+}
+
+/// The kernel's own count of the SYN-ACK retransmissions of the accepting namespace
+/// (TcpExtTCPSynRetrans), and of the runs and skipped runs of the agent's SYN-ACK program
+/// (`support::prog_runs`).
+#[derive(Debug)]
+struct SynackRuns {
+    retransmitted: u64,
+    runs: u64,
+    skipped: u64,
+}
+
+impl SynackRuns {
+    /// The kernel ran the program, or counted a skipped run, for every SYN-ACK retransmission.
+    /// It nearly always does; in about one CI run in four on 2026-12-07, in one of the eight
+    /// SYN-ACK tests, it ran the BTF tracepoint program for fewer than it retransmitted and
+    /// counted no skipped run (README, Known limits).
+    fn every_time(&self) -> bool {
+        self.runs + self.skipped >= self.retransmitted
+    }
+
+    /// What the kernel ran the program for is what the agent counted: with `every_time` false,
+    /// the SYN-ACKs it missed were never handed to it.
+    fn assert_counted_every_run(&self, agent: u64, what: &str) {
+        assert_eq!(agent, self.runs, "{what}: every run of the SYN-ACK program is counted ({self:?})");
+    }
+}
+
+/// `attempt` until the kernel ran the SYN-ACK program for every SYN-ACK retransmission
+/// (`SynackRuns::every_time`; `runs` finds them in the result), at most three times: that
+/// attempt's result. Each attempt checks that the agent counted every run it was given.
+fn until_every_synack_ran<T>(what: &str, attempt: impl Fn() -> T, runs: impl Fn(&T) -> &SynackRuns) -> T {
+    for n in 1..=3 {
+        let t = attempt();
+        if runs(&t).every_time() {
+            return t;
+        }
+        eprintln!("{what}, attempt {n}: the kernel ran the SYN-ACK program for fewer SYN-ACKs than it sent: again");
+    }
+    panic!("{what}: in 3 attempts the kernel never ran the SYN-ACK program for every SYN-ACK retransmission");
+}
+
+/// `lost_synacks` until the kernel ran the SYN-ACK program for every SYN-ACK retransmission.
+fn lost_synacks_every_one_ran(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Handshake {
+    until_every_synack_ran("lost SYN-ACKs", || lost_synacks(v6, extra, load, listener), |h| &h.synack)
 }
 
 /// Three connections (over IPv6 if `v6`) whose SYN-ACKs are lost for 1.5 s, so that both sides
@@ -525,6 +572,7 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     let (ca, sb) = if v6 { (lab.a6, lab.b6) } else { (lab.a4, lab.b4) };
     let serve = || lab.traffic(&lab.b, &["serve", "--addr", sb, "--port", "5021", "--conns", "3", "--reply", "10"]);
     let early = (listener == Listen::BeforeTheAgent).then(serve);
+    let stats = support::BpfRunStats::enable();
     let agent = Agent::start(&lab, extra);
     let relisten = listener == Listen::Again;
     if relisten {
@@ -553,10 +601,10 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     }
     lab.wait_sockets_closed(Duration::from_secs(20));
     let (na1, nb1) = (lab.nstat(&lab.a), lab.nstat(&lab.b));
-    // Let a tick drain what the kernel folded at the very end (as `Agent::stop`).
-    std::thread::sleep(Duration::from_millis(700));
-    let (lines, log) = agent.stop_with_log();
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    agent.settle();
+    let (runs, skipped) = support::prog_runs(agent.pid(), "flow_synack_retrans");
+    drop(stats);
+    let (reports, log) = agent.stop_reports_with_log();
     assert_synack_hook(&log, extra);
     assert_eq!(client["ok"], 3, "client: {client}");
     // Everything on the one flow key of each side: the SYN-ACK program read the addresses and
@@ -569,12 +617,13 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
         kernel_a: (delta(&na0, &na1, "TcpRetransSegs"), delta(&na0, &na1, "TcpExtTCPTimeouts")),
         kernel_b: delta(&nb0, &nb1, "TcpRetransSegs"),
         missed_runs: reports.iter().map(|r| r.agent_stats.missed_runs).sum(),
+        synack: SynackRuns { retransmitted: delta(&nb0, &nb1, "TcpExtTCPSynRetrans"), runs, skipped },
     };
     eprintln!(
         "client retrans {} (kernel {}), server retrans {} (kernel {}), missed runs {}",
         h.a.retransmissions, h.kernel_a.0, h.b.retransmissions, h.kernel_b, h.missed_runs
     );
-    eprintln!("client started {started}, SYN-ACKs let through from {let_through}");
+    eprintln!("client started {started}, SYN-ACKs let through from {let_through}; {:?}", h.synack);
     eprint!("server side, each window:\n{}", support::window_view(&reports, local(sb)));
     if h.b.retransmissions != h.kernel_b {
         eprintln!("the agent's log:\n{log}");
@@ -582,6 +631,7 @@ fn lost_synacks(v6: bool, extra: &[&str], load: bool, listener: Listen) -> Hands
     assert!(h.kernel_b > 0, "the server must have retransmitted SYN-ACKs");
     let n = 3 + relisten as u64;
     assert_eq!((h.a.attempted, h.a.established, h.b.established), (n, n, n));
+    h.synack.assert_counted_every_run(h.b.retransmissions, "lost SYN-ACKs");
     h
 }
 
@@ -603,13 +653,13 @@ fn assert_exact(h: &Handshake) {
 #[test]
 fn handshake_retransmissions_equal_kernel_counters() {
     let Some(_g) = privileged("handshake_retransmissions_equal_kernel_counters") else { return };
-    assert_exact(&lost_synacks(false, &[], false, Listen::Once));
+    assert_exact(&lost_synacks_every_one_ran(false, &[], false, Listen::Once));
 }
 
 #[test]
 fn handshake_retransmissions_equal_kernel_counters_ipv6() {
     let Some(_g) = privileged("handshake_retransmissions_equal_kernel_counters_ipv6") else { return };
-    assert_exact(&lost_synacks(true, &[], false, Listen::Once));
+    assert_exact(&lost_synacks_every_one_ran(true, &[], false, Listen::Once));
 }
 
 /// The same on a port whose listener closed and was opened again: LISTENERS counts a port's
@@ -619,7 +669,7 @@ fn handshake_retransmissions_of_a_port_listened_on_again_equal_kernel_counters()
     let Some(_g) = privileged("handshake_retransmissions_of_a_port_listened_on_again_equal_kernel_counters") else {
         return;
     };
-    assert_exact(&lost_synacks(false, &[], false, Listen::Again));
+    assert_exact(&lost_synacks_every_one_ran(false, &[], false, Listen::Again));
 }
 
 /// The same with a listener that was listening before the agent started (as after a restart or
@@ -631,7 +681,7 @@ fn handshake_retransmissions_of_a_listener_older_than_the_agent_equal_kernel_cou
     else {
         return;
     };
-    assert_exact(&lost_synacks(false, &[], false, Listen::BeforeTheAgent));
+    assert_exact(&lost_synacks_every_one_ran(false, &[], false, Listen::BeforeTheAgent));
 }
 
 /// SYN-ACKs of handshakes that never complete, to a listener that was listening before the agent
@@ -669,8 +719,24 @@ fn synack_retransmissions_of_unanswered_handshakes_counted_by_port_equal_kernel_
 /// Two handshakes to `port` whose SYN-ACKs are all dropped, with the agent started with `extra`,
 /// its listener listening before the agent starts (`older`), or after a first listener on the
 /// port served a connection and closed: the server's SYN-ACK retransmissions on its flow equal the
-/// kernel's. The agent's log.
+/// kernel's (in an attempt where the kernel ran the SYN-ACK program for each). The agent's log.
 fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
+    let tag = extra.join(" ");
+    let u = until_every_synack_ran(&tag, || unanswered_synacks_once(port, extra, older), |u| &u.synack);
+    assert_eq!(u.agent, u.kernel, "{tag}");
+    u.log
+}
+
+/// What `unanswered_synacks_once` counted: the server flow's retransmissions, the kernel's
+/// (TcpRetransSegs of the accepting namespace), the SYN-ACK program's runs and the agent's log.
+struct Unanswered {
+    agent: u64,
+    kernel: u64,
+    synack: SynackRuns,
+    log: String,
+}
+
+fn unanswered_synacks_once(port: u16, extra: &[&str], older: bool) -> Unanswered {
     let lab = Lab::new();
     let (port_n, port) = (port, port.to_string());
     let tag = extra.join(" ");
@@ -680,6 +746,7 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     support::sh(&format!("ip netns exec {} sysctl -q -w net.ipv4.tcp_syn_retries=1", lab.a));
     let serve = |conns: &str| lab.traffic(&lab.b, &["serve", "--addr", lab.b4, "--port", &port, "--conns", conns]);
     let early = older.then(|| serve("1"));
+    let stats = support::BpfRunStats::enable();
     let agent = Agent::start(&lab, extra);
     let server = early.unwrap_or_else(|| {
         let first = serve("1");
@@ -696,14 +763,19 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     let requests_gone = || support::sh(&format!("ip netns exec {} ss -Htn state syn-recv", lab.b)).trim().is_empty();
     assert!(wait_until(20, requests_gone), "the requests must expire ({tag})");
     let nb1 = lab.nstat(&lab.b);
-    let (lines, log) = agent.stop_with_log();
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (runs, skipped) = support::prog_runs(agent.pid(), "flow_synack_retrans");
+    drop(stats);
+    let (reports, log) = agent.stop_reports_with_log();
     drop(server);
     assert_synack_hook(&log, extra);
     assert_eq!(client["errors"]["ETIMEDOUT"], 2, "{client}");
     let s = totals(&reports, flow(lab.b4, lab.a4, port_n, Role::Server));
     let kernel = delta(&nb0, &nb1, "TcpRetransSegs");
-    eprintln!("{tag}: SYN-ACK retransmissions {} (kernel {kernel}), client started {started}", s.retransmissions);
+    let synack = SynackRuns { retransmitted: delta(&nb0, &nb1, "TcpExtTCPSynRetrans"), runs, skipped };
+    eprintln!(
+        "{tag}: SYN-ACK retransmissions {} (kernel {kernel}), client started {started}; {synack:?}",
+        s.retransmissions
+    );
     eprint!("{}", support::window_view(&reports, flow(lab.b4, lab.a4, port_n, Role::Server)));
     if s.retransmissions != kernel {
         eprintln!("the agent's log:\n{log}");
@@ -711,9 +783,9 @@ fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     assert!(kernel >= 2, "the server must have retransmitted SYN-ACKs ({tag})");
     // The first listener's one connection, when there was one.
     let first = if older { 0 } else { 1 };
-    assert_eq!(s.retransmissions, kernel, "{tag}");
     assert_eq!(s.established, first, "{tag}");
-    log
+    synack.assert_counted_every_run(s.retransmissions, &tag);
+    Unanswered { agent: s.retransmissions, kernel, synack, log }
 }
 
 /// The same while BPF map system calls hold every CPU (as the agent's own map reads do, or any
@@ -724,7 +796,7 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus() {
     let Some(_g) = privileged("handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus") else {
         return;
     };
-    assert_exact(&lost_synacks(false, &[], true, Listen::Once));
+    assert_exact(&lost_synacks_every_one_ran(false, &[], true, Listen::Once));
 }
 
 /// The same without connection records. (With them, the default, a client the walk found
@@ -737,7 +809,7 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with
     ) else {
         return;
     };
-    assert_exact(&lost_synacks(false, NO_RECORDS, true, Listen::Once));
+    assert_exact(&lost_synacks_every_one_ran(false, NO_RECORDS, true, Listen::Once));
 }
 
 /// With the classic tracepoint (`--synack-hook tracepoint`, the fallback), the same load makes
@@ -747,24 +819,17 @@ fn handshake_retransmissions_are_exact_while_bpf_system_calls_hold_the_cpus_with
 fn skipped_synack_runs_are_reported_as_missed_runs() {
     let Some(_g) = privileged("skipped_synack_runs_are_reported_as_missed_runs") else { return };
     // The load makes a skip likely, not certain: a SYN-ACK timer may fire between two of its
-    // system calls (seen once in CI: 6 of 6 counted). Up to three tries for one that skipped.
+    // system calls (seen once in CI: 6 of 6 counted). Up to three tries for one that skipped, in
+    // which the kernel ran or skipped the program for every SYN-ACK (`SynackRuns::every_time`).
     let tries = 3;
     let h = (0..tries)
         .map(|_| lost_synacks(false, &["--synack-hook", "tracepoint"], true, Listen::Once))
-        .find(|h| h.b.retransmissions < h.kernel_b)
+        .find(|h| h.synack.skipped > 0 && h.synack.every_time())
         .unwrap_or_else(|| panic!("the load must make the classic tracepoint skip runs (in {tries} tries)"));
-    // Runs skipped for SYN-ACKs of other namespaces (the tracepoint is host-wide) count too.
-    // Every missing SYN-ACK is a missed run, but for one: in about one run of this test in 30
-    // one more SYN-ACK was missing than the kernel counted as skipped (CI on 2026-12-05: 6
-    // missing, 5 missed runs; 26 runs after it exact), with no drop counted by the agent. The
-    // cause is not found; the BTF tracepoint (the default, the tests above) has shown none.
-    assert!(h.missed_runs > 0, "the skipped runs are reported");
-    assert!(
-        h.missed_runs + 1 >= h.kernel_b - h.b.retransmissions,
-        "every missing SYN-ACK but at most one is a missed run: {} missing, {} missed runs",
-        h.kernel_b - h.b.retransmissions,
-        h.missed_runs
-    );
+    // What the program ran for is counted (`lost_synacks`), and what it was skipped for is all
+    // that is missing, and reported.
+    assert_eq!(h.b.retransmissions + h.synack.skipped, h.kernel_b, "{:?}", h.synack);
+    assert!(h.missed_runs >= h.synack.skipped, "the skipped runs are reported: {} of {:?}", h.missed_runs, h.synack);
     assert_eq!((h.a.retransmissions, h.a.timeouts), h.kernel_a, "the connecting side has no tracepoint");
 }
 
@@ -890,8 +955,7 @@ fn namespaces_made_after_start_are_walked_then_left_with_walk_netns_all() {
         walker_threads(&agent)
     );
     assert!(wait_until(3, || agent.metric("flow_agent_walked_namespaces") == (before + 1) as f64));
-    let (lines, log) = agent.stop_with_log();
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (reports, log) = agent.stop_reports_with_log();
     assert_eq!(log.matches("walking a network namespace found").count(), 2 + others, "{log}");
     assert_eq!(log.matches("no longer walking a network namespace").count(), 2, "{log}");
     // The lab's namespaces share the host's table (made with tcp_child_ehash_entries 0): noted
@@ -965,8 +1029,7 @@ fn namespaces_refused_for_lack_of_room_are_walked_once_room_frees() {
     );
     assert!(wait_until(3, || agent.metric("flow_agent_walked_namespaces") == (found + 1) as f64));
     let client = pingpong_between(&lab, &late, 5020);
-    let (lines, log) = agent.stop_with_log();
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (reports, log) = agent.stop_reports_with_log();
     let refusals = log.matches("network namespaces are walked already (--max-walked-netns)").count();
     assert_eq!(refusals, 2, "{log}");
     let late_walked = [&late.a, &late.b]
@@ -1151,9 +1214,8 @@ fn namespaces_with_tcp_tables_of_their_own_are_not_noted() {
         lab.traffic(&lab.a, &["pingpong", "--addr", lab.b4, "--port", "5012", "--secs", "2", "--interval-ms", "10"]);
     let client = client.result();
     server.result();
-    let (lines, log) = agent.stop_with_log();
+    let (reports, log) = agent.stop_reports_with_log();
     assert_eq!(log.matches("share the host's TCP table").count(), 0, "{log}");
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     let c = totals(&reports, flow(lab.a4, lab.b4, 5012, Role::Client));
     assert_eq!(c.bytes_sent, client["sent"].as_u64().unwrap());
     assert_eq!(c.established, 1);
@@ -1187,8 +1249,7 @@ fn sockets_opened_before_their_namespace_is_walked_are_handed_to_the_walk() {
     assert!(out.status.success(), "traffic.py hidden: {}", String::from_utf8_lossy(&out.stderr));
     let moved: Value = serde_json::from_slice(&out.stdout).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let (lines, log) = agent.stop_with_log();
-    let reports: Vec<Report> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (reports, log) = agent.stop_reports_with_log();
     assert!(log.contains(&format!("walking a network namespace found (--walk-netns-all) netns={bind}")), "{log}");
     let sent = moved["sent"].as_u64().unwrap();
     let rounds: Vec<u64> = moved["rounds"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap()).collect();

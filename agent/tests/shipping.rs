@@ -111,10 +111,7 @@ fn stored(db: &Path) -> Vec<(String, AgentStats)> {
 }
 
 fn ids(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str::<Report>(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}")).report_id)
-        .collect()
+    support::reports(lines).into_iter().map(|r| r.report_id).collect()
 }
 
 /// Poll `cond` until it holds; fails naming `what` after `timeout`.

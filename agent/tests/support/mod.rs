@@ -374,28 +374,37 @@ impl Agent {
         self.control_dir.path().join("control.sock")
     }
 
-    /// SIGTERM, then every line it printed on stdout.
-    pub fn stop_lines(mut self) -> Vec<String> {
-        // Let at least one tick drain what the kernel folded at the very end.
+    /// Wait long enough for a tick (every 500 ms) to drain what the kernel folded at the very
+    /// end, as every stop but `stop_with_log` and `stop_reports_with_log` does first.
+    pub fn settle(&self) {
         std::thread::sleep(Duration::from_millis(700));
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let lines = self.stdout.take().unwrap().join().unwrap();
-        let log = self.stderr.take().unwrap().join().unwrap();
-        assert!(status.success(), "flow-agent exited with {status}:\n{log}");
-        lines
+    }
+
+    /// `settle`, SIGTERM, then every line it printed on stdout.
+    pub fn stop_lines(self) -> Vec<String> {
+        self.settle();
+        self.stop_with_log().0
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// SIGTERM (which flushes the partial window), then every report it printed.
+    /// `settle`, SIGTERM (which flushes the partial window), then every report it printed.
     pub fn stop(self) -> Vec<Report> {
-        let lines = self.stop_lines();
-        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))).collect()
+        reports(&self.stop_lines())
     }
+
+    /// SIGTERM (no `settle`), every report it printed and its log.
+    pub fn stop_reports_with_log(self) -> (Vec<Report>, String) {
+        let (lines, log) = self.stop_with_log();
+        (reports(&lines), log)
+    }
+}
+
+/// The reports in the agent's stdout lines.
+pub fn reports(lines: &[String]) -> Vec<Report> {
+    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad report line {l:?}: {e}"))).collect()
 }
 
 /// The text without terminal colour escapes (`ESC [ ... m`).
@@ -480,9 +489,12 @@ pub fn totals(reports: &[Report], pred: impl Fn(&FlowRecord) -> bool) -> Totals 
     t
 }
 
+/// How `clock` and `window_view` print a time (UTC, to the millisecond).
+const CLOCK: &str = "%H:%M:%S%.3f";
+
 /// The wall-clock time, to the millisecond: to place a test's steps among its windows.
 pub fn clock() -> String {
-    chrono::Utc::now().format("%H:%M:%S%.3f").to_string()
+    chrono::Utc::now().format(CLOCK).to_string()
 }
 
 /// Each window's view of the flows `pred` selects (their retransmissions and connections, the
@@ -501,8 +513,8 @@ pub fn window_view(reports: &[Report], pred: impl Fn(&FlowRecord) -> bool) -> St
         out.push_str(&format!(
             "window {}-{}: retransmissions {} attempted {} established {} failed {} | events {} missed_runs {} \
              map_full {:?} flows_tracked {}\n",
-            r.window.start.format("%H:%M:%S%.3f"),
-            r.window.end.format("%H:%M:%S%.3f"),
+            r.window.start.format(CLOCK),
+            r.window.end.format(CLOCK),
             t.retransmissions,
             t.attempted,
             t.established,
@@ -640,4 +652,75 @@ impl Drop for BpfSyscallLoad {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// `union bpf_attr` as BPF_PROG_GET_FD_BY_ID reads it.
+#[repr(C)]
+struct GetFdById {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+struct ObjInfo {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// While held, the kernel counts every run of every BPF program (BPF_ENABLE_STATS): an oracle of
+/// how often it ran the agent's programs, independent of what they counted (`prog_runs`).
+pub struct BpfRunStats {
+    _counting: std::os::fd::OwnedFd,
+}
+
+impl BpfRunStats {
+    pub fn enable() -> BpfRunStats {
+        let fd = bpf_sys(BPF_ENABLE_STATS, &BPF_STATS_RUN_TIME).expect("BPF_ENABLE_STATS");
+        // SAFETY: a new fd the call returned, owned here; closing it ends the counting.
+        BpfRunStats { _counting: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) } }
+    }
+}
+
+/// The runs and skipped runs (`run_cnt`, `recursion_misses`), in all, of the programs process
+/// `pid` holds whose name starts with `prefix` (the kernel keeps 15 bytes of it). Runs count only
+/// while a `BpfRunStats` is held.
+pub fn prog_runs(pid: u32, prefix: &str) -> (u64, u64) {
+    let prefix = &prefix.as_bytes()[..prefix.len().min(15)];
+    let mut ids: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut runs, mut misses) = (0, 0);
+    for id in ids {
+        let Ok(fd) = bpf_sys(BPF_PROG_GET_FD_BY_ID, &GetFdById { prog_id: id, next_id: 0, open_flags: 0 }) else {
+            continue;
+        };
+        // SAFETY: a new fd the call returned, owned here.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        // SAFETY: a plain C struct of integers; all zeroes is valid.
+        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
+        let attr = ObjInfo {
+            bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+            info_len: size_of_val(&info) as u32,
+            info: &raw mut info as u64,
+        };
+        bpf_sys(BPF_OBJ_GET_INFO_BY_FD, &attr).expect("BPF_OBJ_GET_INFO_BY_FD");
+        let name: Vec<u8> = info.name.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+        if name.starts_with(prefix) {
+            runs += info.run_cnt;
+            misses += info.recursion_misses;
+        }
+    }
+    (runs, misses)
 }
