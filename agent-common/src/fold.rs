@@ -270,6 +270,17 @@ pub fn fold_step(folded: &SockCounters, now: &SockCounters) -> (SockCounters, So
     (delta, next)
 }
 
+/// An accepted socket's `inherited` SYN-ACK retransmissions (its `total_retrans` at
+/// establishment), of which the SYN-ACK program counted `tallied` for its request: (the base
+/// the socket folds from, the retransmissions the socket counts because the program never ran
+/// for them). A retransmission the program counted while the socket was being created may be
+/// in the tally and not in the socket's count: the base is at most `inherited`.
+#[inline(always)]
+pub fn synack_base(tallied: u32, inherited: u32) -> (u32, u32) {
+    let base = tallied.min(inherited);
+    (base, inherited - base)
+}
+
 /// Whether a socket's counters are due to be folded: `interval` since the last fold (0: always).
 #[inline(always)]
 pub fn fold_due(now: u64, last_fold: u64, interval: u64) -> bool {
@@ -336,6 +347,15 @@ pub fn classify_end(old_state: u32, flags: u32) -> End {
 mod tests {
     use super::tcp_state::*;
     use super::*;
+
+    #[test]
+    fn an_accepted_socket_counts_the_synacks_the_program_missed() {
+        assert_eq!(synack_base(3, 3), (3, 0), "all counted by the program");
+        assert_eq!(synack_base(1, 3), (1, 2), "two retransmitted without a run: the socket counts them");
+        assert_eq!(synack_base(0, 2), (0, 2), "no run at all (or no tally left)");
+        assert_eq!(synack_base(4, 3), (3, 0), "one counted as the socket was created, not in its count");
+        assert_eq!(synack_base(0, 0), (0, 0));
+    }
 
     #[test]
     fn only_callbacks_with_work_enter_the_handler() {

@@ -257,6 +257,23 @@ pub struct Listener {
     pub _pad: u32,
 }
 
+/// One handshake's request (SYNACK_TALLY's key): both addresses (v4-mapped for IPv4) and both
+/// ports (host order) of the accepting side.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    pub local_ip: Addr,
+    pub remote_ip: Addr,
+    pub local_port: u16,
+    pub remote_port: u16,
+}
+
+/// Requests SYNACK_TALLY holds at once (an LRU map): the SYN-ACK retransmissions the SYN-ACK
+/// program counted per request, which the accepted socket's inherited count is set against. The
+/// least recently retransmitted go first: those of requests that died unanswered, whose
+/// SYN-ACKs are counted already and need no tally.
+pub const SYNACK_TALLY_REQUESTS: u32 = 8192;
+
 /// Indices into the per-CPU `STATS` array.
 pub mod stat {
     /// Program invocations that did work.
@@ -271,7 +288,9 @@ pub mod stat {
     /// Failed inserts into LISTENERS. Always 0 since LISTENERS is an array by port
     /// (`LISTENER_PORTS`); kept so that the reports and metrics keep their fields.
     pub const LISTENERS_FULL: u32 = 3;
-    /// Events for sockets that had no state (they were not tracked because SOCKETS was full).
+    /// Events for sockets that had no state (they were not tracked because SOCKETS was full),
+    /// and SYN-ACK retransmissions that found no room in SYNACK_TALLY (counted all the same; if
+    /// their handshake completes, its socket may count them again).
     pub const UNTRACKED_EVENTS: u32 = 4;
     /// Sockets whose tracking began (connect or accept seen), with a SOCKETS entry or not.
     pub const SOCKETS_INSERTED: u32 = 5;
@@ -293,7 +312,12 @@ pub mod stat {
     /// sockets whose baseline the daemon may hold (`record::item::SNAPSHOT`): folded in the
     /// kernel instead, where bytes the daemon folded before may count twice.
     pub const SPILL_FULL: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// SYN-ACK retransmissions the kernel made without running the SYN-ACK program for them (a
+    /// skipped run, or none at all), of handshakes that completed: the accepted socket inherits
+    /// its request's count, and the part the program never saw (its count per request in
+    /// SYNACK_TALLY) is counted from the socket. Included in the flows' retransmissions.
+    pub const SYNACK_RECOVERED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 #[cfg(feature = "user")]
@@ -317,6 +341,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<RequestKey>(), 36);
         assert_eq!(core::mem::size_of::<SockCounters>(), 32);
         assert_eq!(core::mem::size_of::<RttPending>(), 16 + RTT_PENDING);
         assert_eq!(core::mem::size_of::<SockState>(), 40 + 8 + 32 + 8 + 16 + RTT_PENDING);

@@ -245,6 +245,12 @@ pub struct AgentStats {
     /// older agents.
     #[serde(default)]
     pub records_spill_full: u64,
+    /// SYN-ACK retransmissions of completed handshakes that the kernel made without running the
+    /// agent's SYN-ACK program for them (a skipped run, in `missed_runs` too, or no run at all):
+    /// counted all the same, from the accepted socket, which inherits its request's count.
+    /// Included in the flows' retransmissions. Absent in reports of older agents.
+    #[serde(default)]
+    pub synack_retransmissions_recovered: u64,
     /// Flow keys in the kernel map at window end.
     pub flows_tracked: u64,
     /// Open sockets in the kernel map at window end.

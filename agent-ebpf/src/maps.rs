@@ -1,11 +1,12 @@
 //! Map definitions. Sizes here are placeholders: the daemon sets `max_entries` from its config.
 
 use agent_common::maps::{
-    DEFAULT_MAX_WALKED_NETNS, FlowAgg, FlowKey, LISTENER_PORTS, Listener, SockState, WalkedNetns, stat,
+    DEFAULT_MAX_WALKED_NETNS, FlowAgg, FlowKey, LISTENER_PORTS, Listener, RequestKey, SYNACK_TALLY_REQUESTS, SockState,
+    WalkedNetns, stat,
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 
 /// Per-socket state of the tracked sockets, by socket cookie (preallocated; see `sockets`).
@@ -28,6 +29,11 @@ pub fn listener(port: u32) -> Option<*mut Listener> {
     // SAFETY: LISTENERS value pointer (an array's values stay mapped).
     if unsafe { core::ptr::read_volatile(&raw const (*l).count) } == 0 { None } else { Some(l) }
 }
+
+/// The SYN-ACK retransmissions the SYN-ACK program counted, per request (`synack`), which
+/// the accepted socket's inherited count is set against (`sock_ops::on_passive_established`).
+#[map(name = "SYNACK_TALLY")]
+pub static SYNACK_TALLY: LruHashMap<RequestKey, u32> = LruHashMap::with_max_entries(SYNACK_TALLY_REQUESTS, 0);
 
 /// Network namespaces (by cookie) whose sockets the daemon walks (`walk.rs`): sockets there get
 /// no per-segment callbacks.
@@ -64,9 +70,15 @@ pub static ZERO_AGG: PerCpuArray<FlowAgg> = PerCpuArray::with_max_entries(1, 0);
 /// Count one occurrence of a `stat` index on this CPU.
 #[inline(always)]
 pub fn count(index: u32) {
+    count_n(index, 1);
+}
+
+/// Count `n` occurrences of a `stat` index on this CPU.
+#[inline(always)]
+pub fn count_n(index: u32, n: u64) {
     if let Some(p) = STATS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot. Atomic all the same: a program in softirq (a segment's callback)
         // can interrupt one in process context (a connect, the walk) on the same CPU.
-        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, 1) };
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, n) };
     }
 }

@@ -2,13 +2,13 @@
 
 use agent_common::{
     fold::{
-        armed_flags, attempt_due_at_close, attempt_due_at_establishment, cb, classify_end, fin_flags, fin_seen,
+        self, armed_flags, attempt_due_at_close, attempt_due_at_establishment, cb, classify_end, fin_flags, fin_seen,
         fin_seen_done, fold_due, fold_step, has_work, op, payload, rtt_push, tcp_state, untracked_flags,
         was_established,
     },
     maps::{
-        FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST, SOCK_RTO_EXPIRED,
-        SOCK_WALKED, SockCounters, SockState, flow_key, stat,
+        FlowAgg, FlowKey, ROLE_CLIENT, ROLE_SERVER, RequestKey, SOCK_CLIENT, SOCK_ESTABLISHED, SOCK_FLOW_LOST,
+        SOCK_RTO_EXPIRED, SOCK_WALKED, SockCounters, SockState, flow_key, stat,
     },
     record::{REC_ENTRY, kind},
 };
@@ -27,10 +27,10 @@ use aya_ebpf::{
 use crate::{
     ctx,
     flows::{add, add_counters, add_end, add32, flow, flush_rtt, fold_counters, record, socket_flow},
-    maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count, listener},
+    maps::{LISTENERS, WALKED_NETNS, WALKED_NETNS_LIST, count, count_n, listener},
     records::{self, pair},
     sockets::{self, folded_none, new_state},
-    synack::synack_by_cgroup,
+    synack::{synack_by_cgroup, take_tally},
 };
 
 /// Sockets of a network namespace the daemon walks (`WALKED_NETNS`, see `walk.rs`) get no
@@ -401,19 +401,37 @@ fn on_active_established(ctx: &SockOpsContext) {
     }
 }
 
+/// The base an accepted socket with `inherited` SYN-ACK retransmissions folds from: what the
+/// SYN-ACK program counted of them (`fold::synack_base`); the rest is counted as recovered.
+#[inline(always)]
+fn synack_base(ctx: &SockOpsContext, key: &FlowKey, inherited: u32) -> u32 {
+    let request = RequestKey {
+        local_ip: key.local_ip,
+        remote_ip: key.remote_ip,
+        local_port: ctx::local_port(ctx),
+        remote_port: ctx::remote_port(ctx),
+    };
+    let (base, recovered) = fold::synack_base(take_tally(&request), inherited);
+    if recovered != 0 {
+        count_n(stat::SYNACK_RECOVERED, recovered as u64);
+    }
+    base
+}
+
 fn on_passive_established(ctx: &SockOpsContext) {
     count(stat::EVENTS);
     let Some(key) = key_of(ctx, ROLE_SERVER) else {
         return;
     };
     // The socket inherits its request socket's SYN-ACK retransmissions in total_retrans. When the
-    // tracepoint counted its listener's (its listener is of the cgroup, as the socket is, or its
-    // port in LISTENERS: `synack`), it has counted them already: start from there (in the state
-    // it is created with, which the walk may read at once). Without any (nearly every
-    // connection) there is nothing to look up.
+    // SYN-ACK program counts its listener's (its listener is of the cgroup, as the socket is, or
+    // its port in LISTENERS: `synack`), it has counted those it ran for, as tallied for the
+    // request: start from there (in the state it is created with, which the walk may read at
+    // once), so that the socket counts the rest, which the kernel sent without running the
+    // program. Without any (nearly every connection) there is nothing to look up.
     let inherited = ctx::raw_counters(ctx).total_retrans;
     let counted = || synack_by_cgroup() || listener(ctx::local_port(ctx) as u32).is_some();
-    let base = if inherited != 0 && counted() { inherited } else { 0 };
+    let base = if inherited != 0 && counted() { synack_base(ctx, &key, inherited) } else { 0 };
     let walked = walked(ctx);
     let agg = if walked && base == 0 {
         // No state entry: the handshake segments wait for the walk or the close.

@@ -14,8 +14,15 @@
 //!   whenever any BPF program or BPF map system call holds the CPU (`bpf_prog_active`), and a
 //!   SYN-ACK timer that fires in such a moment goes uncounted. The daemon reports such skipped
 //!   runs (`missed_runs`), so they are never silent.
+//!
+//! Either way the kernel may retransmit a SYN-ACK without running the program: a skipped run,
+//! or (seen on 6.18 with the BTF program, rarely) none at all. When the handshake completes,
+//! what the program missed is made up from the accepted socket, which inherits its request's
+//! count: each counted retransmission is also tallied per request (SYNACK_TALLY), and the socket
+//! counts the rest (`stat::SYNACK_RECOVERED`). Only the SYN-ACKs of requests that die unanswered
+//! can go missing, and only as runs the kernel skipped (`missed_runs`) or never made.
 
-use agent_common::maps::{Addr, ROLE_SERVER, flow_key, stat, v4_mapped};
+use agent_common::maps::{Addr, ROLE_SERVER, RequestKey, flow_key, stat, v4_mapped};
 use aya_ebpf::{
     helpers::bpf_probe_read_kernel,
     macros::{btf_tracepoint, tracepoint},
@@ -25,7 +32,7 @@ use aya_ebpf::{
 use crate::{
     ctx::AF_INET,
     flows::{add, flow},
-    maps::{count, listener},
+    maps::{SYNACK_TALLY, count, listener},
     walk::{
         TCP_OFF_DADDR, TCP_OFF_DPORT, TCP_OFF_FAMILY, TCP_OFF_NUM, TCP_OFF_RCV_SADDR, TCP_OFF_V6_DADDR,
         TCP_OFF_V6_RCV_SADDR, off, sock_in_agent_cgroup,
@@ -152,11 +159,48 @@ fn retransmitted(sport: u16, bound: Addr, rest: impl FnOnce() -> Option<(u16, Ad
         return None;
     }
     let Some(agg) = flow(&flow_key(local, remote, sport, dport, ROLE_SERVER)) else {
-        // FLOWS is full: the retransmission is lost, and counted as such.
+        // FLOWS is full: the retransmission is lost, and counted as such (and recovered from the
+        // socket if the handshake completes: it is not tallied).
         count(stat::FLOWS_FULL);
         return None;
     };
+    let request = RequestKey { local_ip: local, remote_ip: remote, local_port: sport, remote_port: dport };
+    if !tally(&request) {
+        count(stat::UNTRACKED_EVENTS);
+    }
     // SAFETY: FLOWS value pointer.
     add(unsafe { &raw mut (*agg).retransmissions }, 1);
     Some(())
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// One more SYN-ACK retransmission counted for `request`. False when SYNACK_TALLY had no room.
+#[inline(always)]
+fn tally(request: &RequestKey) -> bool {
+    let bump = |n: *mut u32| {
+        // SAFETY: SYNACK_TALLY value pointer; atomic, as the request's timer and a repeated SYN
+        // can retransmit on two CPUs at once.
+        unsafe { core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(n, 1) };
+    };
+    if let Some(n) = SYNACK_TALLY.get_ptr_mut(request) {
+        bump(n);
+        return true;
+    }
+    if SYNACK_TALLY.insert(request, &1, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // EEXIST: another CPU inserted it first.
+    SYNACK_TALLY.get_ptr_mut(request).map(bump).is_some()
+}
+
+/// The SYN-ACK retransmissions counted for `request` (0 if none), which is then forgotten: its
+/// handshake completed.
+#[inline(always)]
+pub fn take_tally(request: &RequestKey) -> u32 {
+    let Some(n) = SYNACK_TALLY.get_ptr(request) else { return 0 };
+    // SAFETY: SYNACK_TALLY value pointer, read before the entry is removed.
+    let n = unsafe { core::ptr::read_volatile(n) };
+    let _ = SYNACK_TALLY.remove(request);
+    n
 }

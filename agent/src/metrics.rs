@@ -37,6 +37,7 @@ pub struct Metrics {
     pub walk_idle_sockets: AtomicU64,
     pub ring_full: AtomicU64,
     pub records_spill_full: AtomicU64,
+    pub synack_retransmissions_recovered: AtomicU64,
     pub flows_tracked: AtomicU64,
     pub sockets_tracked: AtomicU64,
     /// Network namespaces the walk covers (the agent's own included; 0 without the walk).
@@ -69,6 +70,7 @@ impl Metrics {
         self.walk_idle_sockets.fetch_add(s.walk_idle_sockets, Relaxed);
         self.ring_full.fetch_add(s.ring_full, Relaxed);
         self.records_spill_full.fetch_add(s.records_spill_full, Relaxed);
+        self.synack_retransmissions_recovered.fetch_add(s.synack_retransmissions_recovered, Relaxed);
         self.flows_tracked.store(s.flows_tracked, Relaxed);
         self.sockets_tracked.store(s.sockets_tracked, Relaxed);
     }
@@ -131,6 +133,12 @@ impl Metrics {
             "counter",
             "Connection records that found their ring full and no room to spill (--record-slots): folded in the kernel, where walked bytes may count twice.",
             &[("", g(&self.records_spill_full))],
+        );
+        metric(
+            "synack_retransmissions_recovered_total",
+            "counter",
+            "SYN-ACK retransmissions of completed handshakes the kernel made without running the SYN-ACK program: counted from the accepted socket.",
+            &[("", g(&self.synack_retransmissions_recovered))],
         );
         metric(
             "flows_tracked",

@@ -81,6 +81,7 @@ pub fn build(window: (DateTime<Utc>, DateTime<Utc>), closed: ClosedWindow, top_f
             walk_idle_sockets: s(stat::WALK_IDLE),
             ring_full: s(stat::RING_FULL),
             records_spill_full: s(stat::SPILL_FULL),
+            synack_retransmissions_recovered: s(stat::SYNACK_RECOVERED),
             flows_tracked: closed.flows_tracked,
             sockets_tracked: closed.sockets_tracked,
             cpu_seconds: usage.cpu_seconds,

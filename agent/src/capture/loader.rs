@@ -10,8 +10,8 @@ use std::{
 
 use agent_common::{
     maps::{
-        FLOWS_MAP, FlowAgg, FlowKey, LISTENER_PORTS, LISTENERS_MAP, Listener, SOCKETS_MAP, STATS_MAP, SockState,
-        WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
+        FLOWS_MAP, FlowAgg, FlowKey, LISTENER_PORTS, LISTENERS_MAP, Listener, RequestKey, SOCKETS_MAP, STATS_MAP,
+        SYNACK_TALLY_REQUESTS, SockState, WALK_FLOOR_MAP, WALKED_NETNS_LIST_MAP, WALKED_NETNS_MAP, stat,
     },
     record::{ConnRecord, RECORD_HEADS_MAP, RECORD_SPILL_MAP, RECORDS_MAP, RingHead, SpillKey},
 };
@@ -206,6 +206,8 @@ impl Capture {
         // As `load` derived it from the same settings.
         let by_cgroup = synack_by_cgroup(cfg, agent_cgroup.is_some());
         let listeners_mem = listener_slots(by_cgroup) as u64 * size_of::<Listener>() as u64;
+        // LRU: preallocated, a fixed size (`SYNACK_TALLY_REQUESTS`).
+        let synack_tally_mem = htab_bytes(SYNACK_TALLY_REQUESTS, size_of::<RequestKey>(), size_of::<u32>());
         let records_mem = rings.map_or(0, |(cpus, slots)| {
             (cpus as u64) * (slots * size_of::<ConnRecord>() as u64 + size_of::<RingHead>() as u64)
         });
@@ -217,14 +219,17 @@ impl Capture {
             record_rings = rings.map_or(0, |(cpus, _)| cpus),
             record_slots = rings.map_or(0, |(_, slots)| slots),
             records_mib = format_args!("{:.1}", records_mem as f64 / 1048576.0),
+            synack_tally_mib = format_args!("{:.1}", synack_tally_mem as f64 / 1048576.0),
             // Not preallocated: memory only for records spilled while a ring is full.
             records_spill_at_most_mib = format_args!(
                 "{:.1}",
                 rings.map_or(0, |_| htab_bytes(cfg.max_sockets, size_of::<SpillKey>(), size_of::<ConnRecord>())) as f64
                     / 1048576.0
             ),
-            total_mib =
-                format_args!("{:.1}", (sockets_mem + flows_mem + listeners_mem + records_mem) as f64 / 1048576.0),
+            total_mib = format_args!(
+                "{:.1}",
+                (sockets_mem + flows_mem + listeners_mem + synack_tally_mem + records_mem) as f64 / 1048576.0
+            ),
             "kernel maps sized"
         );
 

@@ -177,7 +177,7 @@ pub const LATENCIES: &[(&str, &str, LatencyOf)] = &[
 ];
 
 /// How many counters of the agent itself there are (`agent_counters`).
-pub const AGENT_COUNTERS: usize = 11;
+pub const AGENT_COUNTERS: usize = 12;
 
 /// Counters of the agent itself (per window in the report): (OTLP name, Prometheus name, value).
 pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); AGENT_COUNTERS] {
@@ -192,6 +192,11 @@ pub fn agent_counters(s: &AgentStats) -> [(&'static str, &'static str, f64); AGE
         ("flow_agent.walk.idle_sockets", "flow_agent_walk_idle_sockets_total", s.walk_idle_sockets as f64),
         ("flow_agent.records.ring_full", "flow_agent_ring_full_total", s.ring_full as f64),
         ("flow_agent.records.spill_full", "flow_agent_records_spill_full_total", s.records_spill_full as f64),
+        (
+            "flow_agent.synack.retransmissions_recovered",
+            "flow_agent_synack_retransmissions_recovered_total",
+            s.synack_retransmissions_recovered as f64,
+        ),
         ("flow_agent.cpu.time", "flow_agent_cpu_seconds_total", s.cpu_seconds),
     ]
 }

@@ -584,6 +584,13 @@ fn bpf_sys<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<i64> {
     if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r) }
 }
 
+/// `bpf_sys` for a command that returns a new fd: owned by the result.
+fn bpf_sys_fd<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<std::os::fd::OwnedFd> {
+    let fd = bpf_sys(cmd, attr)?;
+    // SAFETY: a new fd the call returned, owned by no one else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
 impl BpfSyscallLoad {
     pub fn start() -> BpfSyscallLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -608,9 +615,8 @@ impl BpfSyscallLoad {
                         max_entries: 1 << 20,
                         map_flags: BPF_F_NO_PREALLOC,
                     };
-                    let fd = bpf_sys(BPF_MAP_CREATE, &attr)?;
-                    // SAFETY: a new fd the call returned, owned here.
-                    let _map = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+                    let map = bpf_sys_fd(BPF_MAP_CREATE, &attr)?;
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&map);
                     let (mut out, mut keys, mut values) = (0u32, [0u32; 8], [0u32; 8]);
                     let mut scans = 0;
                     while !stop.load(Ordering::Relaxed) {
@@ -683,9 +689,8 @@ pub struct BpfRunStats {
 
 impl BpfRunStats {
     pub fn enable() -> BpfRunStats {
-        let fd = bpf_sys(BPF_ENABLE_STATS, &BPF_STATS_RUN_TIME).expect("BPF_ENABLE_STATS");
-        // SAFETY: a new fd the call returned, owned here; closing it ends the counting.
-        BpfRunStats { _counting: unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) } }
+        // Closing the fd ends the counting.
+        BpfRunStats { _counting: bpf_sys_fd(BPF_ENABLE_STATS, &BPF_STATS_RUN_TIME).expect("BPF_ENABLE_STATS") }
     }
 }
 
@@ -703,11 +708,9 @@ pub fn prog_runs(pid: u32, prefix: &str) -> (u64, u64) {
     ids.dedup();
     let (mut runs, mut misses) = (0, 0);
     for id in ids {
-        let Ok(fd) = bpf_sys(BPF_PROG_GET_FD_BY_ID, &GetFdById { prog_id: id, next_id: 0, open_flags: 0 }) else {
+        let Ok(fd) = bpf_sys_fd(BPF_PROG_GET_FD_BY_ID, &GetFdById { prog_id: id, next_id: 0, open_flags: 0 }) else {
             continue;
         };
-        // SAFETY: a new fd the call returned, owned here.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
         // SAFETY: a plain C struct of integers; all zeroes is valid.
         let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
         let attr = ObjInfo {
