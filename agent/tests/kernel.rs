@@ -726,15 +726,26 @@ fn synack_retransmissions_of_unanswered_handshakes_counted_by_port_equal_kernel_
 /// socket is accepted to recover those it did not run it for. The agent's log.
 fn unanswered_synacks(port: u16, extra: &[&str], older: bool) -> String {
     let tag = extra.join(" ");
+    let u = in_three_attempts(
+        &format!("{tag}: the kernel runs the SYN-ACK program for every SYN-ACK retransmission"),
+        || unanswered_synacks_once(port, extra, older, &tag),
+        |u| u.synack.every_time(),
+    );
+    assert_eq!(u.agent, u.kernel, "{tag}");
+    u.log
+}
+
+/// `attempt` until its result is `wanted`, at most three times: that result. `what` says what
+/// is wanted.
+fn in_three_attempts<T>(what: &str, attempt: impl Fn() -> T, wanted: impl Fn(&T) -> bool) -> T {
     for n in 1..=3 {
-        let u = unanswered_synacks_once(port, extra, older, &tag);
-        if u.synack.every_time() {
-            assert_eq!(u.agent, u.kernel, "{tag}");
-            return u.log;
+        let t = attempt();
+        if wanted(&t) {
+            return t;
         }
-        eprintln!("{tag}, attempt {n}: the kernel ran the SYN-ACK program for fewer SYN-ACKs than it sent: again");
+        eprintln!("attempt {n}: not so ({what}): again");
     }
-    panic!("{tag}: in 3 attempts the kernel never ran the SYN-ACK program for every SYN-ACK retransmission");
+    panic!("in 3 attempts, never so: {what}");
 }
 
 /// What `unanswered_synacks_once` counted: the server flow's retransmissions, the kernel's
@@ -848,12 +859,12 @@ fn skipped_synack_runs_are_recovered_from_sockets_folded_by_callbacks() {
 fn skipped_synack_runs_recovered(extra: &[&str]) {
     let args = [&["--synack-hook", "tracepoint"], extra].concat();
     // The load makes a skip likely, not certain: a SYN-ACK timer may fire between two of its
-    // system calls (seen once in CI: 6 of 6 counted). Up to three tries for one that skipped.
-    let tries = 3;
-    let h = (0..tries)
-        .map(|_| lost_synacks(false, &args, true, Listen::Once))
-        .find(|h| h.synack.skipped > 0)
-        .unwrap_or_else(|| panic!("the load must make the classic tracepoint skip runs (in {tries} tries)"));
+    // system calls (seen once in CI: 6 of 6 counted).
+    let h = in_three_attempts(
+        "the load makes the classic tracepoint skip runs",
+        || lost_synacks(false, &args, true, Listen::Once),
+        |h| h.synack.skipped > 0,
+    );
     // What the program ran for is counted (`lost_synacks`), the rest recovered: all of it.
     assert_eq!(h.b.retransmissions, h.kernel_b, "{:?}, recovered {}", h.synack, h.recovered);
     assert!(h.recovered >= h.synack.skipped, "the skipped runs are recovered: {} of {:?}", h.recovered, h.synack);
