@@ -8,9 +8,7 @@ use agent_common::{
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::maps::{FLOWS, ZERO_AGG, count};
-
-const BPF_NOEXIST: u64 = 1;
+use crate::maps::{BPF_NOEXIST, FLOWS, ZERO_AGG, count};
 
 /// The key's aggregate, inserting a zeroed one if needed. `None` when FLOWS is full; the caller
 /// counts the loss (once per socket, see `SOCK_FLOW_LOST`).

@@ -9,6 +9,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 
+/// Map update flags (the helper's `flags`): insert or replace; insert only if the key is absent.
+pub const BPF_ANY: u64 = aya_ebpf::bindings::BPF_ANY as u64;
+pub const BPF_NOEXIST: u64 = aya_ebpf::bindings::BPF_NOEXIST as u64;
+
 /// Per-socket state of the tracked sockets, by socket cookie (preallocated; see `sockets`).
 #[map(name = "SOCKETS")]
 pub static SOCKETS: HashMap<u64, SockState> = HashMap::with_max_entries(1024, 0);

@@ -13,11 +13,9 @@ use aya_ebpf::programs::SockOpsContext;
 
 use crate::{
     ctx,
-    maps::{SOCKETS, WALKED_ENTRIES, count},
+    maps::{BPF_ANY, BPF_NOEXIST, SOCKETS, WALKED_ENTRIES, count},
 };
 
-const BPF_ANY: u64 = 0;
-const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
 /// A new socket state: its flow, the time of its last fold (callback-folded sockets only), its

@@ -31,8 +31,8 @@ use aya_ebpf::{
 
 use crate::{
     ctx::AF_INET,
-    flows::{add, flow},
-    maps::{SYNACK_TALLY, count, listener},
+    flows::{add, add32, flow},
+    maps::{BPF_NOEXIST, SYNACK_TALLY, count, listener},
     walk::{
         TCP_OFF_DADDR, TCP_OFF_DPORT, TCP_OFF_FAMILY, TCP_OFF_NUM, TCP_OFF_RCV_SADDR, TCP_OFF_V6_DADDR,
         TCP_OFF_V6_RCV_SADDR, off, sock_in_agent_cgroup,
@@ -173,25 +173,18 @@ fn retransmitted(sport: u16, bound: Addr, rest: impl FnOnce() -> Option<(u16, Ad
     Some(())
 }
 
-const BPF_NOEXIST: u64 = 1;
-
 /// One more SYN-ACK retransmission counted for `request`. False when SYNACK_TALLY had no room.
+/// The add is atomic: the request's timer and a repeated SYN can retransmit on two CPUs at once.
 #[inline(always)]
 fn tally(request: &RequestKey) -> bool {
-    let bump = |n: *mut u32| {
-        // SAFETY: SYNACK_TALLY value pointer; atomic, as the request's timer and a repeated SYN
-        // can retransmit on two CPUs at once.
-        unsafe { core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(n, 1) };
-    };
-    if let Some(n) = SYNACK_TALLY.get_ptr_mut(request) {
-        bump(n);
-        return true;
+    if SYNACK_TALLY.get_ptr_mut(request).is_none() {
+        // From the stack, not `&0`: a promoted constant may be merged with a global of the same
+        // initial value that the daemon rewrites at load time (seen: the tally began at 1).
+        let zero = 0u32;
+        // EEXIST (another CPU inserted it first) is fine: look it up again.
+        let _ = SYNACK_TALLY.insert(request, &zero, BPF_NOEXIST);
     }
-    if SYNACK_TALLY.insert(request, &1, BPF_NOEXIST).is_ok() {
-        return true;
-    }
-    // EEXIST: another CPU inserted it first.
-    SYNACK_TALLY.get_ptr_mut(request).map(bump).is_some()
+    SYNACK_TALLY.get_ptr_mut(request).map(|n| add32(n, 1)).is_some()
 }
 
 /// The SYN-ACK retransmissions counted for `request` (0 if none), which is then forgotten: its
